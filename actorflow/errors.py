@@ -1,0 +1,149 @@
+"""Every error actorflow raises, in one rooted tree.
+
+::
+
+    ActorflowError
+    ├── ConfigError                 bad settings: storage URL, init arguments
+    ├── InvalidIdError              a workflow, actor or step id that breaks the id rules
+    ├── SerializationError          a value that cannot be stored (names the step or actor)
+    ├── StorageError                the storage backend failed (names the URL)
+    │   ├── StorageUnavailableError     cannot reach the backend
+    │   └── StorageConflictError        a compare-and-set lost against another writer
+    ├── WorkflowError               about one workflow (carries ``workflow_id``)
+    │   ├── WorkflowNotFoundError
+    │   ├── WorkflowRunningError        the operation needs a workflow that is not running
+    │   ├── WorkflowCancelledError
+    │   ├── WorkflowNotResumableError   asked for the output of a workflow that needs ``resume``
+    │   └── WorkflowStepNotFoundError   ``get_metadata(wid, name=...)`` with an unknown step
+    └── ActorError                  about one virtual actor (carries ``actor_type``, ``actor_id``)
+        ├── ActorNotFoundError
+        ├── ActorTypeNotFoundError
+        ├── ActorMethodNotFoundError
+        └── ActorStateError             state that cannot be encoded or decoded
+
+Control-flow signals that must cross user code unharmed derive from ``BaseException``
+(see ``actorflow.workflow._signals``), so a user's ``except Exception`` cannot swallow them.
+"""
+
+from __future__ import annotations
+
+
+class ActorflowError(Exception):
+    """Root of every error raised by actorflow itself."""
+
+
+class ConfigError(ActorflowError):
+    """Invalid configuration: an unknown storage scheme, conflicting init arguments."""
+
+
+class InvalidIdError(ActorflowError, ValueError):
+    """An id (workflow, actor, step) that is empty, too long or has forbidden characters."""
+
+    def __init__(self, kind: str, value: object, reason: str) -> None:
+        self.kind = kind
+        self.value = value
+        super().__init__(f"invalid {kind} {value!r}: {reason}")
+
+
+class SerializationError(ActorflowError, TypeError):
+    """A value could not be serialized for storage; the message names what it belonged to."""
+
+
+class StorageError(ActorflowError):
+    """The storage backend failed. ``url`` names the storage (without its password)."""
+
+    def __init__(self, message: str, url: str | None = None) -> None:
+        self.url = url
+        super().__init__(f"{message} [storage {url}]" if url else message)
+
+
+class StorageUnavailableError(StorageError):
+    """The storage backend cannot be reached."""
+
+
+class StorageConflictError(StorageError):
+    """A compare-and-set write lost against another writer."""
+
+
+class WorkflowError(ActorflowError):
+    """An error about one workflow."""
+
+    def __init__(self, workflow_id: str, message: str) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(message)
+
+
+class WorkflowNotFoundError(WorkflowError):
+    def __init__(self, workflow_id: str) -> None:
+        super().__init__(workflow_id, f"no workflow with id {workflow_id!r}")
+
+
+class WorkflowRunningError(WorkflowError):
+    def __init__(self, workflow_id: str, action: str) -> None:
+        super().__init__(workflow_id, f"cannot {action} workflow {workflow_id!r} while it is running")
+
+
+class WorkflowCancelledError(WorkflowError):
+    def __init__(self, workflow_id: str) -> None:
+        super().__init__(workflow_id, f"workflow {workflow_id!r} was cancelled")
+
+
+class WorkflowNotResumableError(WorkflowError):
+    """The workflow stopped without finishing (its runner died); call ``resume`` first."""
+
+
+class WorkflowStepNotFoundError(WorkflowError):
+    def __init__(self, workflow_id: str, step_id: str) -> None:
+        self.step_id = step_id
+        super().__init__(workflow_id, f"no step {step_id!r} in workflow {workflow_id!r}")
+
+
+class ActorError(ActorflowError):
+    """An error about one virtual actor."""
+
+    def __init__(self, actor_type: str, actor_id: str | None, message: str) -> None:
+        self.actor_type = actor_type
+        self.actor_id = actor_id
+        super().__init__(message)
+
+
+class ActorNotFoundError(ActorError):
+    def __init__(self, actor_type: str, actor_id: str) -> None:
+        super().__init__(actor_type, actor_id, f"no actor {actor_type}/{actor_id}")
+
+
+class ActorTypeNotFoundError(ActorError):
+    def __init__(self, actor_type: str) -> None:
+        super().__init__(actor_type, None, f"no virtual actor type named {actor_type!r}")
+
+
+class ActorMethodNotFoundError(ActorError):
+    def __init__(self, actor_type: str, method: str) -> None:
+        self.method = method
+        super().__init__(actor_type, None, f"actor type {actor_type!r} has no public method {method!r}")
+
+
+class ActorStateError(ActorError):
+    """Actor state that cannot be encoded or decoded."""
+
+
+__all__ = [
+    "ActorError",
+    "ActorMethodNotFoundError",
+    "ActorNotFoundError",
+    "ActorStateError",
+    "ActorTypeNotFoundError",
+    "ActorflowError",
+    "ConfigError",
+    "InvalidIdError",
+    "SerializationError",
+    "StorageConflictError",
+    "StorageError",
+    "StorageUnavailableError",
+    "WorkflowCancelledError",
+    "WorkflowError",
+    "WorkflowNotFoundError",
+    "WorkflowNotResumableError",
+    "WorkflowRunningError",
+    "WorkflowStepNotFoundError",
+]

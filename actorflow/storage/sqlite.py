@@ -1,0 +1,542 @@
+"""SQLite storage: the embedded default backend.
+
+One :class:`SQLiteStorage` owns one ``sqlite3`` connection that lives in one dedicated worker
+thread; every async method hands its work to that thread with ``loop.run_in_executor``, so an
+event loop never blocks on disk I/O and the object may be used from any event loop or thread.
+
+Several OS processes on one machine may share one database file safely:
+
+* the file is in WAL journal mode (readers never block the writer and vice versa);
+* every write runs in a ``BEGIN IMMEDIATE`` transaction, so the expectation check and the
+  writes of a :class:`~actorflow.storage.Batch` happen under the single database write lock;
+* ``busy_timeout`` is 30 s, and a "database is locked" error that escapes it anyway (SQLite
+  reports some WAL contention immediately) is retried with a bounded backoff.
+
+Durability: ``synchronous=NORMAL`` (the default) keeps every committed batch across the crash
+of any *process*; a power loss may lose the last few commits. ``?sync=full`` in the URL selects
+``synchronous=FULL``, which also survives power loss at the cost of an fsync per commit.
+
+Schema::
+
+    kv(key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID
+    idx(name TEXT, member TEXT, score REAL, PRIMARY KEY(name, member)), index on (name, score)
+
+Keys compare by SQLite's BINARY collation, i.e. the bytes of their UTF-8 encoding, which is
+the same order as Python's ``str`` comparison (code point order).
+
+The helpers ``check_batch``, ``key_successor`` and ``check_key`` are shared with the Redis
+backend; they are not part of the public API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from actorflow.errors import StorageError, StorageUnavailableError
+from actorflow.storage._base import Batch, Storage
+
+__all__ = ["SQLiteStorage"]
+
+T = TypeVar("T")
+
+#: How long SQLite itself waits for a lock before reporting "database is locked" (ms).
+BUSY_TIMEOUT_MS = 30_000
+#: Extra attempts after a lock error that SQLite reported despite the busy timeout.
+LOCK_RETRIES = 8
+#: Never keep retrying lock errors for longer than this (seconds), whatever the attempt count.
+LOCK_RETRY_DEADLINE = 60.0
+#: Rows fetched per query while skip-scanning in :meth:`SQLiteStorage.list_keys`.
+_SCAN_CHUNK = 256
+#: Keys deleted per transaction by :meth:`SQLiteStorage.delete_prefix`.
+_DELETE_CHUNK = 1000
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS idx ("
+    " name TEXT NOT NULL, member TEXT NOT NULL, score REAL NOT NULL,"
+    " PRIMARY KEY (name, member))",
+    "CREATE INDEX IF NOT EXISTS idx_by_score ON idx (name, score)",
+)
+
+SyncMode = Literal["normal", "full"]
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers shared by the backends (private to actorflow.storage)
+# --------------------------------------------------------------------------------------------
+
+
+def check_key(key: object, what: str, url: str) -> str:
+    """Return ``key`` if it is a ``str`` that UTF-8 can encode; raise :class:`StorageError`."""
+    if not isinstance(key, str):
+        raise StorageError(f"{what} must be a str, got {type(key).__name__}", url)
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise StorageError(f"{what} {key!r} is not valid Unicode text: {exc}", url) from None
+    return key
+
+
+def check_value(key: str, value: object, url: str) -> bytes:
+    """Return ``value`` as ``bytes`` (bytes-like objects are copied); else StorageError."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise StorageError(f"value for key {key!r} must be bytes, got {type(value).__name__}", url)
+
+
+@dataclass(frozen=True)
+class CheckedBatch:
+    """A validated copy of a :class:`Batch`, as plain lists."""
+
+    expect: list[tuple[str, bytes | None]]
+    puts: list[tuple[str, bytes]]
+    deletes: list[str]
+    index_put: list[tuple[str, str, float]]
+    index_delete: list[tuple[str, str]]
+
+    @property
+    def writes_nothing(self) -> bool:
+        return not (self.puts or self.deletes or self.index_put or self.index_delete)
+
+
+def check_batch(batch: Batch, url: str) -> CheckedBatch:
+    """Validate ``batch`` and snapshot it; raise :class:`StorageError` if it is malformed.
+
+    Malformed means: a key or name that is not UTF-8-encodable text, a value that is not
+    bytes-like, a NaN score, or a key (or index member) that is both written and deleted.
+    """
+    expect = []
+    for key, want in batch.expect.items():
+        check_key(key, "key", url)
+        expect.append((key, None if want is None else check_value(key, want, url)))
+    puts = [(check_key(k, "key", url), check_value(k, v, url)) for k, v in batch.puts.items()]
+    deletes = [check_key(k, "key", url) for k in batch.deletes]
+    both = batch.puts.keys() & set(batch.deletes)
+    if both:
+        raise StorageError(f"batch both puts and deletes key(s) {sorted(both)!r}", url)
+    index_put: list[tuple[str, str, float]] = []
+    for name, members in batch.index_put.items():
+        check_key(name, "index name", url)
+        for member, score in members.items():
+            check_key(member, "index member", url)
+            try:
+                fscore = float(score)
+            except (TypeError, ValueError):
+                raise StorageError(f"score of {name}/{member} is not a number: {score!r}", url) from None
+            if math.isnan(fscore):
+                raise StorageError(f"score of {name}/{member} is NaN", url)
+            index_put.append((name, member, fscore))
+    index_delete: list[tuple[str, str]] = []
+    for name, gone in batch.index_delete.items():
+        check_key(name, "index name", url)
+        clash = set(gone) & batch.index_put.get(name, {}).keys()
+        if clash:
+            raise StorageError(f"batch both adds and removes {sorted(clash)!r} in index {name!r}", url)
+        index_delete.extend((name, check_key(m, "index member", url)) for m in gone)
+    return CheckedBatch(expect, puts, deletes, index_put, index_delete)
+
+
+def key_successor(prefix: str) -> str | None:
+    """The smallest string greater than every string that starts with ``prefix``.
+
+    ``None`` when there is none (``prefix`` is empty or all U+10FFFF). Surrogate code points
+    are skipped, since they cannot be stored; UTF-8 byte order equals code point order, so
+    the result is also the byte-order successor of the prefix range.
+    """
+    chars = list(prefix)
+    while chars:
+        last = ord(chars.pop())
+        if last < 0x10FFFF:
+            nxt = last + 1
+            if 0xD800 <= nxt <= 0xDFFF:
+                nxt = 0xE000
+            chars.append(chr(nxt))
+            return "".join(chars)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The backend
+# --------------------------------------------------------------------------------------------
+
+
+def _is_lock_error(exc: sqlite3.Error) -> bool:
+    msg = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in msg or "busy" in msg)
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return True
+    msg = str(exc).lower()
+    return any(
+        s in msg for s in ("unable to open", "disk i/o", "not a database", "malformed", "locked", "busy")
+    )
+
+
+class SQLiteStorage(Storage):
+    """Storage in one SQLite file, safe to share between processes on one machine.
+
+    The constructor only records its arguments; the file is opened (and its directory and
+    schema created) in the worker thread on first use. Prefer :meth:`open`, which does that
+    eagerly and reports an unusable path as :class:`StorageUnavailableError`.
+
+    ``list_keys`` returns keys in UTF-8 byte order; ``index_range`` orders equal scores by
+    member (byte order). ``delete_prefix`` deletes in transactions of up to 1000 keys.
+
+    If a call is cancelled while its work is running in the worker thread, that work still
+    completes: a cancelled :meth:`commit` may or may not have applied.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, sync: SyncMode = "normal", url: str | None = None
+    ) -> None:
+        if sync not in ("normal", "full"):
+            raise StorageError(f"sync must be 'normal' or 'full', got {sync!r}", url)
+        self.path = Path(path)
+        self.sync: SyncMode = sync
+        self.url = url if url is not None else f"sqlite://{self.path}"
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="actorflow-sqlite")
+        self._conn: sqlite3.Connection | None = None  # touched only in the worker thread
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    @classmethod
+    async def open(
+        cls, path: str | os.PathLike[str], *, sync: SyncMode = "normal", url: str | None = None
+    ) -> SQLiteStorage:
+        """Open (creating if needed) the database at ``path`` and make sure its schema exists.
+
+        Raises :class:`StorageUnavailableError` naming the URL if the file or its directory
+        cannot be created or opened, or the file is not a SQLite database.
+        """
+        storage = cls(path, sync=sync, url=url)
+        try:
+            await storage._run(lambda conn: None)
+        except BaseException:
+            await storage.close()
+            raise
+        return storage
+
+    def __repr__(self) -> str:
+        return f"SQLiteStorage({self.url!r})"
+
+    # -- worker-thread plumbing -------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageUnavailableError(f"cannot open SQLite database: {exc}", self.url) from exc
+        try:
+            self._retry_locked(lambda: self._attempt(conn, self._setup))
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, (sqlite3.Error, OSError)):
+                raise StorageUnavailableError(f"cannot open SQLite database: {exc}", self.url) from exc
+            raise
+        return conn
+
+    def _setup(self, conn: sqlite3.Connection) -> None:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self.sync.upper()}")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in _SCHEMA:
+                conn.execute(stmt)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @staticmethod
+    def _attempt(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)``; if it raises, roll back whatever transaction it left open."""
+        try:
+            return fn(conn)
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+
+    def _retry_locked(self, fn: Callable[[], T]) -> T:
+        """Run ``fn``; retry it on "database is locked" with a bounded, jittered backoff.
+
+        ``fn`` must leave no transaction open when it raises (see :meth:`_attempt`).
+        """
+        deadline = time.monotonic() + LOCK_RETRY_DEADLINE
+        attempt = 0
+        while True:
+            try:
+                return fn()
+            except sqlite3.OperationalError as exc:
+                if not _is_lock_error(exc) or attempt >= LOCK_RETRIES or time.monotonic() > deadline:
+                    raise
+            delay = min(0.01 * 2**attempt, 1.0)
+            time.sleep(delay * (0.5 + random.random()))
+            attempt += 1
+
+    def _in_worker(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise StorageError("storage is closed", self.url)
+        if self._conn is None:
+            self._conn = self._connect()
+        conn = self._conn
+        try:
+            return self._retry_locked(lambda: self._attempt(conn, fn))
+        except StorageError:
+            raise
+        except (sqlite3.Error, OSError) as exc:
+            cls = StorageUnavailableError if _is_unavailable(exc) else StorageError
+            raise cls(f"SQLite error: {exc}", self.url) from exc
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise StorageError("storage is closed", self.url)
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, self._in_worker, fn)
+        except RuntimeError as exc:  # executor shut down between the check and the submit
+            if self._closed:
+                raise StorageError("storage is closed", self.url) from exc
+            raise
+
+    @staticmethod
+    def _read_txn(conn: sqlite3.Connection, fn: Callable[[], T]) -> T:
+        """Run several reads in one (deferred) transaction, so they see one snapshot."""
+        conn.execute("BEGIN")
+        try:
+            result = fn()
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    # -- Storage API ------------------------------------------------------------------------
+
+    async def get(self, key: str) -> bytes | None:
+        """The value of ``key``, or ``None``."""
+        check_key(key, "key", self.url)
+
+        def do(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+            return None if row is None else bytes(row[0])
+
+        return await self._run(do)
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Values of ``keys`` in order (``None`` for absent ones), from one read transaction."""
+        keys = list(keys)
+        for k in keys:
+            check_key(k, "key", self.url)
+        if not keys:
+            return []
+
+        def do(conn: sqlite3.Connection) -> list[bytes | None]:
+            def read() -> list[bytes | None]:
+                found: dict[str, bytes] = {}
+                unique = list(dict.fromkeys(keys))
+                for i in range(0, len(unique), 500):
+                    chunk = unique[i : i + 500]
+                    marks = ",".join("?" * len(chunk))
+                    for k, v in conn.execute(f"SELECT key, value FROM kv WHERE key IN ({marks})", chunk):
+                        found[k] = bytes(v)
+                return [found.get(k) for k in keys]
+
+            return self._read_txn(conn, read)
+
+        return await self._run(do)
+
+    async def commit(self, batch: Batch) -> bool:
+        """Apply ``batch`` in one ``BEGIN IMMEDIATE`` transaction if every expectation holds.
+
+        Returns ``False`` (having changed nothing) when an expectation fails. An empty batch
+        returns ``True`` without touching the file.
+        """
+        cb = check_batch(batch, self.url)
+        if not cb.expect and cb.writes_nothing:
+            return True
+
+        def do(conn: sqlite3.Connection) -> bool:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for key, want in cb.expect:
+                    row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+                    have = None if row is None else bytes(row[0])
+                    if have != want:
+                        conn.execute("ROLLBACK")
+                        return False
+                if cb.puts:
+                    conn.executemany(
+                        "INSERT INTO kv (key, value) VALUES (?, ?)"
+                        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        cb.puts,
+                    )
+                if cb.deletes:
+                    conn.executemany("DELETE FROM kv WHERE key = ?", [(k,) for k in cb.deletes])
+                if cb.index_put:
+                    conn.executemany(
+                        "INSERT INTO idx (name, member, score) VALUES (?, ?, ?)"
+                        " ON CONFLICT (name, member) DO UPDATE SET score = excluded.score",
+                        cb.index_put,
+                    )
+                if cb.index_delete:
+                    conn.executemany("DELETE FROM idx WHERE name = ? AND member = ?", cb.index_delete)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return True
+
+        return await self._run(do)
+
+    async def list_keys(
+        self, prefix: str, *, start_after: str | None = None, limit: int | None = None
+    ) -> list[str]:
+        """Keys ``prefix + name`` where ``name`` has no ``/``, in byte order.
+
+        Only keys greater than ``start_after`` are returned (if given), at most ``limit`` of
+        them (``limit <= 0`` returns ``[]``). Deeper keys are skipped a subtree at a time, so
+        the cost grows with the number of children, not of descendants. One read snapshot.
+        """
+        check_key(prefix, "prefix", self.url)
+        if start_after is not None:
+            check_key(start_after, "start_after", self.url)
+        if limit is not None and limit <= 0:
+            return []
+        upper = key_successor(prefix)
+
+        def scan(conn: sqlite3.Connection) -> list[str]:
+            out: list[str] = []
+            if start_after is not None and start_after >= prefix:
+                low, inclusive = start_after, False
+            else:
+                low, inclusive = prefix, True
+            while True:
+                sql = "SELECT key FROM kv WHERE key " + (">=" if inclusive else ">") + " ?"
+                args: list[object] = [low]
+                if upper is not None:
+                    sql += " AND key < ?"
+                    args.append(upper)
+                sql += " ORDER BY key LIMIT ?"
+                args.append(_SCAN_CHUNK)
+                rows = conn.execute(sql, args).fetchall()
+                jumped = False
+                for (key,) in rows:
+                    slash = key.find("/", len(prefix))
+                    if slash < 0:
+                        out.append(key)
+                        if limit is not None and len(out) >= limit:
+                            return out
+                        low, inclusive = key, False
+                        continue
+                    # ``key`` lies in the subdirectory prefix+child+'/': jump past all of it.
+                    nxt = key_successor(key[: slash + 1])
+                    assert nxt is not None  # a string ending in '/' always has one
+                    low, inclusive, jumped = nxt, True, True
+                    break
+                if not jumped and len(rows) < _SCAN_CHUNK:
+                    return out
+
+        return await self._run(lambda conn: self._read_txn(conn, lambda: scan(conn)))
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every key that starts with ``prefix`` (a raw string prefix, at any depth).
+
+        ``delete_prefix("a/b")`` also deletes ``"a/bc"``; pass ``"a/b/"`` for a directory.
+        Returns the number of keys deleted. Indexes are not touched.
+        """
+        check_key(prefix, "prefix", self.url)
+        upper = key_successor(prefix)
+        where = "key >= ?" + (" AND key < ?" if upper is not None else "")
+        args = (prefix,) if upper is None else (prefix, upper)
+        sql = f"DELETE FROM kv WHERE key IN (SELECT key FROM kv WHERE {where} LIMIT {_DELETE_CHUNK})"
+
+        def chunk(conn: sqlite3.Connection) -> int:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                n = conn.execute(sql, args).rowcount
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return n
+
+        total = 0
+        while True:
+            n = await self._run(chunk)
+            total += n
+            if n < _DELETE_CHUNK:
+                return total
+
+    async def index_range(
+        self, index: str, *, max_score: float | None = None, limit: int | None = None
+    ) -> list[tuple[str, float]]:
+        """Members with score <= ``max_score``, lowest score first, ties by member."""
+        check_key(index, "index name", self.url)
+        if limit is not None and limit <= 0:
+            return []
+        sql = "SELECT member, score FROM idx WHERE name = ?"
+        args: list[object] = [index]
+        if max_score is not None:
+            if math.isnan(max_score):
+                return []
+            sql += " AND score <= ?"
+            args.append(float(max_score))
+        sql += " ORDER BY score, member LIMIT ?"
+        args.append(-1 if limit is None else limit)
+
+        def do(conn: sqlite3.Connection) -> list[tuple[str, float]]:
+            return [(m, float(s)) for m, s in conn.execute(sql, args)]
+
+        return await self._run(do)
+
+    async def index_score(self, index: str, member: str) -> float | None:
+        """The score of ``member`` in ``index``, or ``None``."""
+        check_key(index, "index name", self.url)
+        check_key(member, "index member", self.url)
+
+        def do(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(
+                "SELECT score FROM idx WHERE name = ? AND member = ?", (index, member)
+            ).fetchone()
+            return None if row is None else float(row[0])
+
+        return await self._run(do)
+
+    async def close(self) -> None:
+        """Close the connection and stop the worker thread. Idempotent."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+
+        def shut() -> None:
+            if self._conn is not None:
+                conn, self._conn = self._conn, None
+                conn.close()
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, shut)
+        except sqlite3.Error as exc:
+            raise StorageError(f"SQLite error while closing: {exc}", self.url) from exc
+        finally:
+            self._executor.shutdown(wait=False)

@@ -1,0 +1,137 @@
+"""Durable workflows: the seed's ``workflow`` API (and Ray 2.x's ``ray.workflow`` names).
+
+::
+
+    from actorflow import workflow
+
+    @workflow.step
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    workflow.init(storage="sqlite:///./actorflow.db")     # or "redis://host:6379/0"
+    assert add.step(1, add.step(2, 3)).run(workflow_id="w1") == 6
+    workflow.get_status("w1")      # WorkflowStatus.SUCCESSFUL
+
+Guarantees: a workflow's graph is stored before its first step runs; each step's output is
+stored before any step that consumes it starts, and a step whose output is stored never runs
+again. After any crash the workflow is RESUMABLE and ``resume`` finishes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from actorflow.workflow._compat import continuation, options
+from actorflow.workflow._dag import StepFunction, StepOptions, Workflow, step
+from actorflow.workflow._raysupport import StepFailure
+from actorflow.workflow._runtime import (
+    WorkflowRuntime,
+    WorkflowTimeoutError,
+    default_runtime,
+)
+from actorflow.workflow._runtime import init as _init
+from actorflow.workflow._store import WorkflowStatus
+
+
+def init(storage: str | None = None, *, lease_ttl: float | None = None) -> None:
+    """Set the storage the module-level API uses.
+
+    ``storage`` is ``sqlite:///path/file.db``, ``redis://host:port/db`` (or ``rediss://``),
+    or a directory path (a SQLite file inside it). Without it the current storage is kept; the
+    first default is ``$ACTORFLOW_STORAGE`` or a SQLite file in the per-user data directory.
+    An unknown scheme or unreachable storage raises an error naming the URL.
+    """
+    _init(storage, lease_ttl=lease_ttl)
+
+
+def run(dag: Any, workflow_id: str | None = None, metadata: dict[str, Any] | None = None) -> Any:
+    """Run a workflow (a ``Workflow`` or a Ray DAG of ``@ray.remote`` functions) to the end."""
+    return default_runtime().run(_as_workflow(dag), workflow_id=workflow_id, metadata=metadata)
+
+
+def run_async(dag: Any, workflow_id: str | None = None, metadata: dict[str, Any] | None = None) -> Any:
+    """Start a workflow in a Ray task; return an ``ObjectRef`` of its output."""
+    return default_runtime().run_async(_as_workflow(dag), workflow_id=workflow_id, metadata=metadata)
+
+
+def _as_workflow(dag: Any) -> Workflow[Any]:
+    from actorflow.workflow._compat import as_workflow
+
+    wf = as_workflow(dag)
+    if wf is None:
+        raise TypeError(f"expected a workflow step or a Ray DAG (f.bind(...)), got {type(dag).__name__}")
+    return wf
+
+
+def resume(workflow_id: str) -> Any:
+    """Continue a stopped workflow in this process and return its output (see WorkflowRuntime)."""
+    return default_runtime().resume(workflow_id)
+
+
+def resume_async(workflow_id: str) -> Any:
+    """Continue a stopped workflow in a Ray task; return an ``ObjectRef`` of its output."""
+    return default_runtime().resume_async(workflow_id)
+
+
+def resume_all(include_failed: bool = False) -> list[tuple[str, Any]]:
+    """Resume every RESUMABLE workflow (and FAILED ones if asked); ``[(id, ObjectRef)]``."""
+    return default_runtime().resume_all(include_failed)
+
+
+def get_status(workflow_id: str) -> WorkflowStatus:
+    """The workflow's status. Raises ``WorkflowNotFoundError`` for an unknown id."""
+    return default_runtime().get_status(workflow_id)
+
+
+def get_output(workflow_id: str, *, timeout: float | None = None) -> Any:
+    """The workflow's output, waiting while it runs."""
+    return default_runtime().get_output(workflow_id, timeout=timeout)
+
+
+def list_all(
+    status_filter: str | WorkflowStatus | Iterable[str | WorkflowStatus] | None = None,
+) -> list[tuple[str, WorkflowStatus]]:
+    """``[(workflow_id, status)]`` of stored workflows, optionally only those with a status."""
+    return default_runtime().list_all(status_filter)
+
+
+def cancel(workflow_id: str) -> None:
+    """Cancel a workflow for good; its checkpoints are kept."""
+    default_runtime().cancel(workflow_id)
+
+
+def delete(workflow_id: str) -> None:
+    """Delete a workflow that is not running, with all its checkpoints."""
+    default_runtime().delete(workflow_id)
+
+
+def get_metadata(workflow_id: str, name: str | None = None, *, task_id: str | None = None) -> dict[str, Any]:
+    """Metadata of a workflow, or of one of its steps (``name``, or Ray 2.x's ``task_id``)."""
+    return default_runtime().get_metadata(workflow_id, name or task_id)
+
+
+__all__ = [
+    "StepFailure",
+    "StepFunction",
+    "StepOptions",
+    "Workflow",
+    "WorkflowRuntime",
+    "WorkflowStatus",
+    "WorkflowTimeoutError",
+    "cancel",
+    "continuation",
+    "delete",
+    "get_metadata",
+    "get_output",
+    "get_status",
+    "init",
+    "list_all",
+    "options",
+    "resume",
+    "resume_all",
+    "resume_async",
+    "run",
+    "run_async",
+    "step",
+]

@@ -1,0 +1,104 @@
+"""The Ray 2.x ``ray.workflow`` front: DAGs of ``@ray.remote`` functions bound with ``.bind()``.
+
+``workflow.run(dag)`` converts the Ray DAG into the same :class:`Workflow` graph the
+``@workflow.step`` API builds, so both fronts share one engine. Per-task workflow options
+travel through ``workflow.options(...)``; Ray 2.60 no longer accepts arbitrary task options,
+so they ride in a task label that is stripped before the task is submitted.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from actorflow.errors import ConfigError
+from actorflow.workflow._dag import StepOptions, Workflow, make_options, map_values, walk_values
+
+OPTIONS_LABEL = "actorflow.workflow/options"
+_WORKFLOW_OPTION_NAMES = {"task_id", "checkpoint", "catch_exceptions", "max_retries", "metadata", "name"}
+
+
+def options(**kwargs: Any) -> dict[str, Any]:
+    """Workflow options for one Ray task: ``f.options(**workflow.options(task_id="x")).bind()``.
+
+    Accepts ``task_id`` (the step's name), ``checkpoint``, ``catch_exceptions``,
+    ``max_retries`` and ``metadata``; the values are validated here.
+    """
+    unknown = set(kwargs) - _WORKFLOW_OPTION_NAMES
+    if unknown:
+        raise ConfigError(
+            f"unknown workflow options {sorted(unknown)}; known: {sorted(_WORKFLOW_OPTION_NAMES)}"
+        )
+    step_opts = {("name" if k == "task_id" else k): v for k, v in kwargs.items()}
+    make_options(**step_opts)  # validate now, with a clear message
+    return {"_labels": {OPTIONS_LABEL: json.dumps(step_opts)}}
+
+
+class Continuation:
+    """Marks a DAG returned from a task as the rest of the workflow (``workflow.continuation``)."""
+
+    def __init__(self, dag: Any) -> None:
+        self.dag = dag
+
+
+def continuation(dag: Any) -> Continuation:
+    """Return this from a workflow task to continue the workflow with ``dag``."""
+    return Continuation(dag)
+
+
+def _is_ray_dag(obj: Any) -> bool:
+    try:
+        from ray.dag import DAGNode
+    except ImportError:  # pragma: no cover - ray is a dependency
+        return False
+    return isinstance(obj, DAGNode)
+
+
+def as_workflow(obj: Any) -> Workflow[Any] | None:
+    """The workflow a step returned, if it returned one (a node, a Ray DAG, a continuation)."""
+    if isinstance(obj, Continuation):
+        obj = obj.dag
+    if isinstance(obj, Workflow):
+        return obj
+    if _is_ray_dag(obj):
+        return from_ray_dag(obj)
+    return None
+
+
+def from_ray_dag(root: Any) -> Workflow[Any]:
+    """Convert a Ray DAG of ``FunctionNode``s into a workflow graph (shared nodes stay shared)."""
+    from ray.dag import DAGNode, FunctionNode
+
+    done: dict[int, Workflow[Any]] = {}
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if id(node) in done:
+            continue
+        if not isinstance(node, FunctionNode):
+            raise ConfigError(
+                f"workflows run DAGs of @ray.remote functions; {type(node).__name__} is not supported"
+            )
+        children = [v for v in walk_values((node.get_args(), node.get_kwargs())) if isinstance(v, DAGNode)]
+        if not expanded:
+            stack.append((node, True))
+            stack.extend((c, False) for c in reversed(children) if id(c) not in done)
+            continue
+        ray_opts = dict(node.get_options())
+        labels = dict(ray_opts.pop("_labels", None) or {})
+        wf_opts = json.loads(labels.pop(OPTIONS_LABEL, "{}"))
+        if labels:
+            ray_opts["_labels"] = labels
+        ray_opts.pop("retry_exceptions", None)
+        if "max_retries" in ray_opts and "max_retries" not in wf_opts:
+            wf_opts["max_retries"] = max(0, ray_opts["max_retries"])
+        ray_opts.pop("max_retries", None)
+        opts: StepOptions = make_options(**wf_opts, **ray_opts)
+        sub = lambda v: done[id(v)] if isinstance(v, DAGNode) else v  # noqa: E731
+        done[id(node)] = Workflow(
+            node._body,
+            opts,
+            map_values(tuple(node.get_args()), sub),
+            map_values(dict(node.get_kwargs()), sub),
+        )
+    return done[id(root)]

@@ -1,0 +1,339 @@
+"""Runs one workflow: submits ready steps as Ray tasks and checkpoints what they return.
+
+The executor lives on the runtime's event loop. Steps whose inputs are ready are submitted at
+once (a fan-out runs in parallel); completions are drained in groups and checkpointed in one
+atomic commit per group, and only then are the steps that depend on them submitted. So:
+
+* a step starts only after the outputs it consumes are durable;
+* a step whose output is stored never runs again (on resume it is loaded instead);
+* every commit requires the runner's lease, so a cancelled or superseded runner stops writing.
+
+A step that returns another workflow (a continuation) stores that sub-graph with its record;
+its own output becomes the sub-graph's output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from actorflow import _codec
+from actorflow.errors import WorkflowCancelledError, WorkflowError
+from actorflow.storage import Batch
+from actorflow.workflow._dag import IdAssigner, StepRef, StepSpec, flatten, map_values
+from actorflow.workflow._raysupport import StepFailure, portable_exception, remote_for
+from actorflow.workflow._store import (
+    Lease,
+    WorkflowStatus,
+    WorkflowStore,
+    k_counters,
+    k_err,
+    k_lease,
+    k_meta,
+    k_out,
+    k_step,
+)
+
+log = logging.getLogger("actorflow.workflow")
+
+
+class LeaseLost(BaseException):
+    """The runner no longer owns the workflow (cancelled or taken over). Internal signal."""
+
+
+class Executor:
+    """Executes one workflow while holding its lease."""
+
+    def __init__(self, store: WorkflowStore, wid: str, lease: Lease, lease_ttl: float) -> None:
+        self.store = store
+        self.storage = store.storage
+        self.wid = wid
+        self.lease = lease
+        self.lease_bytes = lease.encode()
+        self.lease_ttl = lease_ttl
+        self._commit_lock = asyncio.Lock()
+        self.specs: dict[str, StepSpec] = {}
+        self.dependents: dict[str, list[str]] = {}
+        self.cont_parents: dict[str, list[str]] = {}
+        self.done: dict[str, Any] = {}
+        self.active: set[str] = set()
+        self.missing: dict[str, int] = {}
+        self.ready: list[str] = []
+        self.in_flight: dict[str, Any] = {}
+        self.assigner = IdAssigner()
+        self.completions: list[tuple[str, Any]] = []
+        self.wakeup = asyncio.Event()
+        self.root = ""
+        self._lost = False
+
+    # ----------------------------------------------------------------- graph bookkeeping
+    def _add_specs(self, specs: list[StepSpec]) -> None:
+        for s in specs:
+            self.specs[s.step_id] = s
+            for d in s.deps():
+                self.dependents.setdefault(d, []).append(s.step_id)
+
+    def _finish(self, sid: str, value: Any) -> None:
+        stack = [sid]
+        while stack:
+            s = stack.pop()
+            if s in self.done:
+                continue
+            self.done[s] = value
+            self.active.discard(s)
+            stack.extend(self.cont_parents.pop(s, ()))
+            for dep in self.dependents.get(s, ()):
+                if dep in self.active:
+                    self.missing[dep] -= 1
+                    if self.missing[dep] == 0:
+                        self.ready.append(dep)
+
+    def _continue_with(self, parent: str, specs: list[StepSpec]) -> None:
+        self._add_specs(specs)
+        sub_root = specs[-1].step_id
+        self.cont_parents.setdefault(sub_root, []).append(parent)
+        for s in specs:
+            self._activate_iter(s.step_id)
+
+    def _activate_iter(self, sid: str) -> None:
+        stack = [sid]
+        while stack:
+            s = stack.pop()
+            if s in self.active or s in self.done or s not in self.specs:
+                continue
+            self.active.add(s)
+            deps = self.specs[s].deps()
+            pending = [d for d in deps if d not in self.done]
+            self.missing[s] = len(pending)
+            if not pending:
+                self.ready.append(s)
+            stack.extend(pending)
+
+    # ----------------------------------------------------------------- loading
+    async def load(self, specs: list[StepSpec], counters: dict[str, int], fresh: bool) -> None:
+        self.assigner = IdAssigner(counters)
+        self._add_specs(specs)
+        self.root = specs[-1].step_id
+        if fresh:
+            for s in specs:
+                self._activate_iter(s.step_id)
+            return
+        existing = await self.store.step_ids(self.wid)
+        visited: set[str] = set()
+        frontier = [self.root]
+        pending: list[str] = []
+        while frontier:
+            frontier = [s for s in dict.fromkeys(frontier) if s not in visited]
+            visited.update(frontier)
+            with_record = [s for s in frontier if s in existing]
+            raws = await self.storage.get_many([k_step(self.wid, s) for s in with_record])
+            records = dict(zip(with_record, raws, strict=True))
+            nxt: list[str] = []
+            for sid in frontier:
+                raw = records.get(sid)
+                header: dict[str, Any] = _codec.unpack(raw)[0] if raw else {}
+                kind = header.get("kind")
+                if kind == "ok":
+                    _, value = await self.store.load_payload(self.wid, raw)  # type: ignore[arg-type]
+                    self.done[sid] = value
+                elif kind == "cont":
+                    _, sub = await self.store.load_payload(self.wid, raw)  # type: ignore[arg-type]
+                    self._add_specs(sub)
+                    self.active.add(sid)  # waits for its sub-graph; never runs again
+                    self.missing[sid] = -1
+                    self.cont_parents.setdefault(sub[-1].step_id, []).append(sid)
+                    nxt.append(sub[-1].step_id)
+                else:
+                    pending.append(sid)
+                    nxt.extend(self.specs[sid].deps())
+            frontier = nxt
+        # Resolve continuation parents whose sub-graph already finished, innermost first.
+        for sub_root in list(self.cont_parents):
+            if sub_root in self.done:
+                self._finish_parents(sub_root)
+        for sid in pending:
+            self._activate_iter(sid)
+
+    def _finish_parents(self, sub_root: str) -> None:
+        value = self.done[sub_root]
+        stack = list(self.cont_parents.pop(sub_root, ()))
+        while stack:
+            p = stack.pop()
+            if p not in self.done:
+                self.done[p] = value
+            stack.extend(self.cont_parents.pop(p, ()))
+
+    # ----------------------------------------------------------------- running
+    async def _commit(self, batch: Batch) -> None:
+        async with self._commit_lock:
+            batch.require(k_lease(self.wid), self.lease_bytes)
+            if not await self.storage.commit(batch):
+                raise LeaseLost()
+
+    async def _heartbeat(self) -> None:
+        interval = max(0.05, self.lease_ttl / 3)
+        while True:
+            await asyncio.sleep(interval)
+            async with self._commit_lock:
+                new = self.lease.renewed(self.lease_ttl)
+                new_bytes = new.encode()
+                batch = Batch().require(k_lease(self.wid), self.lease_bytes).put(k_lease(self.wid), new_bytes)
+                if not await self.storage.commit(batch):
+                    self._lost = True
+                    self.wakeup.set()
+                    return
+                self.lease, self.lease_bytes = new, new_bytes
+
+    def _submit(self, sid: str) -> None:
+        spec = self.specs[sid]
+        sub: Callable[[Any], Any] = lambda v: self.done[v.step_id] if isinstance(v, StepRef) else v  # noqa: E731
+        args = map_values(spec.args, sub)
+        kwargs = map_values(spec.kwargs, sub)
+        ref = remote_for(spec.func, spec.options).remote(*args, **kwargs)
+        self.in_flight[sid] = ref
+        loop = asyncio.get_running_loop()
+
+        def on_done(fut: Any, sid: str = sid) -> None:
+            loop.call_soon_threadsafe(self._completed, sid, fut)
+
+        ref.future().add_done_callback(on_done)
+
+    def _completed(self, sid: str, fut: Any) -> None:
+        self.completions.append((sid, fut))
+        self.wakeup.set()
+
+    async def run(self) -> Any:
+        """Execute to the end; return the output or raise the failing step's exception."""
+        hb = asyncio.ensure_future(self._heartbeat())
+        try:
+            return await self._run()
+        except LeaseLost:
+            await self._on_lease_lost()
+            raise AssertionError("unreachable") from None
+        finally:
+            hb.cancel()
+            with contextlib.suppress(BaseException):
+                await hb
+
+    async def _on_lease_lost(self) -> None:
+        import ray
+
+        for ref in self.in_flight.values():
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)  # a polite cancel cannot interrupt a blocking call
+        meta, _, _ = await self.store.read_head(self.wid)
+        if meta["status"] == WorkflowStatus.CANCELED.value:
+            raise WorkflowCancelledError(self.wid)
+        raise WorkflowError(self.wid, f"workflow {self.wid!r} is now run by another process")
+
+    async def _run(self) -> Any:
+        failure: tuple[str, BaseException, str] | None = None
+        while self.root not in self.done:
+            if failure is None:
+                for sid in self.ready:
+                    if sid not in self.in_flight and sid not in self.done:
+                        self._submit(sid)
+            self.ready.clear()
+            if not self.in_flight:
+                if failure is not None:
+                    break
+                raise WorkflowError(self.wid, f"workflow {self.wid!r} has no runnable step (internal error)")
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            if self._lost:
+                raise LeaseLost()
+            items, self.completions = self.completions, []
+            if not items:
+                continue
+            batch = Batch()
+            finished: list[tuple[str, Any]] = []
+            continued: list[tuple[str, list[StepSpec]]] = []
+            for sid, fut in items:
+                self.in_flight.pop(sid, None)
+                spec = self.specs[sid]
+                try:
+                    kind, out, start, end, attempts, tb = fut.result()
+                except BaseException as exc:  # the task itself died (worker crash, cancel)
+                    kind, out, start, end, attempts, tb = (
+                        "err",
+                        portable_exception(exc),
+                        time.time(),
+                        time.time(),
+                        1,
+                        "",
+                    )
+                header = {
+                    "kind": kind,
+                    "name": spec.name,
+                    "start_time": start,
+                    "end_time": end,
+                    "attempts": attempts,
+                    "user_metadata": spec.options.metadata,
+                }
+                what = f"the output of step {sid!r} of workflow {self.wid!r}"
+                try:
+                    if kind == "ok":
+                        if spec.options.checkpoint:
+                            self.store.put_payload(batch, self.wid, k_step(self.wid, sid), header, out, what)
+                        finished.append((sid, out))
+                    elif kind == "cont":
+                        sub = flatten(out, self.assigner)
+                        self.store.put_payload(batch, self.wid, k_step(self.wid, sid), header, sub, what)
+                        batch.put(k_counters(self.wid), _codec.json_dumps(self.assigner.counters))
+                        continued.append((sid, sub))
+                    else:
+                        log.warning("step %s of workflow %s failed:\n%s", sid, self.wid, tb or out)
+                        batch.put(k_step(self.wid, sid), _codec.pack({**header, "error": repr(out)}))
+                        if failure is None:
+                            failure = (sid, out, tb)
+                except Exception as exc:  # output that cannot be stored fails the step
+                    batch.put(
+                        k_step(self.wid, sid), _codec.pack({**header, "kind": "err", "error": repr(exc)})
+                    )
+                    if failure is None:
+                        failure = (sid, exc, "")
+            if batch:
+                await self._commit(batch)
+            for sid, out in finished:
+                self._finish(sid, out)
+            for sid, sub in continued:
+                self._continue_with(sid, sub)
+        if failure is not None and self.root not in self.done:
+            await self._fail(*failure)
+        return await self._succeed()
+
+    async def _succeed(self) -> Any:
+        value = self.done[self.root]
+        meta, _, _ = await self.store.read_head(self.wid)
+        meta.update(status=WorkflowStatus.SUCCESSFUL.value, end_time=time.time(), error=None)
+        batch = Batch()
+        self.store.put_meta(batch, self.wid, meta)
+        self.store.put_payload(
+            batch, self.wid, k_out(self.wid), {}, value, f"the output of workflow {self.wid!r}"
+        )
+        await self._commit(batch.delete(k_lease(self.wid)))
+        return value
+
+    async def _fail(self, sid: str, exc: BaseException, tb: str) -> None:
+        meta, _, _ = await self.store.read_head(self.wid)
+        meta.update(
+            status=WorkflowStatus.FAILED.value,
+            end_time=time.time(),
+            error={"step": sid, "type": type(exc).__name__, "message": str(exc)},
+        )
+        batch = Batch()
+        self.store.put_meta(batch, self.wid, meta)
+        try:
+            self.store.put_payload(batch, self.wid, k_err(self.wid), {}, exc, "the error")
+        except Exception:
+            exc = StepFailure(type(exc).__name__, str(exc))
+            self.store.put_payload(batch, self.wid, k_err(self.wid), {}, exc, "the error")
+        await self._commit(batch.delete(k_lease(self.wid)))
+        raise exc
+
+
+__all__ = ["Executor", "LeaseLost", "k_meta"]

@@ -1,0 +1,137 @@
+"""The thin layer between workflow steps and Ray tasks.
+
+A step runs as one Ray task. The task body calls the user's function, retries it in place
+when it raises (``max_retries``), and returns a small tuple the executor understands:
+``("ok", value, ...)``, ``("cont", workflow, ...)`` for a step that returned more steps, or
+``("err", exception, ...)``. Checkpointing happens in the executor, never in the task, so a
+step's output is durable before any step that depends on it starts.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import os
+import threading
+import time
+import traceback
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from actorflow.workflow._dag import StepOptions, Workflow
+
+_init_lock = threading.Lock()
+
+
+def ensure_ray() -> None:
+    """Start (or connect to, when ``RAY_ADDRESS`` is set) Ray if this process has not yet."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    with _init_lock:
+        if ray.is_initialized():
+            return
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(ignore_reinit_error=True, logging_level=logging.WARNING)
+        else:
+            ray.init(ignore_reinit_error=True, include_dashboard=False, logging_level=logging.WARNING)
+
+
+class StepFailure(Exception):
+    """Stands in for a step's exception when the exception itself cannot be pickled."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        self.type_name = type_name
+        super().__init__(f"{type_name}: {message}")
+
+
+def portable_exception(exc: BaseException) -> BaseException:
+    try:
+        cloudpickle.loads(cloudpickle.dumps(exc))
+        return exc
+    except Exception:
+        return StepFailure(type(exc).__name__, str(exc))
+
+
+def _make_body(func: Callable[..., Any], retries: int, catch: bool) -> Callable[..., Any]:
+    def actorflow_step(*args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        start = time.time()
+        attempts = 0
+        out: Any = None
+        while True:
+            attempts += 1
+            try:
+                out = func(*args, **kwargs)
+            except Exception as exc:
+                if attempts <= retries:
+                    continue
+                tb = traceback.format_exc()
+                if catch:
+                    return ("ok", (None, portable_exception(exc)), start, time.time(), attempts, tb)
+                return ("err", portable_exception(exc), start, time.time(), attempts, tb)
+            break
+        from actorflow.workflow._compat import as_workflow
+
+        cont = as_workflow(out)
+        if cont is not None:
+            return ("cont", cont, start, time.time(), attempts, "")
+        if catch:
+            out = (out, None)
+        return ("ok", out, start, time.time(), attempts, "")
+
+    actorflow_step.__qualname__ = actorflow_step.__name__ = getattr(func, "__name__", "step")
+    return actorflow_step
+
+
+_digests: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_remotes: collections.OrderedDict[tuple[str, str], Any] = collections.OrderedDict()
+_REMOTE_CACHE_SIZE = 512
+_cache_lock = threading.Lock()
+
+
+def _digest(func: Callable[..., Any]) -> str:
+    try:
+        return _digests[func]
+    except (KeyError, TypeError):
+        pass
+    d = hashlib.sha1(cloudpickle.dumps(func)).hexdigest()
+    try:
+        _digests[func] = d
+    except TypeError:
+        pass
+    return d
+
+
+def remote_for(func: Callable[..., Any], options: StepOptions) -> Any:
+    """The Ray remote function that runs steps of ``func`` with ``options`` (cached).
+
+    Functions arriving in continuations are fresh copies each time, so the cache is keyed by
+    the function's pickled content rather than its identity.
+    """
+    import ray
+
+    key = (
+        _digest(func),
+        repr((options.max_retries, options.catch_exceptions, sorted(options.ray_options.items()))),
+    )
+    with _cache_lock:
+        remote = _remotes.get(key)
+        if remote is not None:
+            _remotes.move_to_end(key)
+            return remote
+    opts = {"max_retries": options.max_retries, "retry_exceptions": False, **options.ray_options}
+    remote = ray.remote(**opts)(_make_body(func, options.max_retries, options.catch_exceptions))
+    with _cache_lock:
+        _remotes[key] = remote
+        while len(_remotes) > _REMOTE_CACHE_SIZE:
+            _remotes.popitem(last=False)
+    return remote
+
+
+__all__ = ["StepFailure", "Workflow", "ensure_ray", "portable_exception", "remote_for"]

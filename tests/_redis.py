@@ -1,0 +1,154 @@
+"""Start a throwaway ``redis-server`` for tests.
+
+``start_redis(tmpdir)`` runs ``redis-server`` in the foreground as a child process on a free
+port of 127.0.0.1, with its data (AOF on, RDB snapshots off) and log in ``tmpdir``, and
+returns once it answers PING. ``RedisServer.stop()`` kills exactly that process, by pid, and
+waits for it. Usable as a context manager::
+
+    with start_redis(tmp_path) as server:
+        url = server.url
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import quote
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listened on a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers_ping(port: int, password: str | None = None) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            if password:
+                secret = password.encode()
+                sock.sendall(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(secret), secret))
+                if not sock.recv(64).startswith(b"+OK"):
+                    return False
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """A running ``redis-server`` child process."""
+
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        port: int,
+        directory: Path,
+        password: str | None = None,
+    ) -> None:
+        self.proc = proc
+        self.port = port
+        self.pid = proc.pid
+        self.directory = directory
+        self.password = password
+        auth = f":{quote(password, safe='')}@" if password else ""
+        self.url = f"redis://{auth}127.0.0.1:{port}/0"
+
+    @property
+    def log(self) -> str:
+        path = self.directory / "redis.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Terminate the server (SIGTERM, then SIGKILL) by its pid and reap it. Idempotent."""
+        if self.proc.poll() is not None:
+            return
+        try:
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+                return
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=timeout)
+
+    def __enter__(self) -> RedisServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def start_redis(
+    tmpdir: str | os.PathLike[str],
+    *,
+    timeout: float = 15.0,
+    password: str | None = None,
+) -> RedisServer:
+    """Start ``redis-server`` with its files in ``tmpdir``; return once it answers PING.
+
+    With ``password``, the server requires it (``--requirepass``) and ``.url`` includes it.
+
+    Retries on another port if the chosen one was taken meanwhile. Raises ``RuntimeError``
+    (with the server's log) if it does not come up within ``timeout`` seconds.
+    """
+    directory = Path(tmpdir)
+    directory.mkdir(parents=True, exist_ok=True)
+    last_log = ""
+    for _attempt in range(3):
+        port = free_port()
+        log = open(directory / "redis.log", "wb")
+        try:
+            proc = subprocess.Popen(
+                [
+                    REDIS_SERVER,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    str(directory),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--daemonize",
+                    "no",
+                    *(["--requirepass", password] if password else []),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            log.close()
+        server = RedisServer(proc, port, directory, password)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and server.running():
+            if _answers_ping(port, password):
+                return server
+            time.sleep(0.05)
+        last_log = server.log
+        server.stop()
+        if "Address already in use" not in last_log:
+            break
+    raise RuntimeError(f"redis-server did not start:\n{last_log}")

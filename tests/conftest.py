@@ -1,0 +1,81 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import pathlib
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from _redis import REDIS_SERVER, RedisServer, start_redis
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real ``redis-server`` for the whole session (stopped, by pid, at the end).
+
+    Tests share it: give each test its own key prefix (``?prefix=t<uuid>:``) or database.
+    """
+    if not os.access(REDIS_SERVER, os.X_OK):
+        if os.environ.get("CI"):
+            pytest.fail(f"redis-server not found at {REDIS_SERVER}; .ci/run should have installed it")
+        pytest.skip(f"redis-server not found at {REDIS_SERVER}")
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray cluster for the whole session (2 CPUs, no dashboard)."""
+    import ray
+
+    if not ray.is_initialized():
+        # Workers import test modules by name (functions defined in them are pickled by
+        # reference), so they need this directory on their path too.
+        here = str(pathlib.Path(__file__).parent)
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        yield
+    finally:
+        from actorflow.workflow import _runtime
+
+        _runtime.close_all()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_session: None) -> str:
+    """Address for other processes to join the session's Ray cluster (``RAY_ADDRESS``)."""
+    import ray
+
+    return str(ray.get_runtime_context().gcs_address)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> str:
+    """A fresh, empty storage URL on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path}/actorflow.db"
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return f"{server.url}?prefix=t{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+def wf_storage(storage_url: str) -> Iterator[str]:
+    """Make ``storage_url`` the default of ``actorflow.workflow`` for one test."""
+    from actorflow import workflow
+    from actorflow.workflow import _runtime
+
+    workflow.init(storage_url, lease_ttl=10.0)
+    try:
+        yield storage_url
+    finally:
+        _runtime.close_all()

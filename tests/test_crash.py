@@ -1,0 +1,93 @@
+"""Crash safety: a workflow process killed with SIGKILL mid-run is RESUMABLE, and ``resume``
+finishes it without running any finished step twice (counted outside the process)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from actorflow import workflow
+from actorflow.workflow import WorkflowStatus
+
+pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]
+
+DRIVER = r"""
+import os, sys, time
+from actorflow import workflow
+
+storage, tally, blocker = sys.argv[1:4]
+workflow.init(storage)
+
+@workflow.step
+def work(name: str, x: int) -> int:
+    with open(tally, "a") as f:
+        f.write(name + "\n")
+    if name == "mid" and not os.path.exists(blocker):
+        open(blocker, "w").close()
+        time.sleep(600)  # killed here, the first time only
+    return x + 1
+
+@workflow.step
+def gather(*xs: int) -> int:
+    return sum(xs)
+
+head = work.step("a", work.step("b", work.step("c", 0)))
+fan = [work.step(f"f{i}", head) for i in range(6)]
+tail = work.step("tail", work.step("mid", gather.step(*fan)))
+print("result", tail.run(workflow_id="crash-1"), flush=True)
+"""
+
+
+def test_sigkill_mid_workflow_then_resume(tmp_path: pathlib.Path, wf_storage: str, ray_address: str) -> None:
+    tally = tmp_path / "tally"
+    blocker = tmp_path / "blocker"
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    env = {**os.environ, "RAY_ADDRESS": ray_address, "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), wf_storage, str(tally), str(blocker)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not blocker.exists():
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            assert time.monotonic() < deadline, "the driver never reached the blocking step"
+            time.sleep(0.05)
+        assert workflow.get_status("crash-1") is WorkflowStatus.RUNNING
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        if proc.stdout:
+            proc.stdout.close()
+
+    assert workflow.get_status("crash-1") is WorkflowStatus.RESUMABLE
+    assert ("crash-1", WorkflowStatus.RESUMABLE) in workflow.list_all()
+    before = _counts(tally)
+    assert all(n == 1 for n in before.values()), before
+    assert before["mid"] == 1 and "tail" not in before
+
+    # a + b + c -> 3; each fan step adds 1 -> 4 * 6 = 24; mid, tail -> 26
+    assert workflow.resume("crash-1") == 26
+    assert workflow.get_status("crash-1") is WorkflowStatus.SUCCESSFUL
+    after = _counts(tally)
+    # Every step that had finished ran exactly once; only the one killed mid-run ran again.
+    assert after == {**{k: 1 for k in before}, "mid": 2, "tail": 1}
+
+
+def _counts(path: pathlib.Path) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in path.read_text().split():
+        out[line] = out.get(line, 0) + 1
+    return out
