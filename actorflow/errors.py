@@ -18,8 +18,10 @@
     └── ActorError                  about one virtual actor (carries ``actor_type``, ``actor_id``)
         ├── ActorNotFoundError
         ├── ActorTypeNotFoundError
-        ├── ActorMethodNotFoundError
-        └── ActorStateError             state that cannot be encoded or decoded
+        ├── ActorMethodNotFoundError    (also an AttributeError)
+        ├── ActorArgumentsError         arguments that do not fit the method (also a TypeError)
+        ├── ActorStateError             state that cannot be encoded or decoded
+        └── ActorConflictError          a turn kept losing compare-and-set races
 
 Control-flow signals that must cross user code unharmed derive from ``BaseException``
 (see ``actorflow.workflow._signals``), so a user's ``except Exception`` cannot swallow them.
@@ -117,10 +119,18 @@ class ActorTypeNotFoundError(ActorError):
         super().__init__(actor_type, None, f"no virtual actor type named {actor_type!r}")
 
 
-class ActorMethodNotFoundError(ActorError):
+class ActorMethodNotFoundError(ActorError, AttributeError):
     def __init__(self, actor_type: str, method: str) -> None:
         self.method = method
         super().__init__(actor_type, None, f"actor type {actor_type!r} has no public method {method!r}")
+
+
+class ActorArgumentsError(ActorError, TypeError):
+    """Arguments that do not fit the method's (or ``__init__``'s) signature."""
+
+
+class ActorConflictError(ActorError):
+    """A turn lost the compare-and-set race too many times in a row (extreme contention)."""
 
 
 class ActorStateError(ActorError):
@@ -128,6 +138,8 @@ class ActorStateError(ActorError):
 
 
 __all__ = [
+    "ActorArgumentsError",
+    "ActorConflictError",
     "ActorError",
     "ActorMethodNotFoundError",
     "ActorNotFoundError",

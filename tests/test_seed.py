@@ -136,6 +136,14 @@ def test_steps_workflows_objects_dynamic(seed_data_dir: None) -> None:
     assert pathlib.Path("/tmp/data/actorflow.db").exists()
 
 
+def test_virtual_actor_block(seed_data_dir: None) -> None:
+    ns = _namespace()
+    exec(compile(STEPS.split("@workflow.step")[0], "<seed>", "exec"), ns)  # the page's import line
+    exec(compile(VIRTUAL_ACTORS, "<seed>", "exec"), ns)
+    assert ns["c1"].incr.run() == 3  # and the state is durable: a new handle sees it
+    assert ns["Counter"].get("counter_1").incr.run() == 4
+
+
 def test_seed_blocks_match_the_seed_document() -> None:
     if not SEED.exists():
         pytest.skip(f"seed document not found at {SEED}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from actorflow.actor import ActorHandle, VirtualActorClass, send, virtual_actor
 from actorflow.workflow._compat import continuation, options
 from actorflow.workflow._dag import StepFunction, StepOptions, Workflow, step
 from actorflow.workflow._raysupport import StepFailure
@@ -112,9 +113,11 @@ def get_metadata(workflow_id: str, name: str | None = None, *, task_id: str | No
 
 
 __all__ = [
+    "ActorHandle",
     "StepFailure",
     "StepFunction",
     "StepOptions",
+    "VirtualActorClass",
     "Workflow",
     "WorkflowRuntime",
     "WorkflowStatus",
@@ -133,5 +136,7 @@ __all__ = [
     "resume_async",
     "run",
     "run_async",
+    "send",
     "step",
+    "virtual_actor",
 ]

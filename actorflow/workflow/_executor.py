@@ -25,7 +25,7 @@ from actorflow import _codec
 from actorflow.errors import WorkflowCancelledError, WorkflowError
 from actorflow.storage import Batch
 from actorflow.workflow._dag import IdAssigner, StepRef, StepSpec, flatten, map_values
-from actorflow.workflow._raysupport import StepFailure, portable_exception, remote_for
+from actorflow.workflow._raysupport import StepContext, StepFailure, portable_exception, remote_for
 from actorflow.workflow._store import (
     Lease,
     WorkflowStatus,
@@ -48,7 +48,10 @@ class LeaseLost(BaseException):
 class Executor:
     """Executes one workflow while holding its lease."""
 
-    def __init__(self, store: WorkflowStore, wid: str, lease: Lease, lease_ttl: float) -> None:
+    def __init__(
+        self, store: WorkflowStore, wid: str, lease: Lease, lease_ttl: float, storage_url: str
+    ) -> None:
+        self.storage_url = storage_url
         self.store = store
         self.storage = store.storage
         self.wid = wid
@@ -193,7 +196,8 @@ class Executor:
         sub: Callable[[Any], Any] = lambda v: self.done[v.step_id] if isinstance(v, StepRef) else v  # noqa: E731
         args = map_values(spec.args, sub)
         kwargs = map_values(spec.kwargs, sub)
-        ref = remote_for(spec.func, spec.options).remote(*args, **kwargs)
+        ctx = StepContext(self.storage_url, self.wid, sid)
+        ref = remote_for(spec.func, spec.options).remote(*args, _actorflow_ctx=ctx, **kwargs)
         self.in_flight[sid] = ref
         loop = asyncio.get_running_loop()
 

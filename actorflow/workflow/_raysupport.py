@@ -10,6 +10,7 @@ step's output is durable before any step that depends on it starts.
 from __future__ import annotations
 
 import collections
+import contextvars
 import hashlib
 import logging
 import os
@@ -18,6 +19,7 @@ import time
 import traceback
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
@@ -59,8 +61,33 @@ def portable_exception(exc: BaseException) -> BaseException:
         return StepFailure(type(exc).__name__, str(exc))
 
 
+@dataclass(frozen=True)
+class StepContext:
+    """Where the running step belongs: its storage URL, workflow id and step id."""
+
+    storage_url: str
+    workflow_id: str
+    step_id: str
+
+
+_current_step: contextvars.ContextVar[StepContext | None] = contextvars.ContextVar(
+    "actorflow_step", default=None
+)
+
+
+def current_step() -> StepContext | None:
+    """The step this code runs in, or ``None`` outside workflow steps."""
+    return _current_step.get()
+
+
+def _enter_step(ctx: StepContext) -> None:
+    # A module function, so step bodies (pickled by value) refer to it by name.
+    _current_step.set(ctx)
+
+
 def _make_body(func: Callable[..., Any], retries: int, catch: bool) -> Callable[..., Any]:
-    def actorflow_step(*args: Any, **kwargs: Any) -> tuple[Any, ...]:
+    def actorflow_step(*args: Any, _actorflow_ctx: StepContext, **kwargs: Any) -> tuple[Any, ...]:
+        _enter_step(_actorflow_ctx)
         start = time.time()
         attempts = 0
         out: Any = None
@@ -134,4 +161,12 @@ def remote_for(func: Callable[..., Any], options: StepOptions) -> Any:
     return remote
 
 
-__all__ = ["StepFailure", "Workflow", "ensure_ray", "portable_exception", "remote_for"]
+__all__ = [
+    "StepContext",
+    "StepFailure",
+    "Workflow",
+    "current_step",
+    "ensure_ray",
+    "portable_exception",
+    "remote_for",
+]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from actorflow import _codec
@@ -72,6 +72,11 @@ class WorkflowRuntime:
             self._stop_loop()
             raise
         self.store = WorkflowStore(self.storage)
+        self._on_close: list[Callable[[], None]] = []
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` when this runtime closes (before its storage closes)."""
+        self._on_close.append(callback)
 
     # ----------------------------------------------------------------- plumbing
     @property
@@ -98,6 +103,8 @@ class WorkflowRuntime:
                 _default = None
         if not self._loop.is_running():
             return
+        for callback in self._on_close:
+            callback()
         try:
             self._call(self.storage.close(), timeout=10)
         finally:
@@ -165,7 +172,7 @@ class WorkflowRuntime:
     async def _execute(
         self, wid: str, lease: Lease, specs: list[StepSpec], counters: dict[str, int], fresh: bool
     ) -> Any:
-        ex = Executor(self.store, wid, lease, self.lease_ttl)
+        ex = Executor(self.store, wid, lease, self.lease_ttl, self.storage_url)
         await ex.load(specs, counters, fresh=fresh)
         return await ex.run()
 

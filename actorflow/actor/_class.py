@@ -1,0 +1,222 @@
+"""``@workflow.virtual_actor``: declaring actor types, and the registry of types by name."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from actorflow._ids import check_actor_id, check_id
+from actorflow.actor._state import defines_custom_state
+from actorflow.errors import (
+    ActorArgumentsError,
+    ActorMethodNotFoundError,
+    ActorTypeNotFoundError,
+    ConfigError,
+)
+
+if TYPE_CHECKING:
+    from actorflow.actor._handle import ActorHandle
+
+C = TypeVar("C")
+F = TypeVar("F", bound=Callable[..., Any])
+
+_READONLY = "__actorflow_readonly__"
+_RESERVED = {"get_or_create", "get", "list_ids", "delete", "exists", "options"}
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    name: str
+    func: Callable[..., Any]
+    readonly: bool
+    is_async: bool
+    signature: inspect.Signature | None
+
+    def check_args(self, type_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Raise :class:`ActorArgumentsError` unless the arguments fit the signature."""
+        if self.signature is None:
+            return
+        try:
+            self.signature.bind(None, *args, **kwargs)
+        except TypeError as exc:
+            raise ActorArgumentsError(
+                type_name, None, f"invalid arguments for {type_name}.{self.name}: {exc}"
+            ) from None
+
+
+class VirtualActorClass:
+    """A virtual actor type. ``Cls.get_or_create(id)`` gives a handle to one durable instance.
+
+    Instances are never built directly (``Cls()`` raises); each actor lives in storage and is
+    loaded for each call. Type names are the class name unless ``name=`` is given.
+    """
+
+    def __init__(self, cls: type[Any], name: str | None = None, schema_version: int = 1) -> None:
+        self.cls = cls
+        self.type_name = check_id("actor type name", name or cls.__name__)
+        if ":" in self.type_name or "/" in self.type_name:
+            raise ConfigError(f"actor type name {self.type_name!r} may not contain ':' or '/'")
+        if isinstance(schema_version, bool) or not isinstance(schema_version, int) or schema_version < 1:
+            raise ConfigError(f"schema_version must be an integer >= 1, got {schema_version!r}")
+        self.schema_version = schema_version
+        get, put = defines_custom_state(cls)
+        if get != put:
+            raise ConfigError(
+                f"virtual actor {self.type_name}: define both __getstate__ and __setstate__, or neither "
+                f"(only {'__getstate__' if get else '__setstate__'} is defined)"
+            )
+        self.custom_state = get
+        self.migrate: Callable[[Any, int], Any] | None = getattr(cls, "__migrate__", None)
+        self.methods: dict[str, MethodInfo] = {}
+        for attr, value in inspect.getmembers(cls):
+            if attr.startswith("_") or attr in _RESERVED:
+                continue
+            if not inspect.isfunction(value):
+                continue
+            try:
+                sig: inspect.Signature | None = inspect.signature(value)
+            except (TypeError, ValueError):
+                sig = None
+            self.methods[attr] = MethodInfo(
+                attr, value, bool(getattr(value, _READONLY, False)), inspect.iscoroutinefunction(value), sig
+            )
+        init = inspect.getattr_static(cls, "__init__", object.__init__)
+        self.init_signature = inspect.signature(init if init is not object.__init__ else (lambda self: None))
+        self.__doc__ = cls.__doc__
+        self.__name__ = cls.__name__
+        self.__qualname__ = cls.__qualname__
+        self.__module__ = cls.__module__
+        register(self)
+
+    # -------------------------------------------------------------- declaring
+    def method(self, name: str) -> MethodInfo:
+        info = self.methods.get(name)
+        if info is None:
+            raise ActorMethodNotFoundError(self.type_name, name)
+        return info
+
+    def check_init_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        try:
+            self.init_signature.bind(None, *args, **kwargs)
+        except TypeError as exc:
+            raise ActorArgumentsError(
+                self.type_name, None, f"invalid arguments for {self.type_name}.__init__: {exc}"
+            ) from None
+
+    def new_instance(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        new: Any = self.cls.__new__
+        obj = new(self.cls)
+        obj.__init__(*args, **kwargs)
+        return obj
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            f"virtual actor {self.type_name} cannot be instantiated directly; "
+            f"use {self.type_name}.get_or_create(actor_id, ...)"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_restore_class, (self.cls, self.type_name, self.schema_version))
+
+    def __repr__(self) -> str:
+        return f"<virtual actor type {self.type_name}>"
+
+    # -------------------------------------------------------------- using
+    def get_or_create(self, actor_id: str, *args: Any, **kwargs: Any) -> ActorHandle:
+        """A handle to actor ``actor_id``, created with ``__init__(*args, **kwargs)`` if missing.
+
+        Creation is atomic: when several callers race, exactly one ``__init__`` result is
+        stored and the others' arguments are ignored, as they are when the actor exists.
+        """
+        from actorflow.actor._handle import ActorHandle, invoker
+
+        check_actor_id(actor_id)
+        self.check_init_args(args, kwargs)
+        invoker().create(self, actor_id, args, kwargs)
+        return ActorHandle(self, actor_id)
+
+    def get(self, actor_id: str) -> ActorHandle:
+        """A handle to an existing actor; raises ``ActorNotFoundError`` if there is none."""
+        from actorflow.actor._handle import ActorHandle, invoker
+
+        check_actor_id(actor_id)
+        invoker().require(self, actor_id)
+        return ActorHandle(self, actor_id)
+
+    def exists(self, actor_id: str) -> bool:
+        from actorflow.actor._handle import invoker
+
+        return invoker().exists(self, check_actor_id(actor_id))
+
+    def list_ids(self, *, start_after: str | None = None, limit: int | None = None) -> list[str]:
+        """Ids of the stored actors of this type, in byte order (pages with ``start_after``)."""
+        from actorflow.actor._handle import invoker
+
+        return invoker().list_ids(self.type_name, start_after=start_after, limit=limit)
+
+    def delete(self, actor_id: str) -> None:
+        """Delete an actor: its state, idempotency records and pending messages. Idempotent."""
+        from actorflow.actor._handle import invoker
+
+        invoker().delete(self, check_actor_id(actor_id))
+
+
+class _VirtualActorDecorator:
+    """``@workflow.virtual_actor`` and ``@workflow.virtual_actor(name=..., schema_version=...)``.
+
+    ``schema_version`` is stored with each snapshot; when it rises, a class method or static
+    method ``__migrate__(state, old_version)`` on the class turns an old state into a new one
+    the next time the actor is loaded.
+    """
+
+    def __call__(self, cls: type | None = None, *, name: str | None = None, schema_version: int = 1) -> Any:
+        def wrap(c: type) -> VirtualActorClass:
+            if not inspect.isclass(c):
+                raise TypeError(f"@workflow.virtual_actor decorates a class, not {c!r}")
+            return VirtualActorClass(c, name=name, schema_version=schema_version)
+
+        return wrap(cls) if cls is not None else wrap
+
+    @staticmethod
+    def readonly(func: F) -> F:
+        """Mark a method read-only: it sees the last committed state, runs concurrently with
+        other calls, and whatever it changes on ``self`` is discarded."""
+        if not inspect.isfunction(func):
+            raise TypeError(f"@virtual_actor.readonly decorates a method, not {func!r}")
+        setattr(func, _READONLY, True)
+        return func
+
+
+virtual_actor = _VirtualActorDecorator()
+
+_registry: dict[str, VirtualActorClass] = {}
+_registry_lock = threading.Lock()
+
+
+def register(ac: VirtualActorClass) -> None:
+    """Make ``ac`` findable by its type name (a later class with the same name replaces it)."""
+    with _registry_lock:
+        _registry[ac.type_name] = ac
+
+
+def lookup(type_name: str) -> VirtualActorClass:
+    """The registered actor type named ``type_name``; raises ``ActorTypeNotFoundError``."""
+    ac = _registry.get(type_name)
+    if ac is None:
+        raise ActorTypeNotFoundError(type_name)
+    return ac
+
+
+def registered_types() -> dict[str, VirtualActorClass]:
+    with _registry_lock:
+        return dict(_registry)
+
+
+def _restore_class(cls: type, type_name: str, schema_version: int) -> VirtualActorClass:
+    existing = _registry.get(type_name)
+    if existing is not None and existing.cls is cls:
+        return existing
+    return VirtualActorClass(cls, name=type_name, schema_version=schema_version)

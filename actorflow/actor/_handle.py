@@ -1,0 +1,197 @@
+"""Handles to virtual actors and their methods.
+
+``handle.method.run(*args)`` calls and waits; ``run_async`` returns an :class:`ActorCall`
+future at once (awaitable, ``.result()``); calls submitted from one thread run in submission
+order. ``handle.method.options(idempotency_key=...)`` makes a call safe to repeat.
+``handle.method.step(*args)`` is a workflow step that calls the actor exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any, Protocol
+
+from actorflow._ids import check_actor_id
+from actorflow.actor._class import VirtualActorClass
+from actorflow.errors import ActorError, ConfigError
+
+if TYPE_CHECKING:
+    from actorflow.workflow._dag import Workflow
+
+MAX_IDEMPOTENCY_KEY = 256
+
+
+class Invoker(Protocol):
+    """What handles call into: the embedded runtime, or a client of a remote service."""
+
+    def create(
+        self, ac: VirtualActorClass, actor_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> bool: ...
+    def require(self, ac: VirtualActorClass, actor_id: str) -> None: ...
+    def exists(self, ac: VirtualActorClass, actor_id: str) -> bool: ...
+    def list_ids(self, type_name: str, *, start_after: str | None, limit: int | None) -> list[str]: ...
+    def delete(self, ac: VirtualActorClass, actor_id: str) -> None: ...
+    def submit(
+        self,
+        ac: VirtualActorClass,
+        actor_id: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        idempotency_key: str | None,
+    ) -> concurrent.futures.Future[Any]: ...
+
+
+_invoker_override: Invoker | None = None
+
+
+def invoker() -> Invoker:
+    """The invoker handles use: a remote client after ``init(address=...)``, else embedded."""
+    if _invoker_override is not None:
+        return _invoker_override
+    from actorflow.actor._runtime import actor_runtime
+    from actorflow.workflow._runtime import default_runtime
+
+    return actor_runtime(default_runtime())
+
+
+def set_invoker(value: Invoker | None) -> None:
+    global _invoker_override
+    _invoker_override = value
+
+
+class ActorCall(concurrent.futures.Future[Any]):
+    """The pending result of ``run_async``: ``await call`` or ``call.result(timeout)``."""
+
+    @classmethod
+    def wrap(cls, fut: concurrent.futures.Future[Any]) -> ActorCall:
+        call = cls()
+
+        def copy(f: concurrent.futures.Future[Any]) -> None:
+            exc = f.exception()
+            if exc is not None:
+                call.set_exception(exc)
+            else:
+                call.set_result(f.result())
+
+        fut.add_done_callback(copy)
+        return call
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return asyncio.wrap_future(self).__await__()
+
+
+class ActorHandle:
+    """A reference to one virtual actor; cheap, picklable, usable from any process."""
+
+    def __init__(self, actor_class: VirtualActorClass, actor_id: str) -> None:
+        self._class = actor_class
+        self._id = check_actor_id(actor_id)
+
+    @property
+    def actor_id(self) -> str:
+        return self._id
+
+    @property
+    def actor_type(self) -> str:
+        return self._class.type_name
+
+    @property
+    def actor_class(self) -> VirtualActorClass:
+        return self._class
+
+    def __getattr__(self, name: str) -> ActorMethod:
+        if name.startswith("__"):
+            raise AttributeError(name)  # protocol probes (copy, pickle) must see a plain miss
+        self._class.method(name)  # raises ActorMethodNotFoundError (an AttributeError)
+        return ActorMethod(self, name)
+
+    def delete(self) -> None:
+        """Delete this actor (see ``VirtualActorClass.delete``)."""
+        self._class.delete(self._id)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ActorHandle, (self._class, self._id))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorHandle) and (other.actor_type, other.actor_id) == (
+            self.actor_type,
+            self._id,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.actor_type, self._id))
+
+    def __repr__(self) -> str:
+        return f"<actor {self.actor_type}/{self._id}>"
+
+
+class ActorMethod:
+    """One method of one actor. ``run``, ``run_async``, ``options``, ``step``."""
+
+    def __init__(self, handle: ActorHandle, name: str, idempotency_key: str | None = None) -> None:
+        self._handle = handle
+        self._name = name
+        self._key = idempotency_key
+
+    @property
+    def handle(self) -> ActorHandle:
+        return self._handle
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def options(self, *, idempotency_key: str | None = None) -> ActorMethod:
+        """This method with an idempotency key: repeating a call with the same key returns the
+        recorded result and changes nothing (records are kept for a bounded count and age)."""
+        if idempotency_key is not None:
+            if not isinstance(idempotency_key, str) or not idempotency_key:
+                raise ConfigError("idempotency_key must be a non-empty string")
+            if len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
+                raise ConfigError(f"idempotency_key longer than {MAX_IDEMPOTENCY_KEY} characters")
+        return ActorMethod(self._handle, self._name, idempotency_key)
+
+    def run_async(self, *args: Any, **kwargs: Any) -> ActorCall:
+        """Submit the call and return at once. Calls submitted from one thread to one actor run
+        in submission order. The arguments are checked against the signature first."""
+        ac = self._handle.actor_class
+        ac.method(self._name).check_args(ac.type_name, args, kwargs)
+        fut = invoker().submit(ac, self._handle.actor_id, self._name, args, kwargs, self._key)
+        return fut if isinstance(fut, ActorCall) else ActorCall.wrap(fut)
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """Call and wait. A writer's effects are committed when this returns; if the method
+        raises, the actor is unchanged and the exception is raised here."""
+        return self.run_async(*args, **kwargs).result()
+
+    def step(self, *args: Any, **kwargs: Any) -> Workflow[Any]:
+        """A workflow step that calls this method exactly once, however often the step is
+        retried or its workflow resumed (its idempotency key comes from the workflow and step)."""
+        from actorflow.workflow._dag import StepOptions, Workflow
+
+        ac = self._handle.actor_class
+        ac.method(self._name).check_args(ac.type_name, args, kwargs)
+        opts = StepOptions(name=f"{ac.type_name}.{self._name}", max_retries=3)
+        return Workflow(_call_from_step, opts, (self._handle, self._name, args, kwargs), {})
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"call actor methods with .run(...) or .run_async(...): {self!r}")
+
+    def __repr__(self) -> str:
+        return f"<actor method {self._handle.actor_type}/{self._handle.actor_id}.{self._name}>"
+
+
+def _call_from_step(handle: ActorHandle, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    from actorflow.actor._runtime import actor_runtime
+    from actorflow.workflow._raysupport import current_step
+    from actorflow.workflow._runtime import runtime_for
+
+    ctx = current_step()
+    if ctx is None:
+        raise ActorError(handle.actor_type, handle.actor_id, "actor steps run inside workflows")
+    inv = _invoker_override or actor_runtime(runtime_for(ctx.storage_url))
+    key = f"wf:{ctx.workflow_id}:{ctx.step_id}"
+    return inv.submit(handle.actor_class, handle.actor_id, method, args, kwargs, key).result()

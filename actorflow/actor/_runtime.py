@@ -1,0 +1,550 @@
+"""The actor runtime: load, run one turn, commit; deliver messages.
+
+One turn of a writer method:
+
+1. under a per-actor lock in this process (turns of one actor never overlap here),
+2. rebuild a fresh instance from the last snapshot this process knows,
+3. run the method (in a worker thread; ``async def`` methods on the loop),
+4. commit in ONE atomic batch: the new snapshot and version, the idempotency record, the
+   messages the turn sent (an outbox) and the sub-workflow it launched, on the condition that
+   the version is still the one the turn started from (compare-and-set).
+
+If another process committed in between, the commit fails, the snapshot is re-read and the turn
+runs again, so no update is ever lost, whichever processes touch the actor. A method that raises
+commits nothing. Read-only methods read the committed snapshot and commit nothing.
+
+Messages (``workflow.send``) are delivered after the commit, each with its own idempotency key
+at the receiver, and retried from the outbox until delivered, so each takes effect exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import contextvars
+import functools
+import logging
+import random
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from actorflow import _codec
+from actorflow.actor._class import MethodInfo, VirtualActorClass, lookup
+from actorflow.actor._state import Snapshot, capture, encode, restore
+from actorflow.errors import (
+    ActorConflictError,
+    ActorError,
+    ActorNotFoundError,
+    ActorStateError,
+)
+from actorflow.storage import Batch
+from actorflow.workflow._compat import as_workflow
+from actorflow.workflow._runtime import WorkflowRuntime
+from actorflow.workflow._store import Lease
+
+log = logging.getLogger("actorflow.actor")
+
+MAX_ATTEMPTS = 200
+OUTBOX_INDEX = "outbox"
+
+
+def k_version(t: str, a: str) -> str:
+    return f"act/{t}/{a}/v"
+
+
+def k_snapshot(t: str, a: str) -> str:
+    return f"act/{t}/{a}/snap"
+
+
+def k_listing(t: str, a: str) -> str:
+    return f"acts/{t}/{a}"
+
+
+def k_idem(t: str, a: str, key: str) -> str:
+    return f"act/{t}/{a}/idem/{quote(key, safe='')}"
+
+
+def idem_index(t: str, a: str) -> str:
+    return f"idem:{t}/{a}"
+
+
+def k_outbox(t: str, a: str, msg: str) -> str:
+    return f"act/{t}/{a}/out/{msg}"
+
+
+@dataclass
+class _Message:
+    target_type: str
+    target_id: str
+    method: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+@dataclass
+class Turn:
+    """What one running method does besides changing ``self``; committed with the state."""
+
+    actor_type: str
+    actor_id: str
+    readonly: bool
+    messages: list[_Message] = field(default_factory=list)
+
+
+_current_turn: contextvars.ContextVar[Turn | None] = contextvars.ContextVar("actorflow_turn", default=None)
+
+
+def send(method: Any, *args: Any, **kwargs: Any) -> None:
+    """Send a one-way message to another actor's method from inside an actor method.
+
+    ``workflow.send(other.deposit, 10)``. The message is committed with the sender's turn (if
+    the method raises, it is never sent) and delivered after the commit, exactly once, even if
+    processes crash in between. Arguments are checked against the receiving method now.
+    """
+    from actorflow.actor._handle import ActorMethod
+
+    turn = _current_turn.get()
+    if turn is None:
+        raise ActorError("?", None, "workflow.send() works inside actor methods; elsewhere use .run()")
+    if turn.readonly:
+        raise ActorError(turn.actor_type, turn.actor_id, "a read-only method cannot send messages")
+    if not isinstance(method, ActorMethod):
+        raise TypeError(f"send() takes an actor method like handle.deposit, got {method!r}")
+    ac = method.handle.actor_class
+    ac.method(method.name).check_args(ac.type_name, args, kwargs)
+    _codec.dumps((args, kwargs), what=f"the arguments of a message to {method!r}")
+    turn.messages.append(_Message(ac.type_name, method.handle.actor_id, method.name, args, kwargs))
+
+
+@dataclass
+class _Cached:
+    snapshot: Snapshot
+    last_used: float
+
+
+@dataclass
+class _Outcome:
+    """What a committed turn left to do outside the actor's lock."""
+
+    result: Any = None
+    workflow: tuple[str, Lease | None] | None = None
+    messages: list[tuple[str, str, str]] = field(default_factory=list)  # (sender type, id, msg id)
+
+
+class ActorRuntime:
+    """Runs actor calls in this process against one storage (shared with a WorkflowRuntime).
+
+    ``cache_size`` bounds the snapshots kept in memory (least recently used go first);
+    ``idempotency_records`` and ``idempotency_ttl`` bound the recorded results per actor.
+    """
+
+    def __init__(
+        self,
+        workflows: WorkflowRuntime,
+        *,
+        cache_size: int = 10_000,
+        threads: int = 64,
+        idempotency_records: int = 1000,
+        idempotency_ttl: float = 24 * 3600.0,
+        outbox_grace: float = 2.0,
+    ) -> None:
+        self.workflows = workflows
+        self.storage = workflows.storage
+        self.loop = workflows.loop
+        self.cache_size = cache_size
+        self.idempotency_records = idempotency_records
+        self.idempotency_ttl = idempotency_ttl
+        self.outbox_grace = outbox_grace
+        self._cache: collections.OrderedDict[str, _Cached] = collections.OrderedDict()
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="actorflow-actor")
+        self._commits_since_trim: dict[str, int] = {}
+        self._background: set[asyncio.Future[Any]] = set()
+        self._recovery: concurrent.futures.Future[Any] = asyncio.run_coroutine_threadsafe(
+            self._recover_outbox_forever(), self.loop
+        )
+
+    # ------------------------------------------------------------------ sync facade
+    def _call(self, coro: Any) -> Any:
+        return self.workflows._call(coro)
+
+    def create(
+        self, ac: VirtualActorClass, actor_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> bool:
+        """Create the actor unless it exists; return whether this call created it."""
+        if self._call(self._exists(ac, actor_id)):
+            return False
+        instance = ac.new_instance(args, kwargs)  # user code runs in the caller's thread
+        encoding, data = encode(capture(instance, ac.custom_state), actor=f"{ac.type_name}/{actor_id}")
+        return bool(self._call(self._create(ac, actor_id, encoding, data)))
+
+    def require(self, ac: VirtualActorClass, actor_id: str) -> None:
+        if not self.exists(ac, actor_id):
+            raise ActorNotFoundError(ac.type_name, actor_id)
+
+    def exists(self, ac: VirtualActorClass, actor_id: str) -> bool:
+        return bool(self._call(self._exists(ac, actor_id)))
+
+    def list_ids(
+        self, type_name: str, *, start_after: str | None = None, limit: int | None = None
+    ) -> list[str]:
+        prefix = f"acts/{type_name}/"
+        after = prefix + start_after if start_after is not None else None
+        keys = self._call(self.storage.list_keys(prefix, start_after=after, limit=limit))
+        return [k[len(prefix) :] for k in keys]
+
+    def delete(self, ac: VirtualActorClass, actor_id: str) -> None:
+        self._call(self._delete(ac, actor_id))
+
+    def submit(
+        self,
+        ac: VirtualActorClass,
+        actor_id: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        idempotency_key: str | None,
+    ) -> concurrent.futures.Future[Any]:
+        """Schedule a call; calls submitted in some order start their turns in that order."""
+        return asyncio.run_coroutine_threadsafe(
+            self.call(ac, actor_id, method, args, kwargs, idempotency_key), self.loop
+        )
+
+    def state(self, ac: VirtualActorClass, actor_id: str) -> Snapshot:
+        """The committed snapshot of an actor (for inspection)."""
+        snap: Snapshot = self._call(self._read(ac, actor_id))
+        return snap
+
+    # ------------------------------------------------------------------ storage helpers
+    async def _exists(self, ac: VirtualActorClass, actor_id: str) -> bool:
+        return await self.storage.get(k_version(ac.type_name, actor_id)) is not None
+
+    async def _create(self, ac: VirtualActorClass, actor_id: str, encoding: str, data: bytes) -> bool:
+        t = ac.type_name
+        now = time.time()
+        snap = Snapshot(1, ac.schema_version, t, encoding, now, now, data)
+        batch = Batch().require(k_version(t, actor_id), None)
+        batch.put(k_version(t, actor_id), b"1").put(k_snapshot(t, actor_id), snap.pack())
+        batch.put(k_listing(t, actor_id), b"")
+        return await self.storage.commit(batch)
+
+    async def _read(self, ac: VirtualActorClass, actor_id: str) -> Snapshot:
+        raw = await self.storage.get(k_snapshot(ac.type_name, actor_id))
+        if raw is None:
+            raise ActorNotFoundError(ac.type_name, actor_id)
+        snap = Snapshot.unpack(raw)
+        self._remember(f"{ac.type_name}/{actor_id}", snap)
+        return snap
+
+    def _remember(self, key: str, snap: Snapshot) -> None:
+        cached = self._cache.get(key)
+        if cached is None or cached.snapshot.version <= snap.version:
+            self._cache[key] = _Cached(snap, time.monotonic())
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    def _instance(self, ac: VirtualActorClass, snap: Snapshot) -> Any:
+        state = snap.state()
+        if snap.schema != ac.schema_version:
+            if snap.schema > ac.schema_version:
+                raise ActorStateError(
+                    ac.type_name,
+                    None,
+                    f"stored schema {snap.schema} is newer than the code's {ac.schema_version}",
+                )
+            if ac.migrate is None:
+                raise ActorStateError(
+                    ac.type_name,
+                    None,
+                    f"stored schema {snap.schema} is older than {ac.schema_version} "
+                    "and the class has no __migrate__",
+                )
+            state = ac.migrate(state, snap.schema)
+        return restore(ac.cls, state, ac.custom_state)
+
+    async def _delete(self, ac: VirtualActorClass, actor_id: str) -> None:
+        t = ac.type_name
+        key = f"{t}/{actor_id}"
+        async with self._lock(key):
+            outbox = await self.storage.list_keys(f"act/{t}/{actor_id}/out/")
+            gone = (
+                Batch()
+                .delete(k_version(t, actor_id))
+                .delete(k_snapshot(t, actor_id))
+                .delete(k_listing(t, actor_id))
+            )
+            for k in outbox:
+                gone.index_remove(OUTBOX_INDEX, f"{t}/{actor_id}/{k.rsplit('/', 1)[-1]}")
+            for member, _ in await self.storage.index_range(idem_index(t, actor_id)):
+                gone.index_remove(idem_index(t, actor_id), member)
+            await self.storage.commit(gone)
+            await self.storage.delete_prefix(f"act/{t}/{actor_id}/")
+            self._cache.pop(key, None)
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[key] = lock
+        return lock
+
+    # ------------------------------------------------------------------ calls
+    async def call(
+        self,
+        ac: VirtualActorClass,
+        actor_id: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        idempotency_key: str | None = None,
+    ) -> Any:
+        """Run one call; see the module docstring for what is committed when."""
+        info = ac.method(method)
+        info.check_args(ac.type_name, args, kwargs)
+        if info.readonly:
+            return await self._call_readonly(ac, actor_id, info, args, kwargs)
+        key = f"{ac.type_name}/{actor_id}"
+        # The turn runs in a task of its own, so a caller that goes away (a cancelled await,
+        # a client that disconnects) cannot interrupt a commit that has started.
+        outcome: _Outcome = await asyncio.shield(
+            asyncio.ensure_future(self._locked_turn(key, ac, actor_id, info, args, kwargs, idempotency_key))
+        )
+        for sender_type, sender_id, msg_id in outcome.messages:
+            task = asyncio.ensure_future(self._deliver(sender_type, sender_id, msg_id))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        if outcome.workflow is not None:
+            wid, lease = outcome.workflow
+            if lease is None:  # a repeated call: the workflow exists already
+                return await self.workflows._resume(wid)
+            specs, counters = await self.workflows.store.load_dag(wid)
+            run = asyncio.ensure_future(self.workflows._execute(wid, lease, specs, counters, fresh=True))
+            return await asyncio.shield(run)
+        return outcome.result
+
+    async def _locked_turn(
+        self,
+        key: str,
+        ac: VirtualActorClass,
+        actor_id: str,
+        info: MethodInfo,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        idem: str | None,
+    ) -> _Outcome:
+        t = ac.type_name
+        async with self._lock(key):
+            for attempt in range(MAX_ATTEMPTS):
+                if idem is not None:
+                    recorded = await self._recorded(t, actor_id, idem)
+                    if recorded is not None:
+                        return recorded
+                cached = self._cache.get(key)
+                snap = cached.snapshot if cached is not None else await self._read(ac, actor_id)
+                turn = Turn(t, actor_id, readonly=False)
+                instance = self._instance(ac, snap)
+                try:
+                    result = await self._invoke(info, instance, args, kwargs, turn)
+                except Exception:
+                    # Only a failure on the latest state counts: re-check before reporting it.
+                    if await self._is_stale(t, actor_id, snap):
+                        self._cache.pop(key, None)
+                        continue
+                    raise
+                committed = await self._commit_turn(ac, actor_id, snap, instance, result, turn, idem)
+                if committed is not None:
+                    return committed
+                self._cache.pop(key, None)
+                await asyncio.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
+        raise ActorConflictError(
+            t, actor_id, f"actor {key}: gave up after {MAX_ATTEMPTS} conflicting commits"
+        )
+
+    async def _is_stale(self, t: str, actor_id: str, snap: Snapshot) -> bool:
+        raw = await self.storage.get(k_version(t, actor_id))
+        return raw is None or int(raw) != snap.version
+
+    async def _invoke(
+        self, info: MethodInfo, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any], turn: Turn
+    ) -> Any:
+        if info.is_async:
+            token = _current_turn.set(turn)
+            try:
+                return await info.func(instance, *args, **kwargs)
+            finally:
+                _current_turn.reset(token)
+
+        def run() -> Any:
+            _current_turn.set(turn)
+            return info.func(instance, *args, **kwargs)
+
+        ctx = contextvars.copy_context()
+        return await self.loop.run_in_executor(self._pool, functools.partial(ctx.run, run))
+
+    async def _call_readonly(
+        self,
+        ac: VirtualActorClass,
+        actor_id: str,
+        info: MethodInfo,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        snap = await self._read(ac, actor_id)
+        instance = self._instance(ac, snap)
+        result = await self._invoke(info, instance, args, kwargs, Turn(ac.type_name, actor_id, readonly=True))
+        if as_workflow(result) is not None:
+            raise ActorError(
+                ac.type_name,
+                actor_id,
+                f"read-only method {ac.type_name}.{info.name} cannot return a workflow step",
+            )
+        return result
+
+    async def _recorded(self, t: str, actor_id: str, idem: str) -> _Outcome | None:
+        raw = await self.storage.get(k_idem(t, actor_id, idem))
+        if raw is None:
+            return None
+        header, blob = _codec.unpack(raw)
+        if "workflow" in header:
+            return _Outcome(workflow=(header["workflow"], None))
+        return _Outcome(result=_codec.loads(blob))
+
+    async def _commit_turn(
+        self,
+        ac: VirtualActorClass,
+        actor_id: str,
+        snap: Snapshot,
+        instance: Any,
+        result: Any,
+        turn: Turn,
+        idem: str | None,
+    ) -> _Outcome | None:
+        t = ac.type_name
+        name = f"{t}/{actor_id}"
+        encoding, data = encode(capture(instance, ac.custom_state), actor=name)
+        new = snap.successor(encoding, data, ac.schema_version)
+        batch = Batch().require(k_version(t, actor_id), str(snap.version).encode())
+        batch.put(k_version(t, actor_id), str(new.version).encode()).put(k_snapshot(t, actor_id), new.pack())
+        outcome = _Outcome(result=result)
+        wf = as_workflow(result)
+        header: dict[str, Any] = {"at": time.time()}
+        if wf is not None:
+            from actorflow.workflow._raysupport import ensure_ray
+
+            await asyncio.to_thread(ensure_ray)
+            wid = f"{t}:{actor_id}:{new.version}"
+            _, wbatch, lease = self.workflows._prepare(wf, wid, {"actor": name, "version": new.version})
+            batch.merge(wbatch)
+            outcome = _Outcome(workflow=(wid, lease))
+            header["workflow"] = wid
+            result = None
+        now = time.time()
+        for i, msg in enumerate(turn.messages):
+            msg_id = f"{new.version}.{i}"
+            blob, _ = _codec.dumps(msg, what=f"a message from {name}")
+            batch.put(k_outbox(t, actor_id, msg_id), blob)
+            batch.index_add(OUTBOX_INDEX, f"{t}/{actor_id}/{msg_id}", now)
+            outcome.messages.append((t, actor_id, msg_id))
+        if idem is not None:
+            blob, _ = _codec.dumps(result, what=f"the result of {name}")
+            batch.put(k_idem(t, actor_id, idem), _codec.pack(header, blob))
+            batch.index_add(idem_index(t, actor_id), idem, now)
+        if not await self.storage.commit(batch):
+            return None
+        self._remember(name, new)
+        if idem is not None:
+            await self._maybe_trim(t, actor_id)
+        return outcome
+
+    async def _maybe_trim(self, t: str, actor_id: str) -> None:
+        """Keep at most ``idempotency_records`` records per actor, none older than the TTL."""
+        name = f"{t}/{actor_id}"
+        n = self._commits_since_trim.get(name, 0) + 1
+        self._commits_since_trim[name] = n
+        if n < max(1, self.idempotency_records // 10):
+            return
+        self._commits_since_trim[name] = 0
+        index = idem_index(t, actor_id)
+        members = await self.storage.index_range(index)
+        expired = [m for m, score in members if score < time.time() - self.idempotency_ttl]
+        excess = len(members) - len(expired) - self.idempotency_records
+        if excess > 0:
+            expired += [m for m, _ in members[len(expired) : len(expired) + excess]]
+        if expired:
+            batch = Batch()
+            for m in expired:
+                batch.delete(k_idem(t, actor_id, m)).index_remove(index, m)
+            await self.storage.commit(batch)
+
+    # ------------------------------------------------------------------ messages
+    async def _deliver(self, sender_type: str, sender_id: str, msg_id: str) -> None:
+        key = k_outbox(sender_type, sender_id, msg_id)
+        member = f"{sender_type}/{sender_id}/{msg_id}"
+        try:
+            raw = await self.storage.get(key)
+            if raw is not None:
+                msg: _Message = _codec.loads(raw)
+                target = lookup(msg.target_type)
+                try:
+                    await self.call(target, msg.target_id, msg.method, msg.args, msg.kwargs, f"msg:{member}")
+                except ActorNotFoundError:
+                    log.warning(
+                        "message %s dropped: actor %s/%s does not exist",
+                        member,
+                        msg.target_type,
+                        msg.target_id,
+                    )
+                except ActorConflictError:
+                    return  # stays in the outbox; recovery retries it
+                except Exception as exc:
+                    log.warning(
+                        "message %s: %s.%s raised %r; dropped", member, msg.target_type, msg.method, exc
+                    )
+            await self.storage.commit(Batch().delete(key).index_remove(OUTBOX_INDEX, member))
+        except Exception:
+            log.exception("delivering message %s failed; it will be retried", member)
+
+    async def _recover_outbox_forever(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await self.recover_outbox()
+            await asyncio.sleep(1.0)
+
+    async def recover_outbox(self) -> int:
+        """Deliver messages left in outboxes longer than the grace period (their sender's
+        process died before delivering them). Returns how many were attempted."""
+        pending = await self.storage.index_range(
+            OUTBOX_INDEX, max_score=time.time() - self.outbox_grace, limit=500
+        )
+        for member, _ in pending:
+            sender_type, sender_id, msg_id = member.rsplit("/", 2)
+            await self._deliver(sender_type, sender_id, msg_id)
+        return len(pending)
+
+    async def outbox_size(self) -> int:
+        return len(await self.storage.index_range(OUTBOX_INDEX))
+
+    def close(self) -> None:
+        self._recovery.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+_runtimes: weakref.WeakKeyDictionary[WorkflowRuntime, ActorRuntime] = weakref.WeakKeyDictionary()
+_runtimes_lock = threading.Lock()
+
+
+def actor_runtime(workflows: WorkflowRuntime) -> ActorRuntime:
+    """The actor runtime sharing ``workflows``' storage and loop (created on first use)."""
+    with _runtimes_lock:
+        rt = _runtimes.get(workflows)
+        if rt is None:
+            rt = _runtimes[workflows] = ActorRuntime(workflows)
+            workflows.on_close(rt.close)
+        return rt
