@@ -22,6 +22,7 @@ from actorflow.errors import (
     ActorTypeNotFoundError,
     ConfigError,
     InvalidIdError,
+    WorkflowNotFoundError,
 )
 from actorflow.workflow._runtime import default_runtime
 
@@ -227,6 +228,9 @@ def test_sub_workflow_runs_outside_the_actor_lock(tmp_path: pathlib.Path) -> Non
     gate.touch()
     assert call.result(timeout=60) == "report for 1"
     assert workflow.get_output(wid) == "report for 1"
+    Reporter.delete("r1")  # the actor owns its finished sub-workflows
+    with pytest.raises(WorkflowNotFoundError):
+        workflow.get_status(wid)
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -402,3 +406,14 @@ def test_half_defined_state_protocol_is_rejected() -> None:
         class Half:
             def __getstate__(self) -> int:
                 return 1
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_run_async_result_as_object_ref_for_ray_get() -> None:
+    import ray
+
+    c = Counter.get_or_create("ray-get", 0)
+    refs = [c.add.run_async(i).as_object_ref() for i in range(1, 6)]
+    assert ray.get(refs, timeout=60) == [1, 3, 6, 10, 15]
+    with pytest.raises(ValueError, match="changed my mind"):
+        ray.get(c.fail_after_change.run_async().as_object_ref(), timeout=60)

@@ -91,3 +91,83 @@ def _counts(path: pathlib.Path) -> dict[str, int]:
     for line in path.read_text().split():
         out[line] = out.get(line, 0) + 1
     return out
+
+
+JOBS_MODEL = r"""
+import os, time
+from actorflow import workflow
+
+TALLY = os.environ["JOBS_TALLY"]
+BLOCKER = os.environ["JOBS_BLOCKER"]
+
+
+@workflow.step
+def long_job(n: int) -> str:
+    with open(TALLY, "a") as f:
+        f.write("job\n")
+    if not os.path.exists(BLOCKER):
+        open(BLOCKER, "w").close()
+        time.sleep(600)  # killed here, the first time only
+    return f"job {n} done"
+
+
+@workflow.virtual_actor
+class Jobs:
+    def __init__(self):
+        self.started = 0
+
+    def start(self):
+        self.started += 1
+        return long_job.step(self.started)
+"""
+
+ACTOR_DRIVER = r"""
+import sys
+from actorflow import workflow
+from jobs_model import Jobs
+
+workflow.init(sys.argv[1])
+Jobs.get_or_create("j1").start.options(idempotency_key="start-1").run()
+"""
+
+
+def test_sigkill_while_an_actor_sub_workflow_runs(
+    tmp_path: pathlib.Path, wf_storage: str, ray_address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tally = tmp_path / "tally"
+    blocker = tmp_path / "blocker"
+    (tmp_path / "jobs_model.py").write_text(JOBS_MODEL)
+    script = tmp_path / "actor_driver.py"
+    script.write_text(ACTOR_DRIVER)
+    monkeypatch.setenv("JOBS_TALLY", str(tally))
+    monkeypatch.setenv("JOBS_BLOCKER", str(blocker))
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": ray_address,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.Popen([sys.executable, str(script), wf_storage], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not blocker.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+    wid = "Jobs:j1:2"
+    assert workflow.get_status(wid) is WorkflowStatus.RESUMABLE
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import jobs_model  # type: ignore[import-not-found]
+
+    jobs = jobs_model.Jobs.get("j1")
+    # Repeating the call under its key resumes the same workflow instead of starting another;
+    # the state change made before the return committed with the launch.
+    assert jobs.start.options(idempotency_key="start-1").run() == "job 1 done"
+    assert workflow.get_status(wid) is WorkflowStatus.SUCCESSFUL
+    assert _counts(tally) == {"job": 2}
+    sys.modules.pop("jobs_model", None)

@@ -82,6 +82,16 @@ class ActorCall(concurrent.futures.Future[Any]):
     def __await__(self) -> Generator[Any, None, Any]:
         return asyncio.wrap_future(self).__await__()
 
+    def as_object_ref(self) -> Any:
+        """A Ray ``ObjectRef`` of the result, for ``ray.get``/``ray.wait`` in Ray code.
+
+        The call itself still runs where it was submitted (its ordering is unchanged); a small
+        per-process Ray actor hands the outcome over to the object store.
+        """
+        from actorflow.actor._promise import promise_for
+
+        return promise_for(self)
+
 
 class ActorHandle:
     """A reference to one virtual actor; cheap, picklable, usable from any process."""

@@ -42,6 +42,8 @@ from actorflow.errors import (
     ActorError,
     ActorNotFoundError,
     ActorStateError,
+    WorkflowNotFoundError,
+    WorkflowRunningError,
 )
 from actorflow.storage import Batch
 from actorflow.workflow._compat import as_workflow
@@ -287,6 +289,25 @@ class ActorRuntime:
             await self.storage.commit(gone)
             await self.storage.delete_prefix(f"act/{t}/{actor_id}/")
             self._cache.pop(key, None)
+        await self._delete_owned_workflows(t, actor_id)
+
+    async def _delete_owned_workflows(self, t: str, actor_id: str) -> None:
+        """Delete the finished sub-workflows the actor launched (ids ``{type}:{id}:{version}``).
+        Running ones are left to finish; they hold nothing of the actor's."""
+        prefix = f"wfs/{t}:{actor_id}:"
+        after = prefix
+        while True:
+            keys = [
+                k
+                for k in await self.storage.list_keys("wfs/", start_after=after, limit=200)
+                if k.startswith(prefix)
+            ]
+            if not keys:
+                return
+            after = keys[-1]
+            for k in keys:
+                with contextlib.suppress(WorkflowRunningError, WorkflowNotFoundError):
+                    await self.workflows._delete(k[len("wfs/") :])
 
     def _lock(self, key: str) -> asyncio.Lock:
         lock = self._locks.get(key)
