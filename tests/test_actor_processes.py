@@ -153,9 +153,11 @@ def test_bank_transfers_survive_sigkill(tmp_path: pathlib.Path, storage_url: str
     try:
         deadline = time.monotonic() + 120
         assert proc.stdout is not None
+        seen: list[str] = []
         while committed < 10:  # kill it in the middle: some transfers committed, deliveries pending
             line = proc.stdout.readline()
-            assert line, "bank process ended early"
+            seen.append(line)
+            assert line, "bank process ended early:\n" + "".join(seen)
             if line.startswith("committed"):
                 committed += 1
             assert time.monotonic() < deadline

@@ -49,7 +49,8 @@ def promise_for(fut: concurrent.futures.Future[Any]) -> Any:
     ensure_ray()
     with _lock:
         if _actor is None:
-            _actor = ray.remote(num_cpus=0, max_concurrency=10_000)(_Promises).remote()
+            remote: Any = ray.remote
+            _actor = remote(num_cpus=0, max_concurrency=10_000)(_Promises).remote()
         actor = _actor
     call_id = next(_ids)
     ref = actor.wait.remote(call_id)
