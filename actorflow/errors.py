@@ -6,6 +6,7 @@
     ├── ConfigError                 bad settings: storage URL, init arguments
     ├── InvalidIdError              a workflow, actor or step id that breaks the id rules
     ├── SerializationError          a value that cannot be stored (names the step or actor)
+    ├── RemoteError                 a remote actorflow service could not be reached or answered badly
     ├── StorageError                the storage backend failed (names the URL)
     │   ├── StorageUnavailableError     cannot reach the backend
     │   └── StorageConflictError        a compare-and-set lost against another writer
@@ -21,7 +22,8 @@
         ├── ActorMethodNotFoundError    (also an AttributeError)
         ├── ActorArgumentsError         arguments that do not fit the method (also a TypeError)
         ├── ActorStateError             state that cannot be encoded or decoded
-        └── ActorConflictError          a turn kept losing compare-and-set races
+        ├── ActorConflictError          a turn kept losing compare-and-set races
+        └── ActorMethodError            a method raised in a remote service (type and message)
 
 Control-flow signals that must cross user code unharmed derive from ``BaseException``
 (see ``actorflow.workflow._signals``), so a user's ``except Exception`` cannot swallow them.
@@ -31,7 +33,21 @@ from __future__ import annotations
 
 
 class ActorflowError(Exception):
-    """Root of every error raised by actorflow itself."""
+    """Root of every error raised by actorflow itself.
+
+    Errors pickle with their attributes (they cross Ray task and Serve boundaries), whatever
+    their constructor's signature.
+    """
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), str(self), dict(self.__dict__)))
+
+
+def _rebuild(cls: type[ActorflowError], message: str, attrs: dict[str, object]) -> ActorflowError:
+    exc = Exception.__new__(cls)
+    Exception.__init__(exc, message)
+    exc.__dict__.update(attrs)
+    return exc
 
 
 class ConfigError(ActorflowError):
@@ -49,6 +65,14 @@ class InvalidIdError(ActorflowError, ValueError):
 
 class SerializationError(ActorflowError, TypeError):
     """A value could not be serialized for storage; the message names what it belonged to."""
+
+
+class RemoteError(ActorflowError):
+    """A remote service could not be reached, refused the request, or answered badly."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
 
 
 class StorageError(ActorflowError):
@@ -137,10 +161,21 @@ class ActorStateError(ActorError):
     """Actor state that cannot be encoded or decoded."""
 
 
+class ActorMethodError(ActorError):
+    """A method raised in a remote service. ``remote_type`` names the exception's class; when
+    that is a built-in exception, the error raised is also an instance of it (so
+    ``except ValueError`` works as it would in embedded mode)."""
+
+    def __init__(self, actor_type: str, actor_id: str | None, remote_type: str, message: str) -> None:
+        self.remote_type = remote_type
+        super().__init__(actor_type, actor_id, f"{remote_type}: {message}")
+
+
 __all__ = [
     "ActorArgumentsError",
     "ActorConflictError",
     "ActorError",
+    "ActorMethodError",
     "ActorMethodNotFoundError",
     "ActorNotFoundError",
     "ActorStateError",
@@ -148,6 +183,7 @@ __all__ = [
     "ActorflowError",
     "ConfigError",
     "InvalidIdError",
+    "RemoteError",
     "SerializationError",
     "StorageConflictError",
     "StorageError",

@@ -49,17 +49,25 @@ _invoker_override: Invoker | None = None
 
 def invoker() -> Invoker:
     """The invoker handles use: a remote client after ``init(address=...)``, else embedded."""
+    from actorflow.actor._runtime import actor_runtime, current_turn
+
+    turn = current_turn()
+    if turn is not None and turn.runtime is not None:
+        return turn.runtime  # handles used inside a method reach the runtime running it
     if _invoker_override is not None:
         return _invoker_override
-    from actorflow.actor._runtime import actor_runtime
     from actorflow.workflow._runtime import default_runtime
 
     return actor_runtime(default_runtime())
 
 
 def set_invoker(value: Invoker | None) -> None:
+    """Route handles to ``value`` (``None``: back to the embedded runtime)."""
     global _invoker_override
-    _invoker_override = value
+    old, _invoker_override = _invoker_override, value
+    close = getattr(old, "close", None)
+    if old is not None and old is not value and close is not None:
+        close()
 
 
 class ActorCall(concurrent.futures.Future[Any]):

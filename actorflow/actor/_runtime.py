@@ -96,10 +96,16 @@ class Turn:
     actor_type: str
     actor_id: str
     readonly: bool
+    runtime: ActorRuntime | None = None
     messages: list[_Message] = field(default_factory=list)
 
 
 _current_turn: contextvars.ContextVar[Turn | None] = contextvars.ContextVar("actorflow_turn", default=None)
+
+
+def current_turn() -> Turn | None:
+    """The actor turn running in this context, if any."""
+    return _current_turn.get()
 
 
 def send(method: Any, *args: Any, **kwargs: Any) -> None:
@@ -369,7 +375,7 @@ class ActorRuntime:
                         return recorded
                 cached = self._cache.get(key)
                 snap = cached.snapshot if cached is not None else await self._read(ac, actor_id)
-                turn = Turn(t, actor_id, readonly=False)
+                turn = Turn(t, actor_id, readonly=False, runtime=self)
                 instance = self._instance(ac, snap)
                 try:
                     result = await self._invoke(info, instance, args, kwargs, turn)
@@ -419,7 +425,9 @@ class ActorRuntime:
     ) -> Any:
         snap = await self._read(ac, actor_id)
         instance = self._instance(ac, snap)
-        result = await self._invoke(info, instance, args, kwargs, Turn(ac.type_name, actor_id, readonly=True))
+        result = await self._invoke(
+            info, instance, args, kwargs, Turn(ac.type_name, actor_id, readonly=True, runtime=self)
+        )
         if as_workflow(result) is not None:
             raise ActorError(
                 ac.type_name,

@@ -35,15 +35,38 @@ from actorflow.workflow._runtime import init as _init
 from actorflow.workflow._store import WorkflowStatus
 
 
-def init(storage: str | None = None, *, lease_ttl: float | None = None) -> None:
-    """Set the storage the module-level API uses.
+def init(
+    storage: str | None = None,
+    *,
+    address: str | None = None,
+    token: str | None = None,
+    lease_ttl: float | None = None,
+) -> None:
+    """Set where the module-level API keeps workflows and finds actors.
 
     ``storage`` is ``sqlite:///path/file.db``, ``redis://host:port/db`` (or ``rediss://``),
     or a directory path (a SQLite file inside it). Without it the current storage is kept; the
     first default is ``$ACTORFLOW_STORAGE`` or a SQLite file in the per-user data directory.
     An unknown scheme or unreachable storage raises an error naming the URL.
+
+    ``address`` (or ``$ACTORFLOW_ADDRESS``) makes actor handles remote: ``http://host:port`` of
+    a running ``actorflow serve`` (with ``token``, or ``$ACTORFLOW_TOKEN``), or
+    ``serve://actorflow`` from code inside its Ray cluster. Actors then live in the service;
+    ``storage`` still says where workflows run from this process are kept.
     """
-    _init(storage, lease_ttl=lease_ttl)
+    import os
+
+    from actorflow.actor._handle import set_invoker
+
+    address = address or os.environ.get("ACTORFLOW_ADDRESS") or None
+    if address:
+        from actorflow.client import connect
+
+        set_invoker(connect(address, token or os.environ.get("ACTORFLOW_TOKEN") or None))
+    else:
+        set_invoker(None)
+    if storage is not None or not address:
+        _init(storage, lease_ttl=lease_ttl)
 
 
 def run(dag: Any, workflow_id: str | None = None, metadata: dict[str, Any] | None = None) -> Any:

@@ -1,0 +1,306 @@
+"""Remote actor handles: the same ``Cls.get_or_create(id).method.run()`` over a running service.
+
+After ``workflow.init(address="http://host:8000", token=...)`` handles talk JSON over HTTP to
+the service; with ``address="serve://actorflow"`` code inside the Ray cluster goes through a
+Serve handle instead. Semantics match embedded mode: writer calls from one client to one actor
+are sent one at a time in submission order (read-only calls are not held back), errors come
+back as the same exception types, and a call with an idempotency key is retried on transport
+failures without risk of a second effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import concurrent.futures
+import threading
+import weakref
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from actorflow import errors
+from actorflow.actor._class import VirtualActorClass
+from actorflow.actor._handle import Invoker
+
+T = TypeVar("T")
+SESSION_HEADER = "x-session-id"
+
+_BY_CODE: dict[str, type[errors.ActorflowError]] = {
+    "unknown_actor_type": errors.ActorTypeNotFoundError,
+    "unknown_method": errors.ActorMethodNotFoundError,
+    "actor_not_found": errors.ActorNotFoundError,
+    "workflow_not_found": errors.WorkflowNotFoundError,
+    "invalid_arguments": errors.ActorArgumentsError,
+    "invalid_id": errors.InvalidIdError,
+    "bad_request": errors.ConfigError,
+    "unserializable": errors.SerializationError,
+    "conflict": errors.ActorConflictError,
+    "state_error": errors.ActorStateError,
+    "workflow_running": errors.WorkflowRunningError,
+    "workflow_cancelled": errors.WorkflowCancelledError,
+}
+_remote_method_types: dict[str, type[errors.ActorMethodError]] = {}
+
+
+def error_from_json(status: int, body: Any) -> errors.ActorflowError:
+    """Rebuild the exception a service reported (see ``deployments.api.status_for``)."""
+    if not isinstance(body, dict) or "error" not in body:
+        return errors.RemoteError(f"unexpected HTTP {status} answer: {str(body)[:200]}", status)
+    code = body["error"]
+    message = str(body.get("message", ""))
+    attrs = {k: body[k] for k in ("actor_type", "actor_id", "method", "workflow_id") if k in body}
+    if code == "method_raised":
+        remote = str(body.get("type", "Exception"))
+        err = _method_error_type(remote)(attrs.get("actor_type", "?"), attrs.get("actor_id"), remote, message)
+        err.args = (message,)  # read like the original exception's message
+        return err
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        return errors.RemoteError(f"HTTP {status} {code}: {message}", status)
+    return errors._rebuild(cls, message, attrs)
+
+
+def _method_error_type(remote: str) -> type[errors.ActorMethodError]:
+    """``ActorMethodError``, also deriving from the built-in exception of that name if any."""
+    cls = _remote_method_types.get(remote)
+    if cls is None:
+        base = getattr(builtins, remote, None)
+        if (
+            isinstance(base, type)
+            and issubclass(base, Exception)
+            and not issubclass(base, errors.ActorflowError)
+        ):
+            try:
+                cls = type(f"Remote{remote}", (errors.ActorMethodError, base), {})
+            except TypeError:  # layout conflicts (e.g. OSError subclasses)
+                cls = errors.ActorMethodError
+        else:
+            cls = errors.ActorMethodError
+        _remote_method_types[remote] = cls
+    return cls
+
+
+class _LoopThread:
+    """A private event loop in a daemon thread, for the blocking facade."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.thread.start()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return self.submit(coro).result(timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+
+class _OrderedInvoker:
+    """Shared ordering: writer calls to one actor go one at a time, in submission order."""
+
+    def __init__(self, name: str) -> None:
+        self._lt = _LoopThread(name)
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+    def submit(
+        self,
+        ac: VirtualActorClass,
+        actor_id: str,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        idempotency_key: str | None,
+    ) -> concurrent.futures.Future[Any]:
+        readonly = ac.method(method).readonly
+        key = f"{ac.type_name}/{actor_id}"
+
+        async def go() -> Any:
+            if readonly:
+                return await self._invoke(ac.type_name, actor_id, method, list(args), kwargs, idempotency_key)
+            async with self._lock(key):
+                return await self._invoke(ac.type_name, actor_id, method, list(args), kwargs, idempotency_key)
+
+        return self._lt.submit(go())
+
+    async def _invoke(
+        self, t: str, i: str, method: str, args: list[Any], kwargs: dict[str, Any], key: str | None
+    ) -> Any:
+        raise NotImplementedError
+
+    def require(self, ac: VirtualActorClass, actor_id: str) -> None:
+        if not self.exists(ac, actor_id):
+            raise errors.ActorNotFoundError(ac.type_name, actor_id)
+
+    def exists(self, ac: VirtualActorClass, actor_id: str) -> bool:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._lt.stop()
+
+
+class HttpInvoker(_OrderedInvoker):
+    """Handles over the HTTP API of a running actorflow service."""
+
+    def __init__(
+        self, address: str, token: str | None = None, timeout: float = 60.0, retries: int = 3
+    ) -> None:
+        import httpx
+
+        super().__init__("actorflow-http")
+        self.address = address.rstrip("/")
+        self.retries = retries
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+
+        async def make() -> httpx.AsyncClient:
+            return httpx.AsyncClient(base_url=self.address, headers=headers, timeout=timeout)
+
+        self._client = self._lt.run(make())
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
+        retry: bool = False,
+    ) -> tuple[int, Any]:
+        import httpx
+
+        attempts = self.retries if retry else 1
+        for attempt in range(attempts):
+            try:
+                resp = await self._client.request(method, path, json=body, headers=headers, params=params)
+            except httpx.TransportError as exc:
+                if attempt + 1 < attempts:
+                    await asyncio.sleep(0.1 * 2**attempt)
+                    continue
+                raise errors.RemoteError(f"cannot reach {self.address}: {exc}") from exc
+            if resp.status_code in (502, 503, 504) and attempt + 1 < attempts:
+                await asyncio.sleep(0.1 * 2**attempt)
+                continue
+            data = resp.json() if resp.content else None
+            if resp.status_code >= 400:
+                raise error_from_json(resp.status_code, data)
+            return resp.status_code, data
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _path(t: str, i: str, *rest: str) -> str:
+        return "/v1/actors/" + "/".join(quote(p, safe="") for p in (t, i, *rest))
+
+    async def _invoke(
+        self, t: str, i: str, method: str, args: list[Any], kwargs: dict[str, Any], key: str | None
+    ) -> Any:
+        headers = {SESSION_HEADER: f"{t}/{i}"}
+        if key is not None:
+            headers["idempotency-key"] = key
+        _, data = await self._request(
+            "POST", self._path(t, i, method), {"args": args, "kwargs": kwargs}, headers, retry=key is not None
+        )
+        return data["result"]
+
+    def create(
+        self, ac: VirtualActorClass, actor_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> bool:
+        status, _ = self._lt.run(
+            self._request(
+                "POST", self._path(ac.type_name, actor_id), {"args": list(args), "kwargs": kwargs}, retry=True
+            )
+        )
+        return status == 201
+
+    def exists(self, ac: VirtualActorClass, actor_id: str) -> bool:
+        try:
+            self._lt.run(self._request("GET", self._path(ac.type_name, actor_id), retry=True))
+            return True
+        except errors.ActorNotFoundError:
+            return False
+
+    def describe(self, ac: VirtualActorClass, actor_id: str) -> dict[str, Any]:
+        _, data = self._lt.run(self._request("GET", self._path(ac.type_name, actor_id), retry=True))
+        return dict(data)
+
+    def list_ids(self, type_name: str, *, start_after: str | None, limit: int | None) -> list[str]:
+        out: list[str] = []
+        after = start_after
+        while True:
+            page = min(1000, limit - len(out)) if limit is not None else 1000
+            if page <= 0:
+                return out
+            params: dict[str, Any] = {"limit": page}
+            if after is not None:
+                params["start_after"] = after
+            _, data = self._lt.run(
+                self._request("GET", "/v1/actors/" + quote(type_name, safe=""), params=params, retry=True)
+            )
+            out += data["ids"]
+            if data.get("next") is None:
+                return out
+            after = data["next"]
+
+    def delete(self, ac: VirtualActorClass, actor_id: str) -> None:
+        self._lt.run(self._request("DELETE", self._path(ac.type_name, actor_id), retry=True))
+
+    def close(self) -> None:
+        try:
+            self._lt.run(self._client.aclose(), timeout=5)
+        finally:
+            super().close()
+
+
+class ServeInvoker(_OrderedInvoker):
+    """Handles through a Serve handle to the ``ActorHost`` deployment (code inside the cluster)."""
+
+    def __init__(self, app_name: str = "actorflow") -> None:
+        from ray import serve
+
+        super().__init__("actorflow-serve")
+        self._host = serve.get_deployment_handle("ActorHost", app_name=app_name)
+
+    def _to(self, t: str, i: str) -> Any:
+        return self._host.options(session_id=f"{t}/{i}")
+
+    async def _invoke(
+        self, t: str, i: str, method: str, args: list[Any], kwargs: dict[str, Any], key: str | None
+    ) -> Any:
+        try:
+            return await self._to(t, i).invoke.remote(t, i, method, args, kwargs, key)
+        except Exception as exc:
+            cause = getattr(exc, "cause", None)
+            raise (cause if isinstance(cause, BaseException) else exc) from None
+
+    def create(
+        self, ac: VirtualActorClass, actor_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> bool:
+        resp = self._to(ac.type_name, actor_id).create.remote(ac.type_name, actor_id, list(args), kwargs)
+        return bool(resp.result())
+
+    def exists(self, ac: VirtualActorClass, actor_id: str) -> bool:
+        return bool(self._to(ac.type_name, actor_id).exists.remote(ac.type_name, actor_id).result())
+
+    def list_ids(self, type_name: str, *, start_after: str | None, limit: int | None) -> list[str]:
+        return list(self._host.list_ids.remote(type_name, start_after, limit or 100_000).result())
+
+    def delete(self, ac: VirtualActorClass, actor_id: str) -> None:
+        self._to(ac.type_name, actor_id).delete.remote(ac.type_name, actor_id).result()
+
+
+def connect(address: str, token: str | None = None) -> Invoker:
+    """An invoker for ``http(s)://host:port`` or ``serve://app_name``."""
+    if address.startswith(("http://", "https://")):
+        return HttpInvoker(address, token)
+    if address.startswith("serve://"):
+        return ServeInvoker(address[len("serve://") :] or "actorflow")
+    raise errors.ConfigError(f"unknown service address {address!r}; use http(s)://host:port or serve://app")

@@ -1,0 +1,315 @@
+"""The HTTP API (DESIGN §5): JSON in, JSON out, versioned under ``/v1``.
+
+Safety at the edge: only JSON bodies are read and nothing from the network is unpickled; a
+configured token guards every route but ``/healthz`` (compared in constant time); bodies over
+the limit get 413 before they are read whole; only registered types and their public methods
+are callable; arguments are checked against the method's signature (422); a method that raises
+gives a JSON error with its type and message, never a traceback. Error statuses are mapped from
+the error types in one place, :func:`status_for`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
+
+from actorflow import errors
+from deployments.backend import Backend
+
+log = logging.getLogger("actorflow.http")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+DEFAULT_MAX_BODY = 1024 * 1024
+SESSION_HEADER = "x-session-id"
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """Settings of the HTTP layer. ``token``: bearer token required on every route but
+    ``/healthz`` (``None``: no auth). ``max_body``: largest accepted request body in bytes."""
+
+    token: str | None = None
+    max_body: int = DEFAULT_MAX_BODY
+
+
+# One table from error type to (HTTP status, error code); the first match wins.
+_STATUS: list[tuple[type[BaseException], int, str]] = [
+    (errors.ActorTypeNotFoundError, 404, "unknown_actor_type"),
+    (errors.ActorMethodNotFoundError, 404, "unknown_method"),
+    (errors.ActorNotFoundError, 404, "actor_not_found"),
+    (errors.WorkflowNotFoundError, 404, "workflow_not_found"),
+    (errors.ActorArgumentsError, 422, "invalid_arguments"),
+    (errors.InvalidIdError, 400, "invalid_id"),
+    (errors.ConfigError, 400, "bad_request"),
+    (errors.SerializationError, 400, "unserializable"),
+    (errors.ActorConflictError, 409, "conflict"),
+    (errors.StorageConflictError, 409, "conflict"),
+    (errors.WorkflowRunningError, 409, "workflow_running"),
+    (errors.WorkflowCancelledError, 409, "workflow_cancelled"),
+    (errors.StorageUnavailableError, 503, "storage_unavailable"),
+    (errors.ActorStateError, 500, "state_error"),
+    (errors.ActorflowError, 500, "internal_error"),
+]
+
+
+def status_for(exc: BaseException) -> tuple[int, str]:
+    """The HTTP status and error code for an error; anything unknown is a method failure."""
+    for kind, status, code in _STATUS:
+        if isinstance(exc, kind):
+            return status, code
+    return 500, "method_raised"
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"error": code, "message": message, **extra}
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    status, code = status_for(exc)
+    extra: dict[str, Any] = {"type": type(exc).__name__}
+    for attr in ("actor_type", "actor_id", "method", "workflow_id"):
+        value = getattr(exc, attr, None)
+        if value is not None:
+            extra[attr] = value
+    if status >= 500 and code != "method_raised":
+        log.error("request failed: %r", exc)
+    return JSONResponse(error_body(code, str(exc), **extra), status_code=status)
+
+
+class EdgeMiddleware:
+    """Auth, body size and content type checks, before any route runs."""
+
+    def __init__(self, app: ASGIApp, settings: ApiSettings) -> None:
+        self.app = app
+        self.settings = settings
+        self._token = settings.token.encode() if settings.token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        path = scope.get("path", "")
+        if self._token is not None and path != "/healthz":
+            given = headers.get("authorization", "")
+            scheme, _, credential = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                credential.strip().encode(), self._token
+            ):
+                await _reply(
+                    send,
+                    401,
+                    error_body("unauthorized", "missing or wrong bearer token"),
+                    extra_headers=[(b"www-authenticate", b"Bearer")],
+                )
+                return
+        limit = self.settings.max_body
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            await _reply(send, 413, error_body("body_too_large", f"request body over {limit} bytes"))
+            return
+        if scope.get("method") in ("POST", "PUT", "PATCH") and (length is None or length != "0"):
+            ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype and ctype != "application/json":
+                await _reply(
+                    send, 415, error_body("unsupported_media_type", "request bodies must be application/json")
+                )
+                return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _BodyTooLarge:
+            await _reply(send, 413, error_body("body_too_large", f"request body over {limit} bytes"))
+
+
+class _BodyTooLarge(BaseException):
+    """Raised from ``receive`` when a streamed body passes the limit; a control-flow signal, so
+    no handler on the way up mistakes it for an application error."""
+
+
+async def _reply(
+    send: Send, status: int, body: dict[str, Any], extra_headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    data = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers + (extra_headers or [])})
+    await send({"type": "http.response.body", "body": data})
+
+
+async def _json_body(request: Request) -> Any:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise errors.ConfigError(f"request body is not valid JSON: {exc}") from None
+
+
+def _call_arguments(body: Any) -> tuple[list[Any], dict[str, Any]]:
+    if not isinstance(body, dict):
+        raise errors.ConfigError('the body must be a JSON object like {"args": [...], "kwargs": {...}}')
+    unknown = set(body) - {"args", "kwargs"}
+    if unknown:
+        raise errors.ConfigError(f"unknown body fields {sorted(unknown)}; expected 'args' and 'kwargs'")
+    args = body.get("args", [])
+    kwargs = body.get("kwargs", {})
+    if not isinstance(args, list):
+        raise errors.ConfigError("'args' must be a JSON array")
+    if not isinstance(kwargs, dict):
+        raise errors.ConfigError("'kwargs' must be a JSON object")
+    return args, kwargs
+
+
+class _ErrorMappingRoute(APIRoute):
+    """Routes whose errors become JSON responses through :func:`status_for`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def mapped(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except (RequestValidationError, HTTPException):
+                raise
+            except Exception as exc:
+                return error_response(exc)
+
+        return mapped
+
+
+RouteCall = Callable[[str, str, str, list[Any], dict[str, Any], str | None, Request], Awaitable[Any]]
+
+
+def create_api(
+    backend: Backend, settings: ApiSettings | None = None, call: RouteCall | None = None
+) -> FastAPI:
+    """The FastAPI app serving DESIGN §5 over ``backend``.
+
+    ``call`` overrides how actor method calls are executed (the Serve deployment forwards
+    calls that reached a replica not owning the actor); by default they go to ``backend``.
+    """
+    settings = settings or ApiSettings()
+    app = FastAPI(
+        title="actorflow",
+        version="1",
+        description="Durable virtual actors and workflows. Errors are JSON: {error, message, ...}.",
+    )
+
+    async def default_call(
+        t: str, i: str, m: str, args: list[Any], kwargs: dict[str, Any], key: str | None, request: Request
+    ) -> Any:
+        return await backend.call(t, i, m, args, kwargs, key)
+
+    run_call = call or default_call
+    app.router.route_class = _ErrorMappingRoute
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(
+            error_body(
+                "invalid_request", "request parameters are invalid", details=jsonable_encoder(exc.errors())
+            ),
+            status_code=422,
+        )
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        """Liveness: answers without auth."""
+        return {"status": "ok"}
+
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
+    async def metrics() -> str:
+        """Counters in the Prometheus text format."""
+        return "".join(f"{name} {value}\n" for name, value in backend.metrics().items())
+
+    @app.post("/v1/actors/{type_name}/{actor_id}", tags=["actors"], status_code=201)
+    async def create_actor(type_name: str, actor_id: str, request: Request) -> Response:
+        """Create the actor with ``__init__(*args, **kwargs)`` unless it exists (201 / 200)."""
+        args, kwargs = _call_arguments(await _json_body(request))
+        created = await backend.create(type_name, actor_id, args, kwargs)
+        return JSONResponse(
+            {"type": type_name, "id": actor_id, "created": created}, status_code=201 if created else 200
+        )
+
+    @app.post("/v1/actors/{type_name}/{actor_id}/{method}", tags=["actors"])
+    async def call_actor(type_name: str, actor_id: str, method: str, request: Request) -> JSONResponse:
+        """Call a method. Body ``{"args": [...], "kwargs": {...}}``; an ``Idempotency-Key``
+        header makes a repeated request return the first response with no second effect."""
+        args, kwargs = _call_arguments(await _json_body(request))
+        key = request.headers.get("idempotency-key")
+        if key is not None and not 0 < len(key) <= 256:
+            raise errors.ConfigError("Idempotency-Key must be 1 to 256 characters")
+        result = await run_call(type_name, actor_id, method, args, kwargs, key, request)
+        try:
+            return JSONResponse({"result": jsonable_encoder(result)})
+        except (TypeError, ValueError) as exc:
+            raise errors.SerializationError(
+                f"the result of {type_name}.{method} is not JSON: {exc}"
+            ) from None
+
+    @app.get("/v1/actors/{type_name}/{actor_id}", tags=["actors"])
+    async def describe_actor(type_name: str, actor_id: str) -> dict[str, Any]:
+        """The committed state (JSON when it is JSON-encodable, else null), version and times."""
+        return await backend.describe(type_name, actor_id)
+
+    @app.delete("/v1/actors/{type_name}/{actor_id}", tags=["actors"], status_code=204)
+    async def delete_actor(type_name: str, actor_id: str) -> Response:
+        """Delete the actor's state, idempotency records and pending messages (idempotent)."""
+        await backend.delete(type_name, actor_id)
+        return Response(status_code=204)
+
+    @app.get("/v1/actors/{type_name}", tags=["actors"])
+    async def list_actors(type_name: str, start_after: str | None = None, limit: int = 100) -> dict[str, Any]:
+        """Actor ids of a type in byte order; pass ``next`` back as ``start_after`` for more."""
+        if not 1 <= limit <= 1000:
+            raise errors.ConfigError("limit must be between 1 and 1000")
+        ids = await backend.list_ids(type_name, start_after, limit)
+        return {"ids": ids, "next": ids[-1] if len(ids) == limit else None}
+
+    @app.get("/v1/workflows", tags=["workflows"])
+    async def list_workflows(status: str | None = None) -> dict[str, Any]:
+        rows = await backend.list_workflows(status)
+        return {"workflows": [{"id": wid, "status": s} for wid, s in rows]}
+
+    @app.get("/v1/workflows/{workflow_id}", tags=["workflows"])
+    async def get_workflow(workflow_id: str) -> dict[str, Any]:
+        return await backend.workflow(workflow_id)
+
+    @app.post("/v1/workflows/{workflow_id}/resume", tags=["workflows"], status_code=202)
+    async def resume_workflow(workflow_id: str) -> dict[str, Any]:
+        """Resume a RESUMABLE or FAILED workflow in the background; poll its status."""
+        return {"id": workflow_id, "status": await backend.resume_workflow(workflow_id)}
+
+    @app.post("/v1/workflows/{workflow_id}/cancel", tags=["workflows"])
+    async def cancel_workflow(workflow_id: str) -> dict[str, Any]:
+        await backend.cancel_workflow(workflow_id)
+        return {"id": workflow_id, "status": "CANCELED"}
+
+    app.add_middleware(EdgeMiddleware, settings=settings)
+    return app

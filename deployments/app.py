@@ -1,0 +1,161 @@
+"""The Ray Serve application: ``deployments.app:build``.
+
+One deployment, ``ActorHost``, is both the HTTP ingress (the FastAPI app of
+:mod:`deployments.api`) and the owner of actors. Serve routes each request with a consistent-hash
+router on the session id, with no fallback replicas, so a request carrying
+``x-session-id: {type}/{id}`` (the Python client sends it) lands in one hop on the replica that
+owns that actor, where its turns are serialized and its snapshot cached. A request without the
+header (curl) is forwarded by whichever replica got it to the owner through a Serve handle.
+
+Routing gives affinity only: correctness never depends on it. Every commit is a compare-and-set
+on the actor's version in storage, so during a replica crash, a scale change or a KubeRay
+upgrade (two clusters side by side) an actor touched by two replicas loses no update.
+
+Builder arguments (all optional), each falling back to an environment variable:
+
+=====================  ======================  ==========================================
+arg                    env                     meaning
+=====================  ======================  ==========================================
+``storage``            ``ACTORFLOW_STORAGE``   storage URL (default: per-user SQLite file)
+``token``              ``ACTORFLOW_TOKEN``     bearer token for every route but /healthz
+``modules``            ``ACTORFLOW_MODULES``   modules defining actor types (comma list)
+``actor_host_replicas``                        replicas of ActorHost (default 2)
+``max_body``                                   request body limit in bytes (default 1 MiB)
+=====================  ======================  ==========================================
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+from starlette.requests import Request
+
+from actorflow.storage import default_storage_url, parse_storage_url
+from deployments.api import DEFAULT_MAX_BODY, SESSION_HEADER, ApiSettings, create_api
+from deployments.backend import LocalBackend, load_modules
+
+APP_NAME = "actorflow"
+ROUTER_CONFIG = {
+    "request_router_class": "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter",
+    "request_router_kwargs": {"num_fallback_replicas": 0},
+}
+
+
+@serve.deployment(
+    name="ActorHost",
+    ray_actor_options={"num_cpus": 0},
+    max_ongoing_requests=64,
+    request_router_config=ROUTER_CONFIG,
+    graceful_shutdown_wait_loop_s=0.5,
+    graceful_shutdown_timeout_s=10,
+)
+@serve.ingress()
+class ActorHost:
+    """HTTP ingress and actor owner. Handle methods (``invoke``, ...) serve in-cluster callers."""
+
+    def __init__(self, storage: str, modules: list[str], token: str | None, max_body: int) -> None:
+        from actorflow.workflow._runtime import WorkflowRuntime
+
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        load_modules(modules)
+        self.workflows = WorkflowRuntime(storage)
+        self.backend = LocalBackend(self.workflows)
+        self.settings = ApiSettings(token=token, max_body=max_body)
+        self._peers: Any = None
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return create_api(self.backend, self.settings, call=self._route_call)
+
+    def _owner(self, key: str) -> Any:
+        if self._peers is None:
+            app = serve.get_replica_context().app_name
+            self._peers = serve.get_deployment_handle("ActorHost", app_name=app)
+        return self._peers.options(session_id=key)
+
+    async def _route_call(
+        self,
+        type_name: str,
+        actor_id: str,
+        method: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        key: str | None,
+        request: Request,
+    ) -> Any:
+        owner_key = f"{type_name}/{actor_id}"
+        if request.headers.get(SESSION_HEADER) == owner_key:
+            return await self.backend.call(type_name, actor_id, method, args, kwargs, key)
+        try:
+            return await self._owner(owner_key).invoke.remote(type_name, actor_id, method, args, kwargs, key)
+        except Exception as exc:
+            raise _unwrap(exc) from None
+
+    # ---------------------------------------------------------------- handle entry points
+    async def invoke(
+        self,
+        type_name: str,
+        actor_id: str,
+        method: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        idempotency_key: str | None,
+    ) -> Any:
+        """Call an actor method on this replica (route here with ``session_id={type}/{id}``)."""
+        return await self.backend.call(type_name, actor_id, method, args, kwargs, idempotency_key)
+
+    async def create(self, type_name: str, actor_id: str, args: list[Any], kwargs: dict[str, Any]) -> bool:
+        return await self.backend.create(type_name, actor_id, args, kwargs)
+
+    async def exists(self, type_name: str, actor_id: str) -> bool:
+        from actorflow.errors import ActorNotFoundError
+
+        try:
+            await self.backend.describe(type_name, actor_id)
+            return True
+        except ActorNotFoundError:
+            return False
+
+    async def delete(self, type_name: str, actor_id: str) -> None:
+        await self.backend.delete(type_name, actor_id)
+
+    async def list_ids(self, type_name: str, start_after: str | None, limit: int) -> list[str]:
+        return await self.backend.list_ids(type_name, start_after, limit)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The application error inside a Ray error, so the HTTP layer maps it by its type."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+def settings_from(args: dict[str, Any]) -> dict[str, Any]:
+    """Resolve builder arguments against the environment and validate them."""
+    storage = args.get("storage") or os.environ.get("ACTORFLOW_STORAGE") or default_storage_url()
+    parse_storage_url(storage)
+    from actorflow.workflow._runtime import canonical_url
+
+    modules = args.get("modules")
+    if modules is None:
+        modules = [m for m in os.environ.get("ACTORFLOW_MODULES", "").split(",") if m.strip()]
+    if isinstance(modules, str):
+        modules = [modules]
+    return {
+        "storage": canonical_url(storage),
+        "token": args.get("token") or os.environ.get("ACTORFLOW_TOKEN") or None,
+        "modules": [m.strip() for m in modules],
+        "replicas": int(args.get("actor_host_replicas", 2)),
+        "max_body": int(args.get("max_body", DEFAULT_MAX_BODY)),
+    }
+
+
+def build(args: dict[str, Any] | None = None) -> Application:
+    """The application for ``serve run`` / ``serveConfigV2`` (import path ``deployments.app:build``)."""
+    s = settings_from(args or {})
+    load_modules(s["modules"])  # fail here, with the module's error, rather than in every replica
+    host: Any = ActorHost  # a Serve Deployment once decorated
+    return host.options(num_replicas=s["replicas"]).bind(
+        s["storage"], s["modules"], s["token"], s["max_body"]
+    )

@@ -1,0 +1,161 @@
+"""What the HTTP API calls into: actor calls, actor admin and workflow management.
+
+:class:`LocalBackend` runs everything in this process on an embedded runtime pair (the
+workflow runtime and its actor runtime). The Serve deployment wraps one per replica; tests
+drive the HTTP layer with one directly, with no Ray and no sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import importlib
+from collections.abc import Coroutine, Iterable
+from typing import Any, Protocol, TypeVar
+
+from actorflow.actor import ActorRuntime, actor_runtime, lookup
+from actorflow.workflow._runtime import WorkflowRuntime
+
+T = TypeVar("T")
+
+
+class Backend(Protocol):
+    """The operations behind the HTTP API (all async)."""
+
+    async def create(
+        self, type_name: str, actor_id: str, args: list[Any], kwargs: dict[str, Any]
+    ) -> bool: ...
+    async def call(
+        self,
+        type_name: str,
+        actor_id: str,
+        method: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        idempotency_key: str | None,
+    ) -> Any: ...
+    async def describe(self, type_name: str, actor_id: str) -> dict[str, Any]: ...
+    async def delete(self, type_name: str, actor_id: str) -> None: ...
+    async def list_ids(self, type_name: str, start_after: str | None, limit: int) -> list[str]: ...
+    async def list_workflows(self, status: str | None) -> list[tuple[str, str]]: ...
+    async def workflow(self, workflow_id: str) -> dict[str, Any]: ...
+    async def resume_workflow(self, workflow_id: str) -> str: ...
+    async def cancel_workflow(self, workflow_id: str) -> None: ...
+    def metrics(self) -> dict[str, float]: ...
+
+
+def load_modules(modules: Iterable[str]) -> list[str]:
+    """Import the modules that define actor types (registering them); return the type names."""
+    from actorflow.actor import registered_types
+
+    for name in modules:
+        importlib.import_module(name)
+    return sorted(registered_types())
+
+
+class LocalBackend:
+    """The backend that runs calls on this process's runtimes."""
+
+    def __init__(self, workflows: WorkflowRuntime, actors: ActorRuntime | None = None) -> None:
+        self.workflows = workflows
+        self.actors = actors or actor_runtime(workflows)
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._background: set[asyncio.Future[Any]] = set()
+
+    async def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the runtime's loop. It finishes even if this caller is cancelled
+        (a client that disconnects must not abort a commit that has started)."""
+        fut = asyncio.run_coroutine_threadsafe(coro, self.workflows.loop)
+        return await asyncio.shield(asyncio.wrap_future(fut))
+
+    async def create(self, type_name: str, actor_id: str, args: list[Any], kwargs: dict[str, Any]) -> bool:
+        from actorflow._ids import check_actor_id
+
+        ac = lookup(type_name)
+        check_actor_id(actor_id)
+        ac.check_init_args(tuple(args), kwargs)
+        created = await asyncio.to_thread(self.actors.create, ac, actor_id, tuple(args), kwargs)
+        self.counters["actors_created"] += int(created)
+        return created
+
+    async def call(
+        self,
+        type_name: str,
+        actor_id: str,
+        method: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        idempotency_key: str | None,
+    ) -> Any:
+        from actorflow._ids import check_actor_id
+
+        ac = lookup(type_name)
+        check_actor_id(actor_id)
+        self.counters["calls"] += 1
+        try:
+            return await self._run(
+                self.actors.call(ac, actor_id, method, tuple(args), kwargs, idempotency_key)
+            )
+        except Exception:
+            self.counters["call_errors"] += 1
+            raise
+
+    async def describe(self, type_name: str, actor_id: str) -> dict[str, Any]:
+        from actorflow._ids import check_actor_id
+
+        ac = lookup(type_name)
+        check_actor_id(actor_id)
+        snap = await self._run(self.actors._read(ac, actor_id))
+        return {
+            "type": type_name,
+            "id": actor_id,
+            "version": snap.version,
+            "schema": snap.schema,
+            "encoding": snap.encoding,
+            "state": snap.json_state(),
+            "created_at": snap.created_at,
+            "updated_at": snap.updated_at,
+        }
+
+    async def delete(self, type_name: str, actor_id: str) -> None:
+        from actorflow._ids import check_actor_id
+
+        ac = lookup(type_name)
+        check_actor_id(actor_id)
+        await self._run(self.actors._delete(ac, actor_id))
+
+    async def list_ids(self, type_name: str, start_after: str | None, limit: int) -> list[str]:
+        lookup(type_name)
+        return await asyncio.to_thread(self.actors.list_ids, type_name, start_after=start_after, limit=limit)
+
+    async def list_workflows(self, status: str | None) -> list[tuple[str, str]]:
+        rows = await asyncio.to_thread(self.workflows.list_all, status)
+        return [(wid, s.value) for wid, s in rows]
+
+    async def workflow(self, workflow_id: str) -> dict[str, Any]:
+        return await asyncio.to_thread(self.workflows.get_metadata, workflow_id)
+
+    async def resume_workflow(self, workflow_id: str) -> str:
+        from actorflow._ids import check_workflow_id
+        from actorflow.workflow._raysupport import ensure_ray
+
+        wid = check_workflow_id(workflow_id)
+        status = await asyncio.to_thread(self.workflows.get_status, wid)
+        if status.value in ("RESUMABLE", "FAILED"):
+            await asyncio.to_thread(ensure_ray)
+            # Runs here in the background; the caller polls GET /v1/workflows/{id}.
+            task = asyncio.run_coroutine_threadsafe(self.workflows._resume(wid), self.workflows.loop)
+            task.add_done_callback(lambda f: f.exception())
+            return "RUNNING"
+        return status.value
+
+    async def cancel_workflow(self, workflow_id: str) -> None:
+        await asyncio.to_thread(self.workflows.cancel, workflow_id)
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "actorflow_calls_total": self.counters["calls"],
+            "actorflow_call_errors_total": self.counters["call_errors"],
+            "actorflow_actors_created_total": self.counters["actors_created"],
+            "actorflow_cached_actors": len(self.actors._cache),
+        }

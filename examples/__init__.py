@@ -1,0 +1,1 @@
+"""Small real applications built on actorflow (loaded by ``actorflow serve examples.bank ...``)."""

@@ -1,0 +1,250 @@
+"""The HTTP layer in-process: FastAPI's TestClient over a LocalBackend. No Ray, no sockets."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from actorflow import workflow
+from actorflow.storage import Batch
+from actorflow.workflow._runtime import WorkflowRuntime
+from deployments.api import ApiSettings, create_api
+from deployments.backend import LocalBackend, load_modules
+
+TOKEN = "s3cret-token"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+@workflow.virtual_actor(name="HttpCounter")
+class HttpCounter:
+    limit = 10  # a class attribute, not a method: never callable
+
+    def __init__(self, start: int = 0) -> None:
+        self.count = start
+
+    def incr(self, by: int = 1) -> int:
+        self.count += by
+        return self.count
+
+    def explode(self) -> None:
+        self.count = -1
+        raise KeyError("secret internals")
+
+    def _private(self) -> str:
+        return "hidden"
+
+    def opaque(self) -> object:
+        return object()
+
+    @workflow.virtual_actor.readonly
+    def value(self) -> int:
+        return self.count
+
+
+@pytest.fixture
+def rt(tmp_path: pathlib.Path) -> Iterator[WorkflowRuntime]:
+    runtime = WorkflowRuntime(f"sqlite://{tmp_path}/http.db")
+    try:
+        yield runtime
+    finally:
+        runtime.close()
+
+
+@pytest.fixture
+def client(rt: WorkflowRuntime) -> TestClient:
+    load_modules(["examples.bank"])
+    app = create_api(LocalBackend(rt), ApiSettings(token=TOKEN, max_body=4096))
+    return TestClient(app, headers=AUTH)
+
+
+def test_healthz_needs_no_token_and_everything_else_does(client: TestClient) -> None:
+    assert client.get("/healthz", headers={"authorization": ""}).json() == {"status": "ok"}
+    for method, path in [
+        ("get", "/v1/actors/HttpCounter"),
+        ("post", "/v1/actors/HttpCounter/a/incr"),
+        ("get", "/openapi.json"),
+        ("get", "/docs"),
+        ("get", "/metrics"),
+        ("get", "/v1/workflows"),
+        ("get", "/nowhere"),
+    ]:
+        for headers in ({"authorization": ""}, {"authorization": "Bearer wrong"}, {"authorization": TOKEN}):
+            r = client.request(method, path, headers=headers)
+            assert r.status_code == 401, (method, path, headers)
+            assert r.json()["error"] == "unauthorized"
+    assert client.get("/openapi.json").status_code == 200
+    assert client.get("/docs").status_code == 200
+    assert "/v1/actors/{type_name}/{actor_id}/{method}" in client.get("/openapi.json").json()["paths"]
+
+
+def test_create_call_describe_list_delete(client: TestClient) -> None:
+    r = client.post("/v1/actors/HttpCounter/c1", json={"args": [5]})
+    assert (r.status_code, r.json()["created"]) == (201, True)
+    r = client.post("/v1/actors/HttpCounter/c1", json={"args": [99]})
+    assert (r.status_code, r.json()["created"]) == (200, False)
+    assert client.post("/v1/actors/HttpCounter/c1/incr", json={"kwargs": {"by": 2}}).json() == {"result": 7}
+    assert client.post("/v1/actors/HttpCounter/c1/incr").json() == {"result": 8}  # empty body: no args
+    assert client.post("/v1/actors/HttpCounter/c1/value", json={}).json() == {"result": 8}
+    desc = client.get("/v1/actors/HttpCounter/c1").json()
+    assert desc["state"] == {"count": 8} and desc["version"] == 3 and desc["encoding"] == "json"
+    for i in range(3):
+        client.post(f"/v1/actors/HttpCounter/p{i}")
+    page = client.get("/v1/actors/HttpCounter", params={"limit": 2}).json()
+    assert page == {"ids": ["c1", "p0"], "next": "p0"}
+    page = client.get("/v1/actors/HttpCounter", params={"limit": 2, "start_after": "p0"}).json()
+    assert page == {"ids": ["p1", "p2"], "next": "p2"}
+    assert client.get("/v1/actors/HttpCounter", params={"start_after": "p2"}).json() == {
+        "ids": [],
+        "next": None,
+    }
+    assert client.get("/v1/actors/HttpCounter", params={"limit": 5000}).status_code == 400
+    assert client.delete("/v1/actors/HttpCounter/c1").status_code == 204
+    assert client.delete("/v1/actors/HttpCounter/c1").status_code == 204
+    r = client.get("/v1/actors/HttpCounter/c1")
+    assert r.status_code == 404 and r.json()["error"] == "actor_not_found"
+
+
+def test_idempotency_key_gives_one_effect_and_the_same_response(client: TestClient) -> None:
+    client.post("/v1/actors/HttpCounter/idem")
+    headers = {"Idempotency-Key": "order-77"}
+    first = client.post("/v1/actors/HttpCounter/idem/incr", json={"args": [10]}, headers=headers)
+    again = client.post("/v1/actors/HttpCounter/idem/incr", json={"args": [10]}, headers=headers)
+    assert first.status_code == again.status_code == 200
+    assert first.content == again.content == b'{"result":10}'
+    assert client.post("/v1/actors/HttpCounter/idem/value").json() == {"result": 10}
+    assert (
+        client.post("/v1/actors/HttpCounter/idem/incr", headers={"Idempotency-Key": "x" * 300}).status_code
+        == 400
+    )
+
+
+def test_not_found_statuses(client: TestClient) -> None:
+    client.post("/v1/actors/HttpCounter/nf")
+    cases = {
+        "/v1/actors/NoSuchType/nf/incr": "unknown_actor_type",
+        "/v1/actors/HttpCounter/missing/incr": "actor_not_found",
+        "/v1/actors/HttpCounter/nf/nosuch": "unknown_method",
+        "/v1/actors/HttpCounter/nf/_private": "unknown_method",
+        "/v1/actors/HttpCounter/nf/limit": "unknown_method",
+        "/v1/actors/HttpCounter/nf/__init__": "unknown_method",
+    }
+    for path, code in cases.items():
+        r = client.post(path)
+        assert (r.status_code, r.json()["error"]) == (404, code), path
+    assert client.get("/v1/actors/NoSuchType").status_code == 404
+    assert client.post("/v1/actors/NoSuchType/x").status_code == 404
+
+
+def test_bad_input_statuses_change_nothing(client: TestClient) -> None:
+    client.post("/v1/actors/HttpCounter/bad", json={"args": [1]})
+    version = client.get("/v1/actors/HttpCounter/bad").json()["version"]
+    r = client.post("/v1/actors/HttpCounter/bad/incr", json={"args": [1, 2, 3]})
+    assert r.status_code == 422 and r.json()["error"] == "invalid_arguments"
+    assert "incr" in r.json()["message"]
+    r = client.post("/v1/actors/HttpCounter/bad/incr", json={"kwargs": {"nope": 1}})
+    assert r.status_code == 422
+    assert client.post("/v1/actors/HttpCounter/bad2", json={"args": [1, 2]}).status_code == 422
+    r = client.post(
+        "/v1/actors/HttpCounter/bad/incr", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400 and "JSON" in r.json()["message"]
+    for body in ([1, 2], {"args": {}}, {"kwargs": []}, {"argz": []}):
+        assert client.post("/v1/actors/HttpCounter/bad/incr", json=body).status_code == 400, body
+    r = client.post(
+        "/v1/actors/HttpCounter/bad/incr", content=b"by=1", headers={"content-type": "text/plain"}
+    )
+    assert r.status_code == 415
+    r = client.post(
+        "/v1/actors/HttpCounter/bad/incr",
+        content=b"\x80\x04pickle",
+        headers={"content-type": "application/octet-stream"},
+    )
+    assert r.status_code == 415
+    for bad_id in ("a b", "x" * 257, "a*b", "%2E%2E"):
+        r = client.post(f"/v1/actors/HttpCounter/{bad_id}")
+        assert (r.status_code, r.json()["error"]) == (400, "invalid_id"), bad_id
+    for dots in (".", ".."):  # the URL layer folds these away before any route sees them
+        assert client.post(f"/v1/actors/HttpCounter/{dots}").status_code in (400, 404, 405)
+    assert client.get("/v1/actors/HttpCounter").json()["ids"] == ["bad"]
+    assert client.get("/v1/actors/HttpCounter/bad").json()["version"] == version
+    assert client.get("/v1/actors/HttpCounter", params={"limit": "x"}).status_code == 422
+
+
+def test_body_over_the_limit_gets_413(client: TestClient) -> None:
+    client.post("/v1/actors/HttpCounter/big")
+    huge = json.dumps({"args": ["x" * 5000]})
+    r = client.post(
+        "/v1/actors/HttpCounter/big/incr", content=huge, headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 413 and r.json()["error"] == "body_too_large"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while streaming
+        for _ in range(10):
+            yield b" " * 1000
+
+    r = client.post(
+        "/v1/actors/HttpCounter/big/incr", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 413
+    assert client.get("/v1/actors/HttpCounter/big").json()["version"] == 1
+
+
+def test_method_that_raises_gives_json_error_without_traceback(client: TestClient) -> None:
+    client.post("/v1/actors/HttpCounter/boom", json={"args": [3]})
+    r = client.post("/v1/actors/HttpCounter/boom/explode")
+    assert r.status_code == 500
+    body = r.json()
+    assert body["error"] == "method_raised" and body["type"] == "KeyError"
+    assert "secret internals" in body["message"]
+    assert "Traceback" not in r.text and "File " not in r.text
+    assert client.get("/v1/actors/HttpCounter/boom").json()["state"] == {"count": 3}
+    r = client.post("/v1/actors/HttpCounter/boom/opaque")
+    assert r.status_code == 400 and r.json()["error"] == "unserializable"
+
+
+def test_bank_example_over_http(client: TestClient) -> None:
+    client.post("/v1/actors/Account/alice", json={"kwargs": {"owner": "Alice", "balance": 100}})
+    assert client.post("/v1/actors/Account/alice/withdraw", json={"args": [30]}).json() == {"result": 70}
+    r = client.post("/v1/actors/Account/alice/withdraw", json={"args": [1000]})
+    assert r.status_code == 500 and r.json()["type"] == "InsufficientFunds"
+    assert client.post("/v1/actors/Account/alice/get_balance").json() == {"result": 70}
+
+
+def test_workflow_routes(client: TestClient, rt: WorkflowRuntime) -> None:
+    @workflow.step
+    def noop() -> int:
+        return 1
+
+    # Store a workflow without running it (running needs Ray): it reads RUNNING, its lease
+    # being held by this live process.
+    _, batch, _ = rt._prepare(noop.step(), "wf-http", {"k": "v"})
+    assert rt._call(rt.storage.commit(batch))
+    assert client.get("/v1/workflows").json() == {"workflows": [{"id": "wf-http", "status": "RUNNING"}]}
+    assert client.get("/v1/workflows", params={"status": "FAILED"}).json() == {"workflows": []}
+    assert client.get("/v1/workflows", params={"status": "BOGUS"}).status_code == 400
+    meta = client.get("/v1/workflows/wf-http").json()
+    assert meta["status"] == "RUNNING" and meta["user_metadata"] == {"k": "v"}
+    assert client.post("/v1/workflows/wf-http/resume").json() == {"id": "wf-http", "status": "RUNNING"}
+    assert client.post("/v1/workflows/wf-http/cancel").json()["status"] == "CANCELED"
+    assert client.get("/v1/workflows/wf-http").json()["status"] == "CANCELED"
+    assert client.post("/v1/workflows/wf-http/resume").json()["status"] == "CANCELED"
+    r = client.get("/v1/workflows/nope")
+    assert r.status_code == 404 and r.json()["workflow_id"] == "nope"
+    assert client.post("/v1/workflows/nope/cancel").status_code == 404
+    assert client.get("/v1/workflows/bad id").status_code == 400
+    assert Batch  # the storage API used above
+
+
+def test_metrics_count_calls(client: TestClient) -> None:
+    client.post("/v1/actors/HttpCounter/m")
+    client.post("/v1/actors/HttpCounter/m/incr")
+    client.post("/v1/actors/HttpCounter/m/explode")
+    text = client.get("/metrics").text
+    values: dict[str, Any] = dict(line.split(" ") for line in text.strip().splitlines())
+    assert float(values["actorflow_calls_total"]) == 2
+    assert float(values["actorflow_call_errors_total"]) == 1
