@@ -13,18 +13,22 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+PORT ?= 8000
+
+# The service with the example actors on the embedded default storage (SQLite per user).
 run: install
-	$(VENV)/bin/actorflow demo
+	$(VENV)/bin/actorflow serve examples.bank examples.cart --port $(PORT)
 
 test: install
 	$(PY) -m pytest -q
 
 lint: install
-	$(VENV)/bin/ruff check actorflow tests bench
+	$(VENV)/bin/ruff check actorflow deployments examples tests bench
 	$(VENV)/bin/mypy
 
 bench: install
 	$(PY) bench/steps.py
+	$(PY) bench/http.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

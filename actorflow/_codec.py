@@ -30,8 +30,10 @@ _REF_TAG = "actorflow.objref"
 
 
 def _is_object_ref(obj: object) -> bool:
-    ray = sys.modules.get("ray")
-    return ray is not None and isinstance(obj, ray.ObjectRef)
+    # Never trust sys.modules["ray"]: another thread may be half-way through importing it.
+    # If the class itself is not defined yet, no ObjectRef can exist.
+    cls = getattr(sys.modules.get("ray._raylet"), "ObjectRef", None)
+    return cls is not None and isinstance(obj, cls)
 
 
 def object_key(blob: bytes) -> str:

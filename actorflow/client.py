@@ -52,7 +52,10 @@ def error_from_json(status: int, body: Any) -> errors.ActorflowError:
     attrs = {k: body[k] for k in ("actor_type", "actor_id", "method", "workflow_id") if k in body}
     if code == "method_raised":
         remote = str(body.get("type", "Exception"))
-        err = _method_error_type(remote)(attrs.get("actor_type", "?"), attrs.get("actor_id"), remote, message)
+        builtin = str(body.get("builtin", remote))
+        err = _method_error_type(builtin)(
+            attrs.get("actor_type", "?"), attrs.get("actor_id"), remote, message
+        )
         err.args = (message,)  # read like the original exception's message
         return err
     cls = _BY_CODE.get(code)
@@ -62,7 +65,7 @@ def error_from_json(status: int, body: Any) -> errors.ActorflowError:
 
 
 def _method_error_type(remote: str) -> type[errors.ActorMethodError]:
-    """``ActorMethodError``, also deriving from the built-in exception of that name if any."""
+    """``ActorMethodError``, also deriving from the built-in exception named ``remote`` if any."""
     cls = _remote_method_types.get(remote)
     if cls is None:
         base = getattr(builtins, remote, None)

@@ -82,6 +82,10 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
 def error_response(exc: BaseException) -> JSONResponse:
     status, code = status_for(exc)
     extra: dict[str, Any] = {"type": type(exc).__name__}
+    if code == "method_raised":
+        # The nearest built-in ancestor lets remote clients raise something catchable the
+        # same way (InsufficientFunds(ValueError) is caught by ``except ValueError``).
+        extra["builtin"] = next(c.__name__ for c in type(exc).__mro__ if c.__module__ == "builtins")
     for attr in ("actor_type", "actor_id", "method", "workflow_id"):
         value = getattr(exc, attr, None)
         if value is not None:

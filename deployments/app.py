@@ -56,12 +56,13 @@ ROUTER_CONFIG = {
 class ActorHost:
     """HTTP ingress and actor owner. Handle methods (``invoke``, ...) serve in-cluster callers."""
 
-    def __init__(self, storage: str, modules: list[str], token: str | None, max_body: int) -> None:
+    async def __init__(self, storage: str, modules: list[str], token: str | None, max_body: int) -> None:  # type: ignore[misc]
         from actorflow.workflow._runtime import WorkflowRuntime
 
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         load_modules(modules)
-        self.workflows = WorkflowRuntime(storage)
+        # The runtime shares the replica's event loop: a call reaches its actor with no thread hop.
+        self.workflows = await WorkflowRuntime.attach(storage)
         self.backend = LocalBackend(self.workflows)
         self.settings = ApiSettings(token=token, max_body=max_body)
         self._peers: Any = None
@@ -88,6 +89,7 @@ class ActorHost:
         owner_key = f"{type_name}/{actor_id}"
         if request.headers.get(SESSION_HEADER) == owner_key:
             return await self.backend.call(type_name, actor_id, method, args, kwargs, key)
+        self.backend.counters["forwarded"] += 1
         try:
             return await self._owner(owner_key).invoke.remote(type_name, actor_id, method, args, kwargs, key)
         except Exception as exc:

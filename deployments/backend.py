@@ -65,6 +65,8 @@ class LocalBackend:
     async def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the runtime's loop. It finishes even if this caller is cancelled
         (a client that disconnects must not abort a commit that has started)."""
+        if self.workflows.on_loop():
+            return await asyncio.shield(asyncio.ensure_future(coro))
         fut = asyncio.run_coroutine_threadsafe(coro, self.workflows.loop)
         return await asyncio.shield(asyncio.wrap_future(fut))
 
@@ -156,6 +158,7 @@ class LocalBackend:
         return {
             "actorflow_calls_total": self.counters["calls"],
             "actorflow_call_errors_total": self.counters["call_errors"],
+            "actorflow_forwarded_calls_total": self.counters["forwarded"],
             "actorflow_actors_created_total": self.counters["actors_created"],
             "actorflow_cached_actors": len(self.actors._cache),
         }

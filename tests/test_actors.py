@@ -417,3 +417,47 @@ def test_run_async_result_as_object_ref_for_ray_get() -> None:
     assert ray.get(refs, timeout=60) == [1, 3, 6, 10, 15]
     with pytest.raises(ValueError, match="changed my mind"):
         ray.get(c.fail_after_change.run_async().as_object_ref(), timeout=60)
+
+
+@workflow.virtual_actor
+class Inbox:
+    def __init__(self) -> None:
+        self.got: list[int] = []
+
+    def push(self, n: int) -> int:
+        self.got.append(n)
+        return len(self.got)
+
+    def forward(self, to: Any, n: int) -> None:
+        workflow.send(to.push, n)
+
+    @workflow.virtual_actor.readonly
+    def items(self) -> list[int]:
+        return self.got
+
+
+def test_messages_that_fail_for_infrastructure_reasons_stay_in_the_outbox(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rt = actor_runtime(default_runtime())
+    sender, receiver = Inbox.get_or_create("sender"), Inbox.get_or_create("receiver")
+    real_call = rt.call
+    failures = []
+
+    async def flaky_call(ac: Any, actor_id: str, method: str, *rest: Any) -> Any:
+        if method == "push" and not failures:
+            failures.append(1)
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+        return await real_call(ac, actor_id, method, *rest)
+
+    monkeypatch.setattr(rt, "call", flaky_call)
+    monkeypatch.setattr(rt, "outbox_grace", 0.0)
+    sender.forward.run(receiver, 7)
+    deadline = time.monotonic() + 30
+    while receiver.items.run() != [7]:  # the recovery loop retries it
+        assert time.monotonic() < deadline, "the message was lost"
+        time.sleep(0.05)
+    assert failures == [1]
+    time.sleep(1.5)  # another recovery pass must not deliver it twice
+    assert receiver.items.run() == [7]
+    assert rt._call(rt.outbox_size()) == 0

@@ -38,10 +38,13 @@ from actorflow import _codec
 from actorflow.actor._class import MethodInfo, VirtualActorClass, lookup
 from actorflow.actor._state import Snapshot, capture, encode, restore
 from actorflow.errors import (
+    ActorArgumentsError,
     ActorConflictError,
     ActorError,
+    ActorMethodNotFoundError,
     ActorNotFoundError,
     ActorStateError,
+    ActorTypeNotFoundError,
     WorkflowNotFoundError,
     WorkflowRunningError,
 )
@@ -128,6 +131,19 @@ def send(method: Any, *args: Any, **kwargs: Any) -> None:
     ac.method(method.name).check_args(ac.type_name, args, kwargs)
     _codec.dumps((args, kwargs), what=f"the arguments of a message to {method!r}")
     turn.messages.append(_Message(ac.type_name, method.handle.actor_id, method.name, args, kwargs))
+
+
+_METHOD_ERROR_MARK = "_actorflow_raised_by_method"
+
+
+def _mark_method_error(exc: BaseException) -> None:
+    with contextlib.suppress(AttributeError, TypeError):
+        setattr(exc, _METHOD_ERROR_MARK, True)
+
+
+def is_method_error(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by an actor method itself (not by actorflow or storage)."""
+    return bool(getattr(exc, _METHOD_ERROR_MARK, False))
 
 
 @dataclass
@@ -405,12 +421,19 @@ class ActorRuntime:
             token = _current_turn.set(turn)
             try:
                 return await info.func(instance, *args, **kwargs)
+            except Exception as exc:
+                _mark_method_error(exc)
+                raise
             finally:
                 _current_turn.reset(token)
 
         def run() -> Any:
             _current_turn.set(turn)
-            return info.func(instance, *args, **kwargs)
+            try:
+                return info.func(instance, *args, **kwargs)
+            except Exception as exc:
+                _mark_method_error(exc)
+                raise
 
         ctx = contextvars.copy_context()
         return await self.loop.run_in_executor(self._pool, functools.partial(ctx.run, run))
@@ -523,16 +546,19 @@ class ActorRuntime:
                 target = lookup(msg.target_type)
                 try:
                     await self.call(target, msg.target_id, msg.method, msg.args, msg.kwargs, f"msg:{member}")
-                except ActorNotFoundError:
-                    log.warning(
-                        "message %s dropped: actor %s/%s does not exist",
-                        member,
-                        msg.target_type,
-                        msg.target_id,
-                    )
-                except ActorConflictError:
-                    return  # stays in the outbox; recovery retries it
+                except (
+                    ActorNotFoundError,
+                    ActorTypeNotFoundError,
+                    ActorMethodNotFoundError,
+                    ActorArgumentsError,
+                ) as exc:
+                    log.warning("message %s dropped: it can never be delivered: %s", member, exc)
                 except Exception as exc:
+                    if not is_method_error(exc):
+                        # Storage trouble, shutdown, contention: not the receiver's answer.
+                        # The message stays in the outbox and the recovery loop retries it.
+                        log.info("message %s not delivered yet: %r", member, exc)
+                        return
                     log.warning(
                         "message %s: %s.%s raised %r; dropped", member, msg.target_type, msg.method, exc
                     )

@@ -9,6 +9,7 @@ so they ride in a task label that is stripped before the task is submitted.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 from actorflow.errors import ConfigError
@@ -47,11 +48,10 @@ def continuation(dag: Any) -> Continuation:
 
 
 def _is_ray_dag(obj: Any) -> bool:
-    try:
-        from ray.dag import DAGNode
-    except ImportError:  # pragma: no cover - ray is a dependency
-        return False
-    return isinstance(obj, DAGNode)
+    # Only a program that imported ray.dag can hold a DAG node, so never import Ray here
+    # (this runs on every actor turn, where importing Ray would stall the event loop).
+    cls = getattr(sys.modules.get("ray.dag"), "DAGNode", None)
+    return cls is not None and isinstance(obj, cls)
 
 
 def as_workflow(obj: Any) -> Workflow[Any] | None:

@@ -60,19 +60,42 @@ class WorkflowRuntime:
     considered abandoned (RESUMABLE); on the runner's own host a dead process is noticed at once.
     """
 
-    def __init__(self, storage: str | None = None, *, lease_ttl: float = DEFAULT_LEASE_TTL) -> None:
+    def __init__(
+        self,
+        storage: str | None = None,
+        *,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
+        _storage: Storage | None = None,
+    ) -> None:
         self.storage_url = canonical_url(storage or default_storage_url())
         self.lease_ttl = lease_ttl
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="actorflow-loop", daemon=True)
-        self._thread.start()
-        try:
-            self.storage: Storage = self._call(open_storage(self.storage_url))
-        except BaseException:
-            self._stop_loop()
-            raise
-        self.store = WorkflowStore(self.storage)
         self._on_close: list[Callable[[], None]] = []
+        self._thread: threading.Thread | None
+        if _storage is not None:  # attached to the caller's running loop (see ``attach``)
+            self._loop = asyncio.get_running_loop()
+            self._thread = None
+            self.storage = _storage
+        else:
+            self._loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(target=self._loop.run_forever, name="actorflow-loop", daemon=True)
+            self._thread.start()
+            try:
+                self.storage = self._call(open_storage(self.storage_url))
+            except BaseException:
+                self._stop_loop()
+                raise
+        self.store = WorkflowStore(self.storage)
+
+    @classmethod
+    async def attach(cls, storage: str, *, lease_ttl: float = DEFAULT_LEASE_TTL) -> WorkflowRuntime:
+        """A runtime that lives on the *running* event loop instead of a thread of its own.
+
+        For hosts that already run a loop (a Serve replica): calls made on that loop reach
+        storage and actors without a thread hop. Blocking methods then work only from other
+        threads.
+        """
+        opened = await open_storage(canonical_url(storage))
+        return cls(storage, lease_ttl=lease_ttl, _storage=opened)
 
     def on_close(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` when this runtime closes (before its storage closes)."""
@@ -84,12 +107,21 @@ class WorkflowRuntime:
         return self._loop
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        if threading.current_thread() is self._thread:
+        if self.on_loop():
             coro.close()
             raise RuntimeError("blocking actorflow call made from its own event loop; use the async form")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
+    def on_loop(self) -> bool:
+        """Whether the caller runs on this runtime's event loop."""
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
     def _stop_loop(self) -> None:
+        if self._thread is None:
+            return  # the loop belongs to the host
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
 
@@ -105,6 +137,9 @@ class WorkflowRuntime:
             return
         for callback in self._on_close:
             callback()
+        if self._thread is None:
+            self._loop.create_task(self.storage.close())
+            return
         try:
             self._call(self.storage.close(), timeout=10)
         finally:

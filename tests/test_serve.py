@@ -1,0 +1,193 @@
+"""Integration tests on one shared Ray Serve instance (2 ActorHost replicas, Redis storage)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import pathlib
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def deploy(storage: str, replicas: int) -> None:
+    from ray import serve
+
+    from deployments.app import APP_NAME, build
+
+    serve.run(
+        build(
+            {
+                "modules": ["serve_actors", "examples.bank"],
+                "storage": storage,
+                "actor_host_replicas": replicas,
+            }
+        ),
+        name=APP_NAME,
+        route_prefix="/",
+    )
+
+
+@pytest.fixture(scope="module")
+def service(redis_server: Any) -> Iterator[dict[str, str]]:
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
+    storage = f"{redis_server.url}?prefix=serve{uuid.uuid4().hex[:8]}:"
+    deploy(storage, 2)
+    try:
+        yield {"url": f"http://127.0.0.1:{port}", "storage": storage}
+    finally:
+        serve.shutdown()
+
+
+def call(client: httpx.Client, actor: str, key: str, routed: bool, deadline: float) -> int:
+    """One increment, retried under the same Idempotency-Key until it gets an answer."""
+    headers = {"idempotency-key": key}
+    if routed:
+        headers["x-session-id"] = f"Tally/{actor}"
+    while True:
+        try:
+            r = client.post(f"/v1/actors/Tally/{actor}/incr", headers=headers)
+            if r.status_code == 200:
+                return int(r.json()["result"])
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no answer for {key}")
+        time.sleep(0.1)
+
+
+def run_load(
+    url: str, actors: list[str], clients: int, per_client: int, during: Any = None
+) -> dict[str, list[int]]:
+    for a in actors:
+        httpx.post(f"{url}/v1/actors/Tally/{a}", timeout=60).raise_for_status()
+    results: dict[str, list[int]] = {a: [] for a in actors}
+    lock = threading.Lock()
+    deadline = time.monotonic() + 240
+    run = uuid.uuid4().hex[:6]
+
+    def client_loop(c: int) -> None:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for i in range(per_client):
+                actor = actors[(c + i) % len(actors)]
+                value = call(client, actor, f"{run}-{c}-{i}", routed=c % 2 == 0, deadline=deadline)
+                with lock:
+                    results[actor].append(value)
+
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        futures = [pool.submit(client_loop, c) for c in range(clients)]
+        if during is not None:
+            during()
+        for f in futures:
+            f.result(timeout=300)
+    return results
+
+
+def assert_exact(url: str, results: dict[str, list[int]]) -> None:
+    for actor, values in results.items():
+        # Every increment applied once: the answers are exactly 1..n and the state is n.
+        assert sorted(values) == list(range(1, len(values) + 1)), actor
+        state = httpx.get(f"{url}/v1/actors/Tally/{actor}", timeout=30).json()
+        assert state["state"] == {"n": len(values)}, actor
+
+
+def test_32_clients_on_5_actors_end_with_exact_counts(service: dict[str, str]) -> None:
+    actors = [f"load-{i}" for i in range(5)]
+    results = run_load(service["url"], actors, clients=32, per_client=10)
+    assert sum(len(v) for v in results.values()) == 320
+    assert_exact(service["url"], results)
+
+
+def test_a_replica_killed_under_load_loses_and_doubles_nothing(service: dict[str, str]) -> None:
+    import ray
+
+    def kill_one_replica() -> None:
+        time.sleep(1.0)
+        names = [a for a in ray.util.list_named_actors(all_namespaces=True) if "ActorHost" in a["name"]]
+        assert names, "no ActorHost replica found"
+        ray.kill(ray.get_actor(names[0]["name"], namespace=names[0]["namespace"]), no_restart=True)
+
+    actors = [f"chaos-{i}" for i in range(5)]
+    results = run_load(service["url"], actors, clients=32, per_client=15, during=kill_one_replica)
+    assert sum(len(v) for v in results.values()) == 32 * 15
+    assert_exact(service["url"], results)
+
+
+def test_redeploy_with_another_replica_count_keeps_state(service: dict[str, str]) -> None:
+    url = service["url"]
+    actors = [f"redeploy-{i}" for i in range(5)]
+    before = run_load(url, actors, clients=8, per_client=5)
+    states = {a: httpx.get(f"{url}/v1/actors/Tally/{a}", timeout=30).json()["state"] for a in actors}
+    deploy(service["storage"], 3)
+    try:
+        for a in actors:
+            assert httpx.get(f"{url}/v1/actors/Tally/{a}", timeout=30).json()["state"] == states[a]
+        after = run_load(url, actors, clients=8, per_client=5)
+        assert_exact(url, {a: before[a] + after[a] for a in actors})
+    finally:
+        deploy(service["storage"], 2)
+
+
+def test_remote_handles_run_the_seed_block(
+    service: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    from test_seed import VIRTUAL_ACTORS, _namespace
+
+    from actorflow import workflow
+    from actorflow.actor._handle import set_invoker
+
+    monkeypatch.setenv("ACTORFLOW_ADDRESS", service["url"])
+    data = pathlib.Path("/tmp/data")
+    existed = data.exists()
+    ns = _namespace()
+    exec(compile("from actorflow import workflow\n" + VIRTUAL_ACTORS, "<seed>", "exec"), ns)
+    try:
+        c = ns["Counter"].get("counter_1")
+        assert c.incr.run() == 3  # the state lives in the service
+        calls = [c.incr.run_async() for _ in range(10)]
+        assert [f.result(timeout=60) for f in calls] == list(range(4, 14))
+        from examples.bank import Account
+
+        alice = Account.get_or_create("remote-alice", "Alice", 10)
+        with pytest.raises(ValueError, match="less than"):
+            alice.withdraw.run(100)  # InsufficientFunds arrives as a ValueError
+        assert os.environ["ACTORFLOW_ADDRESS"] == service["url"]
+    finally:
+        set_invoker(None)
+        workflow.init(f"sqlite://{tmp_path}/after.db")
+        if not existed:
+            import shutil
+
+            shutil.rmtree(data, ignore_errors=True)
+
+
+def test_in_cluster_serve_handle(service: dict[str, str]) -> None:
+    from serve_actors import Tally
+
+    from actorflow import workflow
+    from actorflow.actor._handle import set_invoker
+
+    workflow.init(address="serve://actorflow")
+    try:
+        t = Tally.get_or_create("via-handle")
+        assert [t.incr.run() for _ in range(3)] == [1, 2, 3]
+        assert t.value.run() == 3
+    finally:
+        set_invoker(None)
