@@ -20,6 +20,7 @@
         ├── ActorNotFoundError
         ├── ActorTypeNotFoundError
         ├── ActorMethodNotFoundError    (also an AttributeError)
+        ├── ActorEventNotFoundError     no handler for an external event
         ├── ActorArgumentsError         arguments that do not fit the method (also a TypeError)
         ├── ActorStateError             state that cannot be encoded or decoded
         ├── ActorConflictError          a turn kept losing compare-and-set races
@@ -149,6 +150,12 @@ class ActorMethodNotFoundError(ActorError, AttributeError):
         super().__init__(actor_type, None, f"actor type {actor_type!r} has no public method {method!r}")
 
 
+class ActorEventNotFoundError(ActorError):
+    def __init__(self, actor_type: str, event: str) -> None:
+        self.event = event
+        super().__init__(actor_type, None, f"actor type {actor_type!r} has no handler for event {event!r}")
+
+
 class ActorArgumentsError(ActorError, TypeError):
     """Arguments that do not fit the method's (or ``__init__``'s) signature."""
 
@@ -175,6 +182,7 @@ __all__ = [
     "ActorArgumentsError",
     "ActorConflictError",
     "ActorError",
+    "ActorEventNotFoundError",
     "ActorMethodError",
     "ActorMethodNotFoundError",
     "ActorNotFoundError",

@@ -51,6 +51,7 @@ class ApiSettings:
 _STATUS: list[tuple[type[BaseException], int, str]] = [
     (errors.ActorTypeNotFoundError, 404, "unknown_actor_type"),
     (errors.ActorMethodNotFoundError, 404, "unknown_method"),
+    (errors.ActorEventNotFoundError, 404, "unknown_event"),
     (errors.ActorNotFoundError, 404, "actor_not_found"),
     (errors.WorkflowNotFoundError, 404, "workflow_not_found"),
     (errors.ActorArgumentsError, 422, "invalid_arguments"),
@@ -295,6 +296,70 @@ def create_api(
             raise errors.ConfigError("limit must be between 1 and 1000")
         ids = await backend.list_ids(type_name, start_after, limit)
         return {"ids": ids, "next": ids[-1] if len(ids) == limit else None}
+
+    @app.get("/v1/actors/{type_name}/{actor_id}/timers", tags=["timers"])
+    async def list_timers(type_name: str, actor_id: str) -> dict[str, Any]:
+        """The actor's durable timers, and the ticks that failed after all their retries."""
+        return await backend.get_timers(type_name, actor_id)
+
+    @app.put("/v1/actors/{type_name}/{actor_id}/timers/{name}", tags=["timers"])
+    async def set_timer(type_name: str, actor_id: str, name: str, request: Request) -> dict[str, Any]:
+        """Set or replace a timer: ``{"after": s | "at": epoch, "every": s, "method": m,
+        "args": [...], "kwargs": {...}}``. It calls the method with the idempotency key
+        ``timer:{name}:{due}``."""
+        spec = await _json_body(request)
+        if not isinstance(spec, dict):
+            raise errors.ConfigError("the body must be a JSON object describing the timer")
+        return await backend.set_timer(type_name, actor_id, name, spec)
+
+    @app.get("/v1/actors/{type_name}/{actor_id}/timers/{name}", tags=["timers"])
+    async def get_timer(type_name: str, actor_id: str, name: str) -> dict[str, Any]:
+        timers = (await backend.get_timers(type_name, actor_id))["timers"]
+        if name not in timers:
+            return JSONResponse(error_body("timer_not_found", f"no timer {name!r}"), status_code=404)  # type: ignore[return-value]
+        return dict(timers[name])
+
+    @app.delete("/v1/actors/{type_name}/{actor_id}/timers/{name}", tags=["timers"], status_code=204)
+    async def cancel_timer(type_name: str, actor_id: str, name: str) -> Response:
+        """Cancel a timer (idempotent)."""
+        await backend.cancel_timer(type_name, actor_id, name)
+        return Response(status_code=204)
+
+    @app.post("/v1/timers/tick", tags=["timers"])
+    async def tick() -> dict[str, int]:
+        """Fire every timer due now (for deployments driven by an external clock)."""
+        return await backend.tick()
+
+    @app.post("/v1/actors/{type_name}/{actor_id}/events/{event}", tags=["events"], status_code=202)
+    async def post_event(
+        type_name: str, actor_id: str, event: str, request: Request, wait: bool = False
+    ) -> Response:
+        """Deliver an external event (any JSON payload) to the handler the type declares for
+        it. Stored durably, then 202; with ``?wait=true``, 200 with the handler's result. An
+        ``Idempotency-Key`` is the event id: an event posted twice with one id is handled once."""
+        raw = await request.body()
+        try:
+            payload = json.loads(raw) if raw.strip() else None
+        except ValueError as exc:
+            raise errors.ConfigError(f"the event body is not valid JSON: {exc}") from None
+        key = request.headers.get("idempotency-key")
+        if key is not None and not 0 < len(key) <= 256:
+            raise errors.ConfigError("Idempotency-Key must be 1 to 256 characters")
+        result = await backend.post_event(type_name, actor_id, event, payload, key, wait)
+        if wait:
+            return JSONResponse({"result": jsonable_encoder(result)})
+        return JSONResponse({"accepted": True, "event": event}, status_code=202)
+
+    @app.post("/v1/workflows/{workflow_id}/events/{key}", tags=["workflows"], status_code=202)
+    async def post_workflow_event(workflow_id: str, key: str, request: Request) -> Response:
+        """An event for ``wait_for_event(key)`` in a workflow, buffered if nothing waits yet."""
+        raw = await request.body()
+        try:
+            payload = json.loads(raw) if raw.strip() else None
+        except ValueError as exc:
+            raise errors.ConfigError(f"the event body is not valid JSON: {exc}") from None
+        stored = await backend.post_workflow_event(workflow_id, key, payload)
+        return JSONResponse({"accepted": True, "duplicate": not stored}, status_code=202)
 
     @app.get("/v1/workflows", tags=["workflows"])
     async def list_workflows(status: str | None = None) -> dict[str, Any]:

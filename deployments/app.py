@@ -63,6 +63,7 @@ class ActorHost:
         load_modules(modules)
         # The runtime shares the replica's event loop: a call reaches its actor with no thread hop.
         self.workflows = await WorkflowRuntime.attach(storage)
+        self.workflows.start_recovery()  # abandoned workflows resume within seconds
         self.backend = LocalBackend(self.workflows)
         self.settings = ApiSettings(token=token, max_body=max_body)
         self._peers: Any = None

@@ -38,6 +38,16 @@ class Backend(Protocol):
     async def delete(self, type_name: str, actor_id: str) -> None: ...
     async def list_ids(self, type_name: str, start_after: str | None, limit: int) -> list[str]: ...
     async def list_workflows(self, status: str | None) -> list[tuple[str, str]]: ...
+    async def set_timer(
+        self, type_name: str, actor_id: str, name: str, spec: dict[str, Any]
+    ) -> dict[str, Any]: ...
+    async def get_timers(self, type_name: str, actor_id: str) -> dict[str, Any]: ...
+    async def cancel_timer(self, type_name: str, actor_id: str, name: str) -> bool: ...
+    async def tick(self) -> dict[str, int]: ...
+    async def post_event(
+        self, type_name: str, actor_id: str, event: str, payload: Any, event_id: str | None, wait: bool
+    ) -> Any: ...
+    async def post_workflow_event(self, workflow_id: str, key: str, payload: Any) -> bool: ...
     async def workflow(self, workflow_id: str) -> dict[str, Any]: ...
     async def resume_workflow(self, workflow_id: str) -> str: ...
     async def cancel_workflow(self, workflow_id: str) -> None: ...
@@ -108,7 +118,9 @@ class LocalBackend:
         ac = lookup(type_name)
         check_actor_id(actor_id)
         snap = await self._run(self.actors._read(ac, actor_id))
+        timers = await self.get_timers(type_name, actor_id)
         return {
+            **timers,
             "type": type_name,
             "id": actor_id,
             "version": snap.version,
@@ -154,11 +166,56 @@ class LocalBackend:
     async def cancel_workflow(self, workflow_id: str) -> None:
         await asyncio.to_thread(self.workflows.cancel, workflow_id)
 
+    async def set_timer(
+        self, type_name: str, actor_id: str, name: str, spec: dict[str, Any]
+    ) -> dict[str, Any]:
+        from actorflow._ids import check_actor_id
+        from actorflow.errors import ConfigError
+
+        ac = lookup(type_name)
+        check_actor_id(actor_id)
+        unknown = set(spec) - {"after", "at", "every", "method", "args", "kwargs"}
+        if unknown:
+            raise ConfigError(f"unknown timer fields {sorted(unknown)}")
+        if "method" not in spec:
+            raise ConfigError("a timer needs the 'method' to call")
+        timer = await self._run(self.actors.set_timer(ac, actor_id, name, **spec))
+        return timer.public()
+
+    async def get_timers(self, type_name: str, actor_id: str) -> dict[str, Any]:
+        lookup(type_name)
+        timers = await self._run(self.actors.timers_of(type_name, actor_id))
+        failed = await self._run(self.actors.timer_failures(type_name, actor_id))
+        return {"timers": {n: t.public() for n, t in timers.items()}, "failed_timers": failed}
+
+    async def cancel_timer(self, type_name: str, actor_id: str, name: str) -> bool:
+        ac = lookup(type_name)
+        return await self._run(self.actors.cancel_timer(ac, actor_id, name))
+
+    async def tick(self) -> dict[str, int]:
+        return await self._run(self.actors.fire_due())
+
+    async def post_event(
+        self, type_name: str, actor_id: str, event: str, payload: Any, event_id: str | None, wait: bool
+    ) -> Any:
+        from actorflow._ids import check_actor_id
+
+        ac = lookup(type_name)
+        check_actor_id(actor_id)
+        self.counters["events"] += 1
+        return await self._run(self.actors.post_event(ac, actor_id, event, payload, event_id, wait))
+
+    async def post_workflow_event(self, workflow_id: str, key: str, payload: Any) -> bool:
+        from actorflow._ids import check_workflow_id
+
+        return await self._run(self.workflows._post_event(check_workflow_id(workflow_id), key, payload))
+
     def metrics(self) -> dict[str, float]:
         return {
             "actorflow_calls_total": self.counters["calls"],
             "actorflow_call_errors_total": self.counters["call_errors"],
             "actorflow_forwarded_calls_total": self.counters["forwarded"],
             "actorflow_actors_created_total": self.counters["actors_created"],
+            "actorflow_events_total": self.counters["events"],
             "actorflow_cached_actors": len(self.actors._cache),
         }

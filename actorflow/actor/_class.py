@@ -24,6 +24,7 @@ C = TypeVar("C")
 F = TypeVar("F", bound=Callable[..., Any])
 
 _READONLY = "__actorflow_readonly__"
+_EVENT = "__actorflow_event__"
 _RESERVED = {"get_or_create", "get", "list_ids", "delete", "exists", "options"}
 
 
@@ -83,6 +84,13 @@ class VirtualActorClass:
             self.methods[attr] = MethodInfo(
                 attr, value, bool(getattr(value, _READONLY, False)), inspect.iscoroutinefunction(value), sig
             )
+        self.events: dict[str, str] = {}
+        for info in self.methods.values():
+            event = getattr(info.func, _EVENT, None)
+            if event is not None:
+                if event in self.events:
+                    raise ConfigError(f"virtual actor {self.type_name}: two handlers for event {event!r}")
+                self.events[event] = info.name
         init = inspect.getattr_static(cls, "__init__", object.__init__)
         self.init_signature = inspect.signature(init if init is not object.__init__ else (lambda self: None))
         self.__doc__ = cls.__doc__
@@ -97,6 +105,15 @@ class VirtualActorClass:
         if info is None:
             raise ActorMethodNotFoundError(self.type_name, name)
         return info
+
+    def event_handler(self, event: str) -> str:
+        """The method handling external event ``event``; raises ``ActorEventNotFoundError``."""
+        from actorflow.errors import ActorEventNotFoundError
+
+        method = self.events.get(event)
+        if method is None:
+            raise ActorEventNotFoundError(self.type_name, event)
+        return method
 
     def check_init_args(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         try:
@@ -179,6 +196,20 @@ class _VirtualActorDecorator:
             return VirtualActorClass(c, name=name, schema_version=schema_version)
 
         return wrap(cls) if cls is not None else wrap
+
+    @staticmethod
+    def event(name: str) -> Callable[[F], F]:
+        """Mark a method as the handler of external event ``name``
+        (``POST /v1/actors/{type}/{id}/events/{name}``); it receives the JSON payload."""
+        check_id("event name", name)
+
+        def mark(func: F) -> F:
+            if not inspect.isfunction(func):
+                raise TypeError(f"@virtual_actor.event decorates a method, not {func!r}")
+            setattr(func, _EVENT, name)
+            return func
+
+        return mark
 
     @staticmethod
     def readonly(func: F) -> F:

@@ -25,10 +25,12 @@ import concurrent.futures
 import contextlib
 import contextvars
 import functools
+import hashlib
 import logging
 import random
 import threading
 import time
+import uuid
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +39,18 @@ from urllib.parse import quote
 from actorflow import _codec
 from actorflow.actor._class import MethodInfo, VirtualActorClass, lookup
 from actorflow.actor._state import Snapshot, capture, encode, restore
+from actorflow.actor._timers import (
+    CLAIM_SECONDS,
+    TIMER_INDEX,
+    Firing,
+    Timer,
+    _current_firing,
+    k_timer,
+    k_timer_failure,
+    make_timer,
+    timer_member,
+)
+from actorflow.actor._timers import MAX_ATTEMPTS as TIMER_MAX_ATTEMPTS
 from actorflow.errors import (
     ActorArgumentsError,
     ActorConflictError,
@@ -90,6 +104,7 @@ class _Message:
     method: str
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
+    idem: str | None = None  # the receiver's idempotency key (default: derived from the message id)
 
 
 @dataclass
@@ -101,6 +116,7 @@ class Turn:
     readonly: bool
     runtime: ActorRuntime | None = None
     messages: list[_Message] = field(default_factory=list)
+    timers: dict[str, Timer | None] = field(default_factory=dict)  # None: cancel
 
 
 _current_turn: contextvars.ContextVar[Turn | None] = contextvars.ContextVar("actorflow_turn", default=None)
@@ -190,8 +206,13 @@ class ActorRuntime:
         self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="actorflow-actor")
         self._commits_since_trim: dict[str, int] = {}
         self._background: set[asyncio.Future[Any]] = set()
+        self.tick_interval = 0.05  # how often the scheduler looks for due timers
+        self.timer_backoff = 1.0  # first retry delay of a timer whose method raised; doubles
         self._recovery: concurrent.futures.Future[Any] = asyncio.run_coroutine_threadsafe(
             self._recover_outbox_forever(), self.loop
+        )
+        self._scheduler: concurrent.futures.Future[Any] = asyncio.run_coroutine_threadsafe(
+            self._fire_timers_forever(), self.loop
         )
 
     # ------------------------------------------------------------------ sync facade
@@ -308,6 +329,8 @@ class ActorRuntime:
                 gone.index_remove(OUTBOX_INDEX, f"{t}/{actor_id}/{k.rsplit('/', 1)[-1]}")
             for member, _ in await self.storage.index_range(idem_index(t, actor_id)):
                 gone.index_remove(idem_index(t, actor_id), member)
+            for timer_name in await self.timers_of(t, actor_id):
+                gone.index_remove(TIMER_INDEX, timer_member(t, actor_id, timer_name))
             await self.storage.commit(gone)
             await self.storage.delete_prefix(f"act/{t}/{actor_id}/")
             self._cache.pop(key, None)
@@ -347,6 +370,7 @@ class ActorRuntime:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         idempotency_key: str | None = None,
+        firing: Firing | None = None,
     ) -> Any:
         """Run one call; see the module docstring for what is committed when."""
         info = ac.method(method)
@@ -357,7 +381,9 @@ class ActorRuntime:
         # The turn runs in a task of its own, so a caller that goes away (a cancelled await,
         # a client that disconnects) cannot interrupt a commit that has started.
         outcome: _Outcome = await asyncio.shield(
-            asyncio.ensure_future(self._locked_turn(key, ac, actor_id, info, args, kwargs, idempotency_key))
+            asyncio.ensure_future(
+                self._locked_turn(key, ac, actor_id, info, args, kwargs, idempotency_key, firing)
+            )
         )
         for sender_type, sender_id, msg_id in outcome.messages:
             task = asyncio.ensure_future(self._deliver(sender_type, sender_id, msg_id))
@@ -381,20 +407,28 @@ class ActorRuntime:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         idem: str | None,
+        firing: Firing | None = None,
     ) -> _Outcome:
         t = ac.type_name
         async with self._lock(key):
             for attempt in range(MAX_ATTEMPTS):
-                if idem is not None:
-                    recorded = await self._recorded(t, actor_id, idem)
-                    if recorded is not None:
-                        return recorded
+                # One round trip: the current version (is the cached snapshot stale?) and,
+                # for a keyed call, whether it was already recorded.
+                keys = [k_version(t, actor_id)] + ([k_idem(t, actor_id, idem)] if idem is not None else [])
+                current, *record = await self.storage.get_many(keys)
+                if record and record[0] is not None:
+                    return self._decode_record(record[0])
+                if current is None:
+                    raise ActorNotFoundError(t, actor_id)
                 cached = self._cache.get(key)
-                snap = cached.snapshot if cached is not None else await self._read(ac, actor_id)
+                if cached is not None and cached.snapshot.version == int(current):
+                    snap = cached.snapshot
+                else:
+                    snap = await self._read(ac, actor_id)
                 turn = Turn(t, actor_id, readonly=False, runtime=self)
                 instance = self._instance(ac, snap)
                 try:
-                    result = await self._invoke(info, instance, args, kwargs, turn)
+                    result = await self._invoke(info, instance, args, kwargs, turn, firing)
                 except Exception:
                     # Only a failure on the latest state counts: re-check before reporting it.
                     if await self._is_stale(t, actor_id, snap):
@@ -415,10 +449,17 @@ class ActorRuntime:
         return raw is None or int(raw) != snap.version
 
     async def _invoke(
-        self, info: MethodInfo, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any], turn: Turn
+        self,
+        info: MethodInfo,
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        turn: Turn,
+        firing: Firing | None = None,
     ) -> Any:
         if info.is_async:
             token = _current_turn.set(turn)
+            _current_firing.set(firing)
             try:
                 return await info.func(instance, *args, **kwargs)
             except Exception as exc:
@@ -429,6 +470,7 @@ class ActorRuntime:
 
         def run() -> Any:
             _current_turn.set(turn)
+            _current_firing.set(firing)
             try:
                 return info.func(instance, *args, **kwargs)
             except Exception as exc:
@@ -459,10 +501,8 @@ class ActorRuntime:
             )
         return result
 
-    async def _recorded(self, t: str, actor_id: str, idem: str) -> _Outcome | None:
-        raw = await self.storage.get(k_idem(t, actor_id, idem))
-        if raw is None:
-            return None
+    @staticmethod
+    def _decode_record(raw: bytes) -> _Outcome:
         header, blob = _codec.unpack(raw)
         if "workflow" in header:
             return _Outcome(workflow=(header["workflow"], None))
@@ -504,6 +544,13 @@ class ActorRuntime:
             batch.put(k_outbox(t, actor_id, msg_id), blob)
             batch.index_add(OUTBOX_INDEX, f"{t}/{actor_id}/{msg_id}", now)
             outcome.messages.append((t, actor_id, msg_id))
+        for timer_name, timer in turn.timers.items():
+            member = timer_member(t, actor_id, timer_name)
+            if timer is None:
+                batch.delete(k_timer(t, actor_id, timer_name)).index_remove(TIMER_INDEX, member)
+            else:
+                batch.put(k_timer(t, actor_id, timer_name), timer.encode())
+                batch.index_add(TIMER_INDEX, member, timer.next_try)
         if idem is not None:
             blob, _ = _codec.dumps(result, what=f"the result of {name}")
             batch.put(k_idem(t, actor_id, idem), _codec.pack(header, blob))
@@ -545,7 +592,9 @@ class ActorRuntime:
                 msg: _Message = _codec.loads(raw)
                 target = lookup(msg.target_type)
                 try:
-                    await self.call(target, msg.target_id, msg.method, msg.args, msg.kwargs, f"msg:{member}")
+                    await self.call(
+                        target, msg.target_id, msg.method, msg.args, msg.kwargs, msg.idem or f"msg:{member}"
+                    )
                 except (
                     ActorNotFoundError,
                     ActorTypeNotFoundError,
@@ -583,11 +632,189 @@ class ActorRuntime:
             await self._deliver(sender_type, sender_id, msg_id)
         return len(pending)
 
+    # ------------------------------------------------------------------ timers
+    async def timers_of(self, t: str, actor_id: str) -> dict[str, Timer]:
+        """The stored timers of one actor, by name."""
+        prefix = f"act/{t}/{actor_id}/timer/"
+        keys = await self.storage.list_keys(prefix)
+        raws = await self.storage.get_many(keys)
+        return {k[len(prefix) :]: Timer.decode(r) for k, r in zip(keys, raws, strict=True) if r is not None}
+
+    async def timer_failures(self, t: str, actor_id: str) -> dict[str, Any]:
+        prefix = f"act/{t}/{actor_id}/timerfail/"
+        keys = await self.storage.list_keys(prefix)
+        raws = await self.storage.get_many(keys)
+        return {
+            k[len(prefix) :]: _codec.json_loads(r) for k, r in zip(keys, raws, strict=True) if r is not None
+        }
+
+    async def set_timer(self, ac: VirtualActorClass, actor_id: str, name: str, **spec: Any) -> Timer:
+        """Set a timer from outside the actor (HTTP). The actor must exist; validated first."""
+        timer = make_timer(ac, name, **spec)
+        t = ac.type_name
+        version = await self.storage.get(k_version(t, actor_id))
+        if version is None:
+            raise ActorNotFoundError(t, actor_id)
+        batch = Batch().require(k_version(t, actor_id), version)  # not while it is being deleted
+        batch.put(k_timer(t, actor_id, name), timer.encode())
+        batch.index_add(TIMER_INDEX, timer_member(t, actor_id, name), timer.next_try)
+        if not await self.storage.commit(batch):
+            return await self.set_timer(ac, actor_id, name, **spec)
+        return timer
+
+    async def cancel_timer(self, ac: VirtualActorClass, actor_id: str, name: str) -> bool:
+        t = ac.type_name
+        existed = await self.storage.get(k_timer(t, actor_id, name)) is not None
+        batch = (
+            Batch()
+            .delete(k_timer(t, actor_id, name))
+            .index_remove(TIMER_INDEX, timer_member(t, actor_id, name))
+        )
+        await self.storage.commit(batch)
+        return existed
+
+    async def _fire_timers_forever(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await self.fire_due()
+            await asyncio.sleep(self.tick_interval)
+
+    async def fire_due(self, limit: int = 1000) -> dict[str, int]:
+        """One scheduler pass: fire every timer due now. Returns counts (fired, retried,
+        failed, skipped: claimed elsewhere or changed meanwhile)."""
+        due = await self.storage.index_range(TIMER_INDEX, max_score=time.time(), limit=limit)
+        counts = {"fired": 0, "retried": 0, "failed": 0, "skipped": 0}
+        if not due:
+            return counts
+        sem = asyncio.Semaphore(64)
+
+        async def one(member: str) -> None:
+            async with sem:
+                counts[await self._fire(member)] += 1
+
+        await asyncio.gather(*(one(m) for m, _ in due))
+        return counts
+
+    async def _fire(self, member: str) -> str:
+        t, actor_id, name = member.split("/", 2)
+        key = k_timer(t, actor_id, name)
+        raw = await self.storage.get(key)
+        if raw is None:  # cancelled: drop the stale index entry
+            await self.storage.commit(Batch().index_remove(TIMER_INDEX, member))
+            return "skipped"
+        timer = Timer.decode(raw)
+        now = time.time()
+        if timer.claim and timer.claim_until > now:
+            return "skipped"  # another scheduler is firing it
+        if not timer.claim and timer.next_try > now:
+            return "skipped"  # fired and moved on since this pass read the index
+        timer.claim, timer.claim_until = uuid.uuid4().hex, now + CLAIM_SECONDS
+        claimed = timer.encode()
+        batch = Batch().require(key, raw).put(key, claimed).index_add(TIMER_INDEX, member, timer.claim_until)
+        if not await self.storage.commit(batch):
+            return "skipped"  # another scheduler claimed it, or the actor changed it
+        missed = timer.missed_at(now)
+        firing = Firing(name, timer.due, missed, timer.attempts + 1)
+        kwargs = dict(timer.kwargs)
+        outcome = "fired"
+        try:
+            ac = lookup(t)
+            info = ac.method(timer.method)
+            if info.signature is not None and (
+                "missed" in info.signature.parameters
+                or any(p.kind is p.VAR_KEYWORD for p in info.signature.parameters.values())
+            ):
+                kwargs.setdefault("missed", missed)
+            await self.call(
+                ac, actor_id, timer.method, tuple(timer.args), kwargs, f"timer:{name}:{timer.due}", firing
+            )
+        except Exception as exc:
+            if isinstance(exc, (ActorNotFoundError, ActorTypeNotFoundError, ActorMethodNotFoundError)):
+                await self.storage.commit(
+                    Batch().require(key, claimed).delete(key).index_remove(TIMER_INDEX, member)
+                )
+                return "failed"
+            if not is_method_error(exc) and not isinstance(exc, ActorArgumentsError):
+                timer.claim, timer.claim_until, timer.next_try = None, 0.0, time.time() + 1.0
+                await self._store_timer(key, claimed, member, timer)
+                return "retried"
+            timer.attempts += 1
+            if timer.attempts < TIMER_MAX_ATTEMPTS:
+                timer.claim, timer.claim_until = None, 0.0
+                timer.next_try = time.time() + self.timer_backoff * 2 ** (timer.attempts - 1)
+                await self._store_timer(key, claimed, member, timer)
+                return "retried"
+            failure = {
+                "due": timer.due,
+                "attempts": timer.attempts,
+                "error": f"{type(exc).__name__}: {exc}",
+                "at": time.time(),
+            }
+            await self.storage.put(k_timer_failure(t, actor_id, name), _codec.json_dumps(failure))
+            log.warning(
+                "timer %s failed %d times; giving up on tick %s: %r", member, timer.attempts, timer.due, exc
+            )
+            outcome = "failed"
+        # Fired (or given up): drop a one-shot timer, move a periodic one to its next tick.
+        if timer.every:
+            nxt = timer.following(time.time())
+            timer.due, timer.next_try, timer.attempts, timer.claim, timer.claim_until = nxt, nxt, 0, None, 0.0
+            await self._store_timer(key, claimed, member, timer)
+        else:
+            await self.storage.commit(
+                Batch().require(key, claimed).delete(key).index_remove(TIMER_INDEX, member)
+            )
+        return outcome
+
+    async def _store_timer(self, key: str, claimed: bytes, member: str, timer: Timer) -> None:
+        # Only if nobody replaced or cancelled the timer while it fired.
+        batch = (
+            Batch()
+            .require(key, claimed)
+            .put(key, timer.encode())
+            .index_add(TIMER_INDEX, member, timer.next_try)
+        )
+        await self.storage.commit(batch)
+
+    # ------------------------------------------------------------------ external events
+    async def post_event(
+        self, ac: VirtualActorClass, actor_id: str, event: str, payload: Any, event_id: str | None, wait: bool
+    ) -> Any:
+        """Store an external event for the actor's handler, then deliver it in a turn.
+
+        Stored durably before this returns (the 202 promise); delivered exactly once per event
+        id (the handler's idempotency key is ``event:{id}``). With ``wait`` the handler's
+        result is returned; otherwise delivery happens in the background.
+        """
+        method = ac.event_handler(event)
+        t = ac.type_name
+        if await self.storage.get(k_version(t, actor_id)) is None:
+            raise ActorNotFoundError(t, actor_id)
+        _codec.check_json(payload, what="an event payload")
+        event_id = event_id or uuid.uuid4().hex
+        msg_id = "ev-" + hashlib.sha1(f"{event}\0{event_id}".encode()).hexdigest()[:24]
+        msg = _Message(t, actor_id, method, (payload,), {}, idem=f"event:{event}:{event_id}")
+        blob, _ = _codec.dumps(msg, what="an event")
+        member = f"{t}/{actor_id}/{msg_id}"
+        batch = Batch().put(k_outbox(t, actor_id, msg_id), blob).index_add(OUTBOX_INDEX, member, time.time())
+        await self.storage.commit(batch)
+        if wait:
+            result = await self.call(ac, actor_id, method, (payload,), {}, msg.idem)
+            await self.storage.commit(
+                Batch().delete(k_outbox(t, actor_id, msg_id)).index_remove(OUTBOX_INDEX, member)
+            )
+            return result
+        task = asyncio.ensure_future(self._deliver(t, actor_id, msg_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return None
+
     async def outbox_size(self) -> int:
         return len(await self.storage.index_range(OUTBOX_INDEX))
 
     def close(self) -> None:
         self._recovery.cancel()
+        self._scheduler.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 

@@ -23,8 +23,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from actorflow.actor import ActorHandle, VirtualActorClass, send, virtual_actor
+from actorflow.actor._timers import timers
 from actorflow.workflow._compat import continuation, options
 from actorflow.workflow._dag import StepFunction, StepOptions, Workflow, step
+from actorflow.workflow._events import EventListener, sleep, wait_for_event
 from actorflow.workflow._raysupport import StepFailure
 from actorflow.workflow._runtime import (
     WorkflowRuntime,
@@ -41,6 +43,7 @@ def init(
     address: str | None = None,
     token: str | None = None,
     lease_ttl: float | None = None,
+    recovery: bool = False,
 ) -> None:
     """Set where the module-level API keeps workflows and finds actors.
 
@@ -53,6 +56,9 @@ def init(
     a running ``actorflow serve`` (with ``token``, or ``$ACTORFLOW_TOKEN``), or
     ``serve://actorflow`` from code inside its Ray cluster. Actors then live in the service;
     ``storage`` still says where workflows run from this process are kept.
+
+    ``recovery=True`` resumes abandoned workflows (whose runner died) automatically from this
+    process, every few seconds; the hosted service always does.
     """
     import os
 
@@ -66,7 +72,7 @@ def init(
     else:
         set_invoker(None)
     if storage is not None or not address:
-        _init(storage, lease_ttl=lease_ttl)
+        _init(storage, lease_ttl=lease_ttl, recovery=recovery)
 
 
 def run(dag: Any, workflow_id: str | None = None, metadata: dict[str, Any] | None = None) -> Any:
@@ -86,6 +92,12 @@ def _as_workflow(dag: Any) -> Workflow[Any]:
     if wf is None:
         raise TypeError(f"expected a workflow step or a Ray DAG (f.bind(...)), got {type(dag).__name__}")
     return wf
+
+
+def post_event(workflow_id: str, key: str, payload: Any = None) -> bool:
+    """Deliver an event to ``wait_for_event(key)`` in a workflow (buffered if nothing waits
+    yet). Returns False if that key already had an event (the first one is kept)."""
+    return default_runtime().post_event(workflow_id, key, payload)
 
 
 def resume(workflow_id: str) -> Any:
@@ -137,6 +149,7 @@ def get_metadata(workflow_id: str, name: str | None = None, *, task_id: str | No
 
 __all__ = [
     "ActorHandle",
+    "EventListener",
     "StepFailure",
     "StepFunction",
     "StepOptions",
@@ -154,12 +167,16 @@ __all__ = [
     "init",
     "list_all",
     "options",
+    "post_event",
     "resume",
     "resume_all",
     "resume_async",
     "run",
     "run_async",
     "send",
+    "sleep",
     "step",
+    "timers",
     "virtual_actor",
+    "wait_for_event",
 ]

@@ -8,6 +8,8 @@ once, each bound to its own storage.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterable
@@ -44,6 +46,7 @@ from actorflow.workflow._store import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger("actorflow.workflow")
 
 DEFAULT_LEASE_TTL = 30.0
 
@@ -70,6 +73,8 @@ class WorkflowRuntime:
         self.storage_url = canonical_url(storage or default_storage_url())
         self.lease_ttl = lease_ttl
         self._on_close: list[Callable[[], None]] = []
+        self._recovering: set[str] = set()
+        self._recovery: Any = None
         self._thread: threading.Thread | None
         if _storage is not None:  # attached to the caller's running loop (see ``attach``)
             self._loop = asyncio.get_running_loop()
@@ -137,6 +142,8 @@ class WorkflowRuntime:
             return
         for callback in self._on_close:
             callback()
+        if self._recovery is not None:
+            self._recovery.cancel()
         if self._thread is None:
             self._loop.create_task(self.storage.close())
             return
@@ -379,6 +386,59 @@ class WorkflowRuntime:
         """Status, user metadata and start/end times of the workflow, or of one step by id."""
         return self._call(self._get_metadata(check_workflow_id(workflow_id), name))
 
+    # ----------------------------------------------------------------- events and recovery
+    async def _post_event(self, wid: str, key: str, payload: Any) -> bool:
+        from actorflow._ids import check_id
+        from actorflow.workflow._events import k_event
+
+        check_id("event key", key)
+        await self.store.read_head(wid)  # unknown workflow: WorkflowNotFoundError
+        _codec.check_json(payload, what="an event payload")
+        # The first event under a key wins; a repeat (a retried POST) changes nothing.
+        return await self.storage.commit(
+            Batch().require(k_event(wid, key), None).put(k_event(wid, key), _codec.json_dumps(payload))
+        )
+
+    def post_event(self, workflow_id: str, key: str, payload: Any) -> bool:
+        """Store an event for ``wait_for_event(key)`` in a workflow, waiting or not yet.
+        Returns False if an event with this key was already stored (it is kept)."""
+        return self._call(self._post_event(check_workflow_id(workflow_id), key, payload))
+
+    async def recover_once(self) -> list[str]:
+        """Resume, in the background, every RESUMABLE workflow not already being resumed here."""
+        from actorflow.workflow._raysupport import ensure_ray
+
+        stale = [
+            wid for wid, _ in await self._list_all({WorkflowStatus.RESUMABLE}) if wid not in self._recovering
+        ]
+        if stale:
+            await asyncio.to_thread(ensure_ray)
+        for wid in stale:
+            self._recovering.add(wid)
+            task = asyncio.ensure_future(self._resume(wid))
+            task.add_done_callback(functools.partial(self._recovered, wid))
+        return stale
+
+    def _recovered(self, wid: str, task: asyncio.Future[Any]) -> None:
+        self._recovering.discard(wid)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("recovering workflow %s failed: %r", wid, task.exception())
+
+    def start_recovery(self, interval: float = 2.0) -> None:
+        """Resume abandoned workflows automatically: every ``interval`` seconds, any workflow
+        whose runner died (its lease expired, or its process is gone) is taken over here."""
+
+        async def loop() -> None:
+            while True:
+                try:
+                    await self.recover_once()
+                except Exception:
+                    pass
+                await asyncio.sleep(interval)
+
+        if self._recovery is None:
+            self._recovery = asyncio.run_coroutine_threadsafe(loop(), self._loop)
+
     # ----------------------------------------------------------------- stopping
     async def _cancel(self, wid: str) -> None:
         while True:
@@ -472,16 +532,20 @@ def close_all() -> None:
         rt.close()
 
 
-def init(storage: str | None = None, *, lease_ttl: float | None = None) -> WorkflowRuntime:
+def init(
+    storage: str | None = None, *, lease_ttl: float | None = None, recovery: bool = False
+) -> WorkflowRuntime:
     """Choose the default runtime's storage. Without ``storage``, keep the current one (or use
     ``ACTORFLOW_STORAGE``, else a SQLite file in the per-user data directory)."""
     global _default
-    if storage is None and _default is not None and lease_ttl is None:
+    if storage is None and _default is not None and lease_ttl is None and not recovery:
         return _default
     url = storage or default_storage_url()
     rt = runtime_for(url, lease_ttl or DEFAULT_LEASE_TTL)
     if lease_ttl is not None:
         rt.lease_ttl = lease_ttl
+    if recovery:
+        rt.start_recovery()
     _default = rt
     return rt
 

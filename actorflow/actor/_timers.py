@@ -1,0 +1,224 @@
+"""Durable timers on actors.
+
+Inside a method, ``workflow.timers.set(name, after=|at=, every=None, method=..., args=...)`` and
+``workflow.timers.cancel(name)`` take effect with the turn's commit (if the method raises, they
+never happened). A timer lives in storage, indexed by when it is next due, and survives
+restarts of everything.
+
+Firing: a scheduler pass (a background task of every actor runtime; ``POST /v1/timers/tick``
+for an external clock) takes the due timers, claims each with a compare-and-set (so two
+schedulers never fire one tick twice), and calls the timer's method with the idempotency key
+``timer:{name}:{due}``: delivery is at least once, the effect exactly once.
+
+* A periodic timer whose ticks were missed while nothing ran fires **once**, and the method
+  learns how many further ticks that firing stands for: ``missed`` (passed as the ``missed``
+  keyword when the method accepts one, and readable as ``workflow.timers.firing().missed``),
+  the number of ticks due by now besides the one being fired: ``floor((now - due) / every)``.
+  A timer whose first due tick was ten and a half periods ago fires once with ``missed == 10``;
+  ten periods of downtime give 9 or 10, depending on where in a period it stopped. The next tick
+  is then the first one after now.
+* A firing whose method raises is retried with exponential backoff (1 s, 2 s, 4 s...) up to
+  ``MAX_ATTEMPTS`` times, then recorded as failed on the actor (``GET .../timers`` shows it)
+  and dropped (one-shot) or moved to its next tick (periodic).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from actorflow import _codec
+from actorflow._ids import check_id
+from actorflow.errors import ActorError, ConfigError
+
+TIMER_INDEX = "timers"
+MIN_PERIOD = 1.0
+MAX_ATTEMPTS = 5
+CLAIM_SECONDS = 60.0
+
+
+def k_timer(t: str, a: str, name: str) -> str:
+    return f"act/{t}/{a}/timer/{name}"
+
+
+def k_timer_failure(t: str, a: str, name: str) -> str:
+    return f"act/{t}/{a}/timerfail/{name}"
+
+
+def timer_member(t: str, a: str, name: str) -> str:
+    return f"{t}/{a}/{name}"
+
+
+@dataclass
+class Timer:
+    """A stored timer. ``due`` is the tick being fired (it names the idempotency key);
+    ``next_try`` is when the scheduler should look at it (later than ``due`` while retrying)."""
+
+    name: str
+    method: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    due: float
+    every: float | None = None
+    attempts: int = 0
+    claim: str | None = None
+    claim_until: float = 0.0
+    next_try: float = 0.0
+    created_at: float = field(default_factory=time.time)
+
+    def encode(self) -> bytes:
+        return _codec.json_dumps(asdict(self))
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Timer:
+        return cls(**_codec.json_loads(raw))
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "method": self.method,
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "due": self.due,
+            "every": self.every,
+            "attempts": self.attempts,
+        }
+
+    def missed_at(self, now: float) -> int:
+        if not self.every:
+            return 0
+        return max(0, math.floor((now - self.due) / self.every))
+
+    def following(self, now: float) -> float:
+        """The first tick strictly after ``now`` (periodic timers)."""
+        assert self.every
+        return self.due + (self.missed_at(now) + 1) * self.every
+
+
+def make_timer(
+    ac: Any,
+    name: str,
+    *,
+    method: str,
+    after: float | None = None,
+    at: float | None = None,
+    every: float | None = None,
+    args: Any = (),
+    kwargs: dict[str, Any] | None = None,
+) -> Timer:
+    """Validate a timer request (raises ``ConfigError``, ``ActorMethodNotFoundError`` or
+    ``ActorArgumentsError``) and build it. ``after`` is seconds from now, ``at`` an epoch time;
+    ``every`` (seconds, at least ``MIN_PERIOD``) makes it periodic, first due at ``after``/``at``
+    or one period from now."""
+    check_id("timer name", name)
+    if "/" in name:
+        raise ConfigError("timer names may not contain '/'")
+    for label, value in (("after", after), ("at", at), ("every", every)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"timer {label!r} must be a number of seconds, got {value!r}")
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(f"timer {label!r} must be finite")
+    if after is not None and at is not None:
+        raise ConfigError("give a timer either 'after' or 'at', not both")
+    if after is not None and after < 0:
+        raise ConfigError(f"timer 'after' must not be negative, got {after}")
+    if every is not None and every < MIN_PERIOD:
+        raise ConfigError(f"timer period 'every' must be at least {MIN_PERIOD} s, got {every}")
+    now = time.time()
+    if after is not None:
+        due = now + float(after)
+    elif at is not None:
+        due = float(at)
+    elif every is not None:
+        due = now + float(every)
+    else:
+        raise ConfigError("a timer needs 'after' (seconds) or 'at' (epoch time), or a period 'every'")
+    if not isinstance(args, (list, tuple)):
+        raise ConfigError("timer 'args' must be a list")
+    kwargs = dict(kwargs or {})
+    info = ac.method(method)
+    info.check_args(ac.type_name, tuple(args), kwargs)
+    _codec.check_json([list(args), kwargs], what="timer arguments")
+    return Timer(name, method, list(args), kwargs, due, float(every) if every else None, next_try=due)
+
+
+@dataclass(frozen=True)
+class Firing:
+    """What the running method is being called for, when a timer called it."""
+
+    name: str
+    due: float
+    missed: int
+    attempt: int
+
+
+_current_firing: contextvars.ContextVar[Firing | None] = contextvars.ContextVar(
+    "actorflow_firing", default=None
+)
+
+
+class _TimersApi:
+    """``workflow.timers``: set, cancel and list the current actor's timers from its methods."""
+
+    def set(
+        self,
+        name: str,
+        *,
+        method: str,
+        after: float | None = None,
+        at: float | None = None,
+        every: float | None = None,
+        args: Any = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        """Set (or replace) the timer ``name`` of the actor running this method; committed
+        with the turn."""
+        from actorflow.actor._class import lookup
+
+        turn = _writer_turn("set timers")
+        ac = lookup(turn.actor_type)
+        turn.timers[name] = make_timer(
+            ac, name, method=method, after=after, at=at, every=every, args=args, kwargs=kwargs
+        )
+
+    def cancel(self, name: str) -> None:
+        """Cancel the timer ``name`` (no error if there is none); committed with the turn."""
+        turn = _writer_turn("cancel timers")
+        turn.timers[name] = None
+
+    def list(self) -> dict[str, dict[str, Any]]:
+        """The actor's timers as this turn will leave them, by name."""
+        from actorflow.actor._runtime import current_turn
+
+        turn = current_turn()
+        if turn is None or turn.runtime is None:
+            raise ActorError("?", None, "workflow.timers works inside actor methods")
+        stored = turn.runtime._call(turn.runtime.timers_of(turn.actor_type, turn.actor_id))
+        out = {name: t.public() for name, t in stored.items()}
+        for name, t in turn.timers.items():
+            if t is None:
+                out.pop(name, None)
+            else:
+                out[name] = t.public()
+        return out
+
+    def firing(self) -> Firing | None:
+        """When a timer called the running method: its name, tick, missed count, attempt."""
+        return _current_firing.get()
+
+
+def _writer_turn(action: str) -> Any:
+    from actorflow.actor._runtime import current_turn
+
+    turn = current_turn()
+    if turn is None:
+        raise ActorError("?", None, f"workflow.timers can {action} only inside actor methods")
+    if turn.readonly:
+        raise ActorError(turn.actor_type, turn.actor_id, f"a read-only method cannot {action}")
+    return turn
+
+
+timers = _TimersApi()

@@ -1,0 +1,229 @@
+"""Durable timers and external events on actors, in embedded mode, on both backends."""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from typing import Any
+
+import pytest
+
+from actorflow import workflow
+from actorflow.actor import ActorRuntime, actor_runtime
+from actorflow.errors import ActorEventNotFoundError, ConfigError
+from actorflow.workflow import _runtime
+from actorflow.workflow._runtime import WorkflowRuntime, default_runtime
+
+pytestmark = pytest.mark.usefixtures("wf_storage")
+
+LOG: dict[str, str] = {}  # where the current test's actors log invocations (a file)
+
+
+def log_line(line: str) -> None:
+    with open(LOG["path"], "a") as f:
+        f.write(line + "\n")
+
+
+def logged() -> list[str]:
+    try:
+        return pathlib.Path(LOG["path"]).read_text().split()
+    except FileNotFoundError:
+        return []
+
+
+@pytest.fixture(autouse=True)
+def invocation_log(tmp_path: pathlib.Path) -> None:
+    LOG["path"] = str(tmp_path / "invocations")
+
+
+@workflow.virtual_actor
+class Alarm:
+    def __init__(self) -> None:
+        self.rings: list[list[Any]] = []
+        self.fail_left = 0
+
+    def arm(
+        self, name: str, after: float | None = None, every: float | None = None, at: float | None = None
+    ) -> None:
+        workflow.timers.set(name, after=after, at=at, every=every, method="ring", args=[name])
+
+    def arm_then_raise(self) -> None:
+        workflow.timers.set("doomed", after=0.1, method="ring", args=["doomed"])
+        raise RuntimeError("the timer goes with the turn")
+
+    def disarm(self, name: str) -> None:
+        workflow.timers.cancel(name)
+
+    def failing(self, n: int) -> None:
+        self.fail_left = n
+        workflow.timers.set("flaky", after=0.05, method="flaky_ring")
+
+    def ring(self, name: str, missed: int = 0) -> int:
+        firing = workflow.timers.firing()
+        assert firing is not None and firing.name == name
+        log_line(f"{name}@{firing.due:.3f}")
+        self.rings.append([name, time.time(), missed, firing.due])
+        return len(self.rings)
+
+    def flaky_ring(self) -> None:
+        log_line("flaky")
+        if logged().count("flaky") <= self.fail_left:  # a raising turn keeps no state: count outside
+            raise ValueError("not yet")
+        self.rings.append(["flaky", time.time(), 0, 0])
+
+    def timer_names(self) -> list[str]:
+        return sorted(workflow.timers.list())
+
+    @workflow.virtual_actor.readonly
+    def history(self) -> list[list[Any]]:
+        return self.rings
+
+    @workflow.virtual_actor.event("payment")
+    def on_payment(self, payload: dict[str, Any]) -> int:
+        log_line(f"payment-{payload['amount']}")
+        self.rings.append(["payment", payload["amount"], 0, 0])
+        return payload["amount"]
+
+
+def wait_until(cond: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(0.02)
+
+
+def test_timer_fires_once_within_tolerance() -> None:
+    a = Alarm.get_or_create("once")
+    start = time.time()
+    a.arm.run("t1", after=0.3)
+    assert a.timer_names.run() == ["t1"]
+    wait_until(lambda: len(a.history.run()) == 1)
+    name, rang_at, missed, due = a.history.run()[0]
+    assert name == "t1" and missed == 0
+    assert start + 0.3 <= rang_at < due + 1.0  # never early; late by well under a second
+    time.sleep(0.5)
+    assert len(a.history.run()) == 1 and logged() == [f"t1@{due:.3f}"]
+    assert a.timer_names.run() == []  # a one-shot timer is gone once it fired
+
+
+def test_cancelled_timer_never_fires_and_a_raising_turn_sets_none() -> None:
+    a = Alarm.get_or_create("cancel")
+    a.arm.run("t2", after=0.4)
+    a.disarm.run("t2")
+    with pytest.raises(RuntimeError):
+        a.arm_then_raise.run()
+    time.sleep(1.0)
+    assert a.history.run() == [] and logged() == []
+    assert a.timer_names.run() == []
+
+
+def test_timer_survives_a_full_stop_and_fires_exactly_once(storage_url: str) -> None:
+    a = Alarm.get_or_create("restart")
+    a.arm.run("t3", after=0.3)
+    _runtime.close_all()  # everything stops before the timer is due
+    time.sleep(1.0)
+    workflow.init(storage_url)
+    wait_until(lambda: len(Alarm.get("restart").history.run()) == 1)
+    time.sleep(0.5)
+    assert len(logged()) == 1
+
+
+def test_periodic_timer_coalesces_missed_ticks(storage_url: str) -> None:
+    a = Alarm.get_or_create("periodic")
+    # First due 10.5 periods ago: as if everything had been down for ten periods.
+    a.arm.run("p", every=1.0, at=time.time() - 10.5)
+    wait_until(lambda: len(a.history.run()) >= 1)
+    time.sleep(0.3)
+    rings = a.history.run()
+    assert len(rings) == 1, rings  # one firing, not a flood
+    assert rings[0][2] == 10  # that firing stands for ten more ticks
+    # The next tick is the first one after now, and it reports nothing missed.
+    wait_until(lambda: len(a.history.run()) == 2, timeout=5)
+    assert a.history.run()[1][2] == 0
+    a.disarm.run("p")
+
+    # Real downtime: three periods with nothing running.
+    b = Alarm.get_or_create("periodic-down")
+    b.arm.run("q", every=1.0, after=0.2)
+    wait_until(lambda: len(Alarm.get("periodic-down").history.run()) == 1)
+    _runtime.close_all()
+    time.sleep(3.3)
+    workflow.init(storage_url)
+    wait_until(lambda: len(Alarm.get("periodic-down").history.run()) == 2)
+    rings = Alarm.get("periodic-down").history.run()
+    # 3.3 s down covers three or four ticks; one firing stands for them all.
+    assert rings[1][2] in (2, 3), rings
+    Alarm.get("periodic-down").disarm.run("q")
+
+
+def test_two_schedulers_fire_each_tick_once(storage_url: str) -> None:
+    second = WorkflowRuntime(storage_url)
+    other: ActorRuntime = actor_runtime(second)
+    try:
+        a = Alarm.get_or_create("two-schedulers")
+        a.arm.run("p2", every=1.0, after=0.1)
+        time.sleep(3.6)
+        a.disarm.run("p2")
+        ticks = logged()
+        assert len(ticks) >= 3
+        assert len(ticks) == len(set(ticks)), ticks  # no tick invoked twice
+        assert len(a.history.run()) == len(ticks)
+        assert other.tick_interval > 0
+    finally:
+        second.close()
+
+
+def test_raising_timer_is_retried_with_backoff_then_recorded_as_failed() -> None:
+    rt = actor_runtime(default_runtime())
+    rt.timer_backoff = 0.05
+    a = Alarm.get_or_create("flaky")
+    a.failing.run(2)
+    wait_until(lambda: len(a.history.run()) == 1)
+    assert logged() == ["flaky"] * 3
+
+    b = Alarm.get_or_create("hopeless")
+    b.failing.run(100)
+    wait_until(lambda: bool(rt._call(rt.timer_failures("Alarm", "hopeless"))), timeout=30)
+    failure = rt._call(rt.timer_failures("Alarm", "hopeless"))["flaky"]
+    assert failure["attempts"] == 5 and "not yet" in failure["error"]
+    assert b.timer_names.run() == []
+
+
+def test_bad_timers_are_rejected_and_store_nothing() -> None:
+    a = Alarm.get_or_create("bad-timers")
+    rt = actor_runtime(default_runtime())
+    from actorflow.actor import lookup
+
+    ac = lookup("Alarm")
+    cases = [
+        {"method": "ring", "args": ["x"]},  # neither after nor at
+        {"method": "ring", "args": ["x"], "after": -1},
+        {"method": "ring", "args": ["x"], "after": "soon"},
+        {"method": "ring", "args": ["x"], "every": 0.01},
+        {"method": "nosuch", "after": 1},
+        {"method": "ring", "after": 1, "args": ["x", "y", "z"]},
+    ]
+    for spec in cases:
+        with pytest.raises((ConfigError, AttributeError, TypeError)):
+            rt._call(rt.set_timer(ac, "bad-timers", "t", **spec))
+    assert a.timer_names.run() == []
+
+
+def test_event_posted_twice_with_one_id_is_handled_once() -> None:
+    rt = actor_runtime(default_runtime())
+    from actorflow.actor import lookup
+
+    ac = lookup("Alarm")
+    a = Alarm.get_or_create("events")
+    assert rt._call(rt.post_event(ac, "events", "payment", {"amount": 5}, "pay-1", True)) == 5
+    assert rt._call(rt.post_event(ac, "events", "payment", {"amount": 5}, "pay-1", True)) == 5
+    rt._call(rt.post_event(ac, "events", "payment", {"amount": 7}, "pay-2", False))
+    rt._call(rt.post_event(ac, "events", "payment", {"amount": 7}, "pay-2", False))
+    wait_until(lambda: len(a.history.run()) == 2)
+    time.sleep(0.3)
+    assert logged() == ["payment-5", "payment-7"]
+    assert rt._call(rt.outbox_size()) == 0
+    with pytest.raises(ActorEventNotFoundError):
+        rt._call(rt.post_event(ac, "events", "refund", {}, None, False))
+    assert rt._call(rt.outbox_size()) == 0
