@@ -17,7 +17,7 @@ PORT ?= 8000
 
 # The service with the example actors on the embedded default storage (SQLite per user).
 run: install
-	$(VENV)/bin/actorflow serve examples.bank examples.cart --port $(PORT)
+	$(VENV)/bin/actorflow serve examples.bank examples.cart examples.order --port $(PORT)
 
 test: install
 	$(PY) -m pytest -q
@@ -29,6 +29,7 @@ lint: install
 bench: install
 	$(PY) bench/steps.py
 	$(PY) bench/http.py
+	$(PY) bench/timers.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

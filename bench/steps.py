@@ -11,11 +11,17 @@ runs for actorflow and for plain Ray tasks doing the same work, and their ratio.
 
 from __future__ import annotations
 
+import sys
+
+# bench/ holds http.py: keep this folder off the import path, where it would shadow the
+# standard library's http package.
+if sys.path and sys.path[0] and __file__.startswith(sys.path[0]):
+    sys.path.pop(0)
+
 import argparse
 import os
 import resource
 import statistics
-import sys
 import tempfile
 import time
 import uuid

@@ -248,3 +248,81 @@ def test_metrics_count_calls(client: TestClient) -> None:
     values: dict[str, Any] = dict(line.split(" ") for line in text.strip().splitlines())
     assert float(values["actorflow_calls_total"]) == 2
     assert float(values["actorflow_call_errors_total"]) == 1
+
+
+def test_timers_events_and_tick_routes(client: TestClient, rt: WorkflowRuntime) -> None:
+    import time
+
+    load_modules(["examples.order"])
+    client.post("/v1/actors/Order/o1", json={"kwargs": {"item": "book", "amount": 20}})
+    r = client.put("/v1/actors/Order/o1/timers/reminder", json={"after": 0, "method": "expire"})
+    assert r.status_code == 200 and r.json()["method"] == "expire"
+    assert client.get("/v1/actors/Order/o1/timers/reminder").json()["name"] == "reminder"
+    assert set(client.get("/v1/actors/Order/o1/timers").json()["timers"]) == {"reminder"}
+    assert "reminder" in client.get("/v1/actors/Order/o1").json()["timers"]
+    assert client.delete("/v1/actors/Order/o1/timers/reminder").status_code == 204
+    assert client.get("/v1/actors/Order/o1/timers/reminder").status_code == 404
+    for bad in (
+        {"method": "expire"},
+        {"after": -1, "method": "expire"},
+        {"after": "x", "method": "expire"},
+        {"every": 0.001, "method": "expire"},
+        {"after": 1},
+        {"after": 1, "method": "nosuch"},
+        {"after": 1, "method": "expire", "bogus": 1},
+    ):
+        r = client.put("/v1/actors/Order/o1/timers/bad", json=bad)
+        assert r.status_code in (400, 404, 422), bad
+    assert client.get("/v1/actors/Order/o1/timers").json()["timers"] == {}
+    assert (
+        client.put("/v1/actors/Order/nobody/timers/t", json={"after": 1, "method": "expire"}).status_code
+        == 404
+    )
+
+    client.post("/v1/actors/Order/o1/place", json={"kwargs": {"pay_within": 60}})
+    r = client.post(
+        "/v1/actors/Order/o1/events/payment?wait=true",
+        json={"amount": 20},
+        headers={"Idempotency-Key": "pay-1"},
+    )
+    assert r.status_code == 200 and r.json() == {"result": "paid"}
+    r = client.post(
+        "/v1/actors/Order/o1/events/payment?wait=true",
+        json={"amount": 20},
+        headers={"Idempotency-Key": "pay-1"},
+    )
+    assert r.json() == {"result": "paid"}  # the same event id: handled once
+    assert len(client.post("/v1/actors/Order/o1/info").json()["result"]["payments"]) == 1
+    assert client.get("/v1/actors/Order/o1/timers").json()["timers"] == {}  # paid: timer cancelled
+    r = client.post("/v1/actors/Order/o1/events/refund", json={})
+    assert r.status_code == 404 and r.json()["error"] == "unknown_event"
+    assert client.post("/v1/actors/Order/ghost/events/payment", json={"amount": 1}).status_code == 404
+    r = client.post(
+        "/v1/actors/Order/o1/events/payment", content=b"{nope", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 400
+    r = client.post("/v1/actors/Order/o1/events/payment", json={"amount": 5})
+    assert r.status_code == 202 and r.json()["accepted"] is True
+
+    client.post("/v1/actors/Order/o2", json={"kwargs": {"item": "pen", "amount": 2}})
+    client.post("/v1/actors/Order/o2/place", json={"kwargs": {"pay_within": 0}})
+    deadline = time.monotonic() + 10
+    while client.post("/v1/actors/Order/o2/info").json()["result"]["state"] != "cancelled":
+        client.post("/v1/timers/tick")  # an external clock may drive the scheduler too
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert set(client.post("/v1/timers/tick").json()) == {"fired", "retried", "failed", "skipped"}
+
+
+def test_workflow_event_route(client: TestClient, rt: WorkflowRuntime) -> None:
+    @workflow.step
+    def noop() -> int:
+        return 1
+
+    _, batch, _ = rt._prepare(noop.step(), "wf-ev", None)
+    assert rt._call(rt.storage.commit(batch))
+    r = client.post("/v1/workflows/wf-ev/events/approval", json={"by": "ann"})
+    assert r.status_code == 202 and r.json() == {"accepted": True, "duplicate": False}
+    assert client.post("/v1/workflows/wf-ev/events/approval", json={"by": "bob"}).json()["duplicate"] is True
+    assert client.post("/v1/workflows/nope/events/approval", json={}).status_code == 404
+    assert client.post("/v1/workflows/wf-ev/events/bad key", json={}).status_code == 400

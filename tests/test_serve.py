@@ -32,7 +32,7 @@ def deploy(storage: str, replicas: int) -> None:
     serve.run(
         build(
             {
-                "modules": ["serve_actors", "examples.bank"],
+                "modules": ["serve_actors", "examples.bank", "examples.order"],
                 "storage": storage,
                 "actor_host_replicas": replicas,
             }
@@ -191,3 +191,32 @@ def test_in_cluster_serve_handle(service: dict[str, str]) -> None:
         assert t.value.run() == 3
     finally:
         set_invoker(None)
+
+
+def test_order_example_end_to_end_over_http(service: dict[str, str]) -> None:
+    url = service["url"]
+    with httpx.Client(base_url=url, timeout=30) as c:
+        for order, amount in (("o-paid", 20), ("o-unpaid", 5)):
+            r = c.post(f"/v1/actors/Order/{order}", json={"kwargs": {"item": "book", "amount": amount}})
+            assert r.is_success, r.text
+        c.post("/v1/actors/Order/o-paid/place", json={"kwargs": {"pay_within": 30}}).raise_for_status()
+        c.post("/v1/actors/Order/o-unpaid/place", json={"kwargs": {"pay_within": 1}}).raise_for_status()
+        assert set(c.get("/v1/actors/Order/o-paid/timers").json()["timers"]) == {"payment_timeout"}
+        r = c.post(
+            "/v1/actors/Order/o-paid/events/payment", json={"amount": 20}, headers={"Idempotency-Key": "p-1"}
+        )
+        assert r.status_code == 202
+        c.post(
+            "/v1/actors/Order/o-paid/events/payment", json={"amount": 20}, headers={"Idempotency-Key": "p-1"}
+        )
+
+        def state(order: str) -> Any:
+            return c.post(f"/v1/actors/Order/{order}/info").json()["result"]
+
+        deadline = time.monotonic() + 30
+        while state("o-paid")["state"] != "paid" or state("o-unpaid")["state"] != "cancelled":
+            assert time.monotonic() < deadline, (state("o-paid"), state("o-unpaid"))
+            time.sleep(0.1)
+        assert len(state("o-paid")["payments"]) == 1  # the repeated event was handled once
+        assert c.get("/v1/actors/Order/o-paid/timers").json()["timers"] == {}
+        assert c.get("/v1/actors/Order/o-unpaid/timers").json()["timers"] == {}
