@@ -255,7 +255,7 @@ def test_timers_events_and_tick_routes(client: TestClient, rt: WorkflowRuntime) 
 
     load_modules(["examples.order"])
     client.post("/v1/actors/Order/o1", json={"kwargs": {"item": "book", "amount": 20}})
-    r = client.put("/v1/actors/Order/o1/timers/reminder", json={"after": 0, "method": "expire"})
+    r = client.put("/v1/actors/Order/o1/timers/reminder", json={"after": 3600, "method": "expire"})
     assert r.status_code == 200 and r.json()["method"] == "expire"
     assert client.get("/v1/actors/Order/o1/timers/reminder").json()["name"] == "reminder"
     assert set(client.get("/v1/actors/Order/o1/timers").json()["timers"]) == {"reminder"}
@@ -326,3 +326,26 @@ def test_workflow_event_route(client: TestClient, rt: WorkflowRuntime) -> None:
     assert client.post("/v1/workflows/wf-ev/events/approval", json={"by": "bob"}).json()["duplicate"] is True
     assert client.post("/v1/workflows/nope/events/approval", json={}).status_code == 404
     assert client.post("/v1/workflows/wf-ev/events/bad key", json={}).status_code == 400
+
+
+def test_conflict_and_unavailable_statuses(rt: WorkflowRuntime, monkeypatch: pytest.MonkeyPatch) -> None:
+    from actorflow.errors import ActorConflictError, StorageUnavailableError
+
+    load_modules(["examples.bank"])
+    backend = LocalBackend(rt)
+    client = TestClient(create_api(backend, ApiSettings()))
+    client.post("/v1/actors/HttpCounter/busy")
+    raised: list[BaseException] = [
+        ActorConflictError("HttpCounter", "busy", "gave up after 200 conflicting commits"),
+        StorageUnavailableError("cannot reach redis", "redis://db:6379/0"),
+    ]
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        raise raised.pop(0)
+
+    monkeypatch.setattr(backend, "call", failing)
+    r = client.post("/v1/actors/HttpCounter/busy/incr")
+    assert (r.status_code, r.json()["error"]) == (409, "conflict")
+    r = client.post("/v1/actors/HttpCounter/busy/incr")
+    assert (r.status_code, r.json()["error"]) == (503, "storage_unavailable")
+    assert "redis://db:6379/0" in r.json()["message"]
