@@ -15,6 +15,7 @@
     │   ├── WorkflowRunningError        the operation needs a workflow that is not running
     │   ├── WorkflowCancelledError
     │   ├── WorkflowNotResumableError   asked for the output of a workflow that needs ``resume``
+    │   ├── WorkflowTimeoutError        ``get_output(timeout=)`` ran out (also a TimeoutError)
     │   └── WorkflowStepNotFoundError   ``get_metadata(wid, name=...)`` with an unknown step
     └── ActorError                  about one virtual actor (carries ``actor_type``, ``actor_id``)
         ├── ActorNotFoundError
@@ -45,8 +46,8 @@ class ActorflowError(Exception):
 
 
 def _rebuild(cls: type[ActorflowError], message: str, attrs: dict[str, object]) -> ActorflowError:
-    exc = Exception.__new__(cls)
-    Exception.__init__(exc, message)
+    exc = cls.__new__(cls)
+    BaseException.__init__(exc, message)
     exc.__dict__.update(attrs)
     return exc
 
@@ -117,6 +118,10 @@ class WorkflowCancelledError(WorkflowError):
 
 class WorkflowNotResumableError(WorkflowError):
     """The workflow stopped without finishing (its runner died); call ``resume`` first."""
+
+
+class WorkflowTimeoutError(WorkflowError, TimeoutError):
+    """``get_output(..., timeout=)`` ran out of time; the workflow goes on."""
 
 
 class WorkflowStepNotFoundError(WorkflowError):
@@ -202,4 +207,5 @@ __all__ = [
     "WorkflowNotResumableError",
     "WorkflowRunningError",
     "WorkflowStepNotFoundError",
+    "WorkflowTimeoutError",
 ]

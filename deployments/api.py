@@ -62,6 +62,8 @@ _STATUS: list[tuple[type[BaseException], int, str]] = [
     (errors.StorageConflictError, 409, "conflict"),
     (errors.WorkflowRunningError, 409, "workflow_running"),
     (errors.WorkflowCancelledError, 409, "workflow_cancelled"),
+    (errors.WorkflowTimeoutError, 504, "timeout"),
+    (errors.RemoteError, 502, "remote_error"),
     (errors.StorageUnavailableError, 503, "storage_unavailable"),
     (errors.ActorStateError, 500, "state_error"),
     (errors.ActorflowError, 500, "internal_error"),

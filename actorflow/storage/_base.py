@@ -18,7 +18,7 @@ client's errors); nothing else escapes a backend.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -147,10 +147,3 @@ class Storage(abc.ABC):
     async def delete(self, key: str) -> None:
         """Unconditionally delete one key."""
         await self.commit(Batch().delete(key))
-
-
-def all_keys(batch: Batch) -> Iterable[str]:
-    """Every plain key a batch touches (expectations included)."""
-    yield from batch.puts
-    yield from batch.deletes
-    yield from batch.expect

@@ -24,15 +24,12 @@ from typing import Any
 
 from actorflow.actor import ActorHandle, VirtualActorClass, send, virtual_actor
 from actorflow.actor._timers import timers
+from actorflow.errors import WorkflowTimeoutError
 from actorflow.workflow._compat import continuation, options
 from actorflow.workflow._dag import StepFunction, StepOptions, Workflow, step
 from actorflow.workflow._events import EventListener, sleep, wait_for_event
 from actorflow.workflow._raysupport import StepFailure
-from actorflow.workflow._runtime import (
-    WorkflowRuntime,
-    WorkflowTimeoutError,
-    default_runtime,
-)
+from actorflow.workflow._runtime import WorkflowRuntime, default_runtime
 from actorflow.workflow._runtime import init as _init
 from actorflow.workflow._store import WorkflowStatus
 

@@ -33,7 +33,6 @@ from actorflow.workflow._store import (
     k_counters,
     k_err,
     k_lease,
-    k_meta,
     k_out,
     k_step,
 )
@@ -340,4 +339,4 @@ class Executor:
         raise exc
 
 
-__all__ = ["Executor", "LeaseLost", "k_meta"]
+__all__ = ["Executor", "LeaseLost"]

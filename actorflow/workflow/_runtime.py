@@ -21,10 +21,10 @@ from actorflow.errors import (
     ConfigError,
     SerializationError,
     WorkflowCancelledError,
-    WorkflowError,
     WorkflowNotResumableError,
     WorkflowRunningError,
     WorkflowStepNotFoundError,
+    WorkflowTimeoutError,
 )
 from actorflow.storage import Batch, Storage, default_storage_url, open_storage, parse_storage_url
 from actorflow.workflow._dag import IdAssigner, StepSpec, Workflow, flatten
@@ -49,10 +49,6 @@ T = TypeVar("T")
 log = logging.getLogger("actorflow.workflow")
 
 DEFAULT_LEASE_TTL = 30.0
-
-
-class WorkflowTimeoutError(WorkflowError, TimeoutError):
-    """``get_output(..., timeout=)`` ran out of time; the workflow goes on."""
 
 
 class WorkflowRuntime:
