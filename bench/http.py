@@ -21,7 +21,6 @@ if sys.path and sys.path[0] and __file__.startswith(sys.path[0]):
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import tempfile
 import time
@@ -31,10 +30,10 @@ from typing import Any
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import httpx
-import ray
 from fastapi import FastAPI
 from ray import serve
 
+from bench._serve import local_serve
 from deployments.app import ROUTER_CONFIG, build
 
 REPLICAS = 2
@@ -57,12 +56,6 @@ async def noop(type_name: str, actor_id: str, method: str) -> dict[str, Any]:
 @serve.ingress(floor_api)
 class Floor:
     pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def latency(base: str, n: int) -> float:
@@ -131,16 +124,10 @@ def main() -> int:
 
     tmp = tempfile.TemporaryDirectory(prefix="actorflow-bench-http-")
     storage = args.storage or f"sqlite://{tmp.name}/bench.db"
-    port = free_port()
-    ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, logging_level="ERROR")
-    try:
-        serve.start(
-            http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False}
-        )
+    with local_serve() as base:
         app = build({"modules": ["examples.bank"], "storage": storage, "actor_host_replicas": REPLICAS})
         serve.run(app, name="actorflow", route_prefix="/")
         serve.run(Floor.options(num_replicas=REPLICAS).bind(), name="floor", route_prefix="/floor")
-        base = f"http://127.0.0.1:{port}"
         floor = f"{base}/floor"
         actors = [f"acct-{i}" for i in range(args.actors)]
         create_actors(base, actors)
@@ -166,9 +153,6 @@ def main() -> int:
             f"throughput, {args.connections} conns: floor {tf:6.0f} /s   actor call {ta:6.0f} /s   "
             f"ratio {ta / tf:.2f}x (goal >= 0.7x)"
         )
-    finally:
-        serve.shutdown()
-        ray.shutdown()
     return 0
 
 

@@ -21,7 +21,6 @@ if sys.path and sys.path[0] and __file__.startswith(sys.path[0]):
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import tempfile
 import time
@@ -29,18 +28,12 @@ import time
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import httpx
-import ray
 from ray import serve
 
+from bench._serve import local_serve
 from deployments.app import build
 
 ACTORS = 100
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def set_timers(base: str, count: int, start: float) -> dict[tuple[str, str], float]:
@@ -82,16 +75,10 @@ def main() -> int:
 
     tmp = tempfile.TemporaryDirectory(prefix="actorflow-bench-timers-")
     storage = args.storage or f"sqlite://{tmp.name}/bench.db"
-    port = free_port()
-    ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, logging_level="ERROR")
-    try:
-        serve.start(
-            http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False}
-        )
+    with local_serve() as base:
         serve.run(
             build({"modules": ["bench.beeper"], "storage": storage}), name="actorflow", route_prefix="/"
         )
-        base = f"http://127.0.0.1:{port}"
         start = time.time() + args.lead
         due = asyncio.run(set_timers(base, args.timers, start))
         set_done = time.time()
@@ -117,9 +104,6 @@ def main() -> int:
                 f"max {lateness[-1] * 1e3:.0f} ms (goal: p99 < 250 ms)"
             )
         print(f"fired {len(fired)}, lost {lost}, doubled {doubled}")
-    finally:
-        serve.shutdown()
-        ray.shutdown()
     return 0
 
 
