@@ -28,6 +28,7 @@ lint: install
 
 bench: install
 	$(PY) bench/steps.py
+	$(PY) bench/actors.py
 	$(PY) bench/http.py
 	$(PY) bench/timers.py
 

@@ -412,19 +412,27 @@ class ActorRuntime:
         t = ac.type_name
         async with self._lock(key):
             for attempt in range(MAX_ATTEMPTS):
-                # One round trip: the current version (is the cached snapshot stale?) and,
-                # for a keyed call, whether it was already recorded.
-                keys = [k_version(t, actor_id)] + ([k_idem(t, actor_id, idem)] if idem is not None else [])
-                current, *record = await self.storage.get_many(keys)
-                if record and record[0] is not None:
-                    return self._decode_record(record[0])
-                if current is None:
-                    raise ActorNotFoundError(t, actor_id)
                 cached = self._cache.get(key)
-                if cached is not None and cached.snapshot.version == int(current):
+                if cached is not None and idem is None and firing is None and attempt == 0:
+                    # An unkeyed call on a cached actor runs optimistically: the commit's
+                    # compare-and-set catches a stale snapshot and the turn runs again below.
                     snap = cached.snapshot
                 else:
-                    snap = await self._read(ac, actor_id)
+                    # One round trip: the current version (is the cached snapshot stale?) and,
+                    # for a keyed call, whether it was already recorded, so a repeated key or a
+                    # timer tick never runs the method again.
+                    keys = [k_version(t, actor_id)] + (
+                        [k_idem(t, actor_id, idem)] if idem is not None else []
+                    )
+                    current, *record = await self.storage.get_many(keys)
+                    if record and record[0] is not None:
+                        return self._decode_record(record[0])
+                    if current is None:
+                        raise ActorNotFoundError(t, actor_id)
+                    if cached is not None and cached.snapshot.version == int(current):
+                        snap = cached.snapshot
+                    else:
+                        snap = await self._read(ac, actor_id)
                 turn = Turn(t, actor_id, readonly=False, runtime=self)
                 instance = self._instance(ac, snap)
                 try:

@@ -1,0 +1,175 @@
+"""A small mutating actor call in embedded mode, against one raw storage write of its snapshot.
+
+For each backend (SQLite in a temp dir; Redis on a redis-server this script starts on a free
+port, or ``--redis URL``), prints the latency (median, p99) of one caller making calls one after
+another, and the throughput of several threads calling 100 actors, for
+
+* the floor: one raw ``commit`` of the same snapshot bytes through the same runtime, and
+* the call: ``counter.incr.run()`` (read version, run the method, compare-and-set commit),
+
+with their ratios. Both run in this process on the same runtime, interleaved, medians over runs.
+
+    python bench/actors.py [--calls 500] [--seconds 3] [--threads 8] [--redis URL]
+"""
+
+from __future__ import annotations
+
+import sys
+
+# bench/ holds http.py: keep this folder off the import path, where it would shadow the
+# standard library's http package.
+if sys.path and sys.path[0] and __file__.startswith(sys.path[0]):
+    sys.path.pop(0)
+
+import argparse
+import contextlib
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+from actorflow import workflow
+from actorflow.actor import actor_runtime
+from actorflow.storage import Batch
+from actorflow.workflow._runtime import WorkflowRuntime
+
+ACTORS = 100
+
+
+@workflow.virtual_actor(name="BenchCounter")
+class BenchCounter:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def incr(self) -> int:
+        self.count += 1
+        return self.count
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise SystemExit("redis-server not found (apt-get install redis-server), or pass --redis URL")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = tempfile.mkdtemp(prefix="actorflow-bench-redis-")
+    proc = subprocess.Popen(
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", data, "--save", "", "--appendonly", "yes"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def latencies(fn: Callable[[], object], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def throughput(fns: list[Callable[[], object]], threads: int, seconds: float) -> float:
+    done = [0] * threads
+    stop = time.perf_counter() + seconds
+
+    def worker(w: int) -> None:
+        i = w
+        while time.perf_counter() < stop:
+            fns[i % len(fns)]()
+            i += threads
+            done[w] += 1
+
+    pool = [threading.Thread(target=worker, args=(w,)) for w in range(threads)]
+    start = time.perf_counter()
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return sum(done) / (time.perf_counter() - start)
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+def measure(url: str, args: argparse.Namespace) -> None:
+    rt = WorkflowRuntime(url)
+    try:
+        art = actor_runtime(rt)
+        ids = [f"c{i}" for i in range(ACTORS)]
+        for aid in ids:
+            art.create(BenchCounter, aid, (), {})
+        raw = art.state(BenchCounter, "c0").pack()  # the snapshot a call writes
+
+        def floor_write(i: int = 0) -> None:
+            rt._call(rt.storage.commit(Batch().put(f"bench/floor/{i}", raw)))
+
+        floors = [lambda i=i: floor_write(i) for i in range(ACTORS)]
+        calls = [lambda aid=aid: art.submit(BenchCounter, aid, "incr", (), {}, None).result() for aid in ids]
+        for _ in range(50):  # warm caches, threads and connections
+            floor_write()
+            calls[0]()
+        lat_f, lat_c, thr_f, thr_c = [], [], [], []
+        for _ in range(args.runs):
+            lat_f += latencies(floor_write, args.calls)
+            lat_c += latencies(calls[0], args.calls)
+            thr_f.append(throughput(floors, args.threads, args.seconds))
+            thr_c.append(throughput(calls, args.threads, args.seconds))
+        mf, mc = statistics.median(lat_f) * 1e3, statistics.median(lat_c) * 1e3
+        pf, pc = p99(lat_f) * 1e3, p99(lat_c) * 1e3
+        tf, tc = statistics.median(thr_f), statistics.median(thr_c)
+        kind = url.split(":", 1)[0]
+        print(f"{kind:7} latency median: floor {mf:6.3f} ms  call {mc:6.3f} ms  ratio {mc / mf:5.2f}x")
+        print(f"{kind:7} latency p99:    floor {pf:6.3f} ms  call {pc:6.3f} ms  ratio {pc / pf:5.2f}x")
+        print(
+            f"{kind:7} throughput ({args.threads} threads, {ACTORS} actors): "
+            f"floor {tf:7.0f}/s  call {tc:7.0f}/s  ratio {tc / tf:5.2f}x (goal: within 2x of the floor)"
+        )
+    finally:
+        rt.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--calls", type=int, default=500, help="sequential calls per latency run")
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of each throughput run")
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--redis", default=None, help="use this Redis instead of starting one")
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    with tempfile.TemporaryDirectory(prefix="actorflow-bench-actors-") as tmp:
+        measure(f"sqlite://{tmp}/bench.db", args)
+    if args.redis:
+        measure(f"{args.redis}?prefix=bench{os.getpid()}:", args)
+    else:
+        with redis_server() as url:
+            measure(url, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
