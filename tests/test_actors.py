@@ -461,3 +461,19 @@ def test_messages_that_fail_for_infrastructure_reasons_stay_in_the_outbox(
     time.sleep(1.5)  # another recovery pass must not deliver it twice
     assert receiver.items.run() == [7]
     assert rt._call(rt.outbox_size()) == 0
+
+
+def test_idle_actors_are_passivated_and_reload_from_storage() -> None:
+    rt = actor_runtime(default_runtime())
+    c = Counter.get_or_create("idle", 0)
+    c.incr.run()
+    assert "Counter/idle" in rt._cache
+    old = rt.idle_seconds
+    rt.idle_seconds = 0.2
+    try:
+        time.sleep(0.3)
+        assert rt.passivate_idle() >= 1
+        assert "Counter/idle" not in rt._cache
+        assert c.incr.run() == 2  # reloaded from storage, nothing lost
+    finally:
+        rt.idle_seconds = old

@@ -180,7 +180,8 @@ class _Outcome:
 class ActorRuntime:
     """Runs actor calls in this process against one storage (shared with a WorkflowRuntime).
 
-    ``cache_size`` bounds the snapshots kept in memory (least recently used go first);
+    ``cache_size`` bounds the snapshots kept in memory (least recently used go first), and an
+    actor unused for ``idle_seconds`` is dropped from memory (passivated);
     ``idempotency_records`` and ``idempotency_ttl`` bound the recorded results per actor.
     """
 
@@ -189,6 +190,7 @@ class ActorRuntime:
         workflows: WorkflowRuntime,
         *,
         cache_size: int = 10_000,
+        idle_seconds: float = 600.0,
         threads: int = 64,
         idempotency_records: int = 1000,
         idempotency_ttl: float = 24 * 3600.0,
@@ -198,6 +200,7 @@ class ActorRuntime:
         self.storage = workflows.storage
         self.loop = workflows.loop
         self.cache_size = cache_size
+        self.idle_seconds = idle_seconds
         self.idempotency_records = idempotency_records
         self.idempotency_ttl = idempotency_ttl
         self.outbox_grace = outbox_grace
@@ -417,6 +420,7 @@ class ActorRuntime:
                     # An unkeyed call on a cached actor runs optimistically: the commit's
                     # compare-and-set catches a stale snapshot and the turn runs again below.
                     snap = cached.snapshot
+                    cached.last_used = time.monotonic()
                 else:
                     # One round trip: the current version (is the cached snapshot stale?) and,
                     # for a keyed call, whether it was already recorded, so a repeated key or a
@@ -627,7 +631,17 @@ class ActorRuntime:
         while True:
             with contextlib.suppress(Exception):
                 await self.recover_outbox()
+            self.passivate_idle()
             await asyncio.sleep(1.0)
+
+    def passivate_idle(self) -> int:
+        """Drop cached actors unused for ``idle_seconds`` (their state is in storage; the next
+        call reloads it). Returns how many were dropped."""
+        horizon = time.monotonic() - self.idle_seconds
+        idle = [key for key, entry in self._cache.items() if entry.last_used < horizon]
+        for key in idle:
+            del self._cache[key]
+        return len(idle)
 
     async def recover_outbox(self) -> int:
         """Deliver messages left in outboxes longer than the grace period (their sender's
