@@ -12,6 +12,10 @@ from typing import Any
 
 from actorflow import workflow
 
+#: How many recent entries an account's history keeps (state that grows without bound makes
+#: every turn slower: each one loads and stores the whole state).
+HISTORY_KEPT = 100
+
 
 class InsufficientFunds(ValueError):
     """The account does not hold enough money for this withdrawal or transfer."""
@@ -30,7 +34,7 @@ class Account:
         """Add money; returns the new balance."""
         _check_amount(amount)
         self.balance += amount
-        self.history.append(["deposit", amount])
+        self._record(["deposit", amount])
         return self.balance
 
     def withdraw(self, amount: int) -> int:
@@ -39,7 +43,7 @@ class Account:
         if amount > self.balance:
             raise InsufficientFunds(f"balance {self.balance} is less than {amount}")
         self.balance -= amount
-        self.history.append(["withdraw", amount])
+        self._record(["withdraw", amount])
         return self.balance
 
     def transfer(self, to: str, amount: int) -> int:
@@ -48,9 +52,13 @@ class Account:
         if amount > self.balance:
             raise InsufficientFunds(f"balance {self.balance} is less than {amount}")
         self.balance -= amount
-        self.history.append(["transfer", amount, to])
+        self._record(["transfer", amount, to])
         workflow.send(Account.get_or_create(to).deposit, amount)
         return self.balance
+
+    def _record(self, entry: list[Any]) -> None:
+        self.history.append(entry)
+        del self.history[:-HISTORY_KEPT]
 
     @workflow.virtual_actor.readonly
     def get_balance(self) -> int:
