@@ -71,6 +71,24 @@ class Alarm:
             raise ValueError("not yet")
         self.rings.append(["flaky", time.time(), 0, 0])
 
+    def start_chain(self, links: int) -> None:
+        workflow.timers.set("chain", after=0.05, method="chain_link", args=[links])
+
+    def chain_link(self, left: int) -> None:
+        """Fired by the timer "chain"; sets that same timer again until no links are left."""
+        log_line(f"chain-{left}")
+        if left > 1:
+            workflow.timers.set("chain", after=0.05, method="chain_link", args=[left - 1])
+
+    def ring_twice(self, name: str) -> None:
+        """Fired by a periodic timer; cancels that timer on its second ring."""
+        log_line(f"{name}-ring")
+        if logged().count(f"{name}-ring") >= 2:
+            workflow.timers.cancel(name)
+
+    def arm_ring_twice(self, name: str) -> None:
+        workflow.timers.set(name, every=1.0, after=0.05, method="ring_twice", args=[name])
+
     def timer_names(self) -> list[str]:
         return sorted(workflow.timers.list())
 
@@ -155,6 +173,20 @@ def test_periodic_timer_coalesces_missed_ticks(storage_url: str) -> None:
     # 3.3 s down covers three or four ticks; one firing stands for them all.
     assert rings[1][2] in (2, 3), rings
     Alarm.get("periodic-down").disarm.run("q")
+
+
+def test_a_fired_method_that_sets_or_cancels_its_own_timer_wins() -> None:
+    """The turn a tick runs also commits the timer's next state; a write the method itself
+    made to that timer takes precedence (re-armed: it stays; cancelled: it goes)."""
+    a = Alarm.get_or_create("self-timing")
+    a.start_chain.run(3)
+    wait_until(lambda: logged().count("chain-1") == 1)
+    a.arm_ring_twice.run("twice")
+    wait_until(lambda: logged().count("twice-ring") == 2)
+    time.sleep(1.3)  # a third period passes: the cancelled timer must not ring again
+    assert [line for line in logged() if line.startswith("chain")] == ["chain-3", "chain-2", "chain-1"]
+    assert logged().count("twice-ring") == 2
+    assert a.timer_names.run() == []
 
 
 def test_two_schedulers_fire_each_tick_once(storage_url: str) -> None:

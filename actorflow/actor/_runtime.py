@@ -24,6 +24,7 @@ import collections
 import concurrent.futures
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -40,6 +41,7 @@ from actorflow import _codec
 from actorflow.actor._class import MethodInfo, VirtualActorClass, lookup
 from actorflow.actor._state import Snapshot, capture, encode, restore
 from actorflow.actor._timers import (
+    CLAIM_BATCH,
     CLAIM_SECONDS,
     TIMER_INDEX,
     Firing,
@@ -91,6 +93,11 @@ def k_idem(t: str, a: str, key: str) -> str:
 
 def idem_index(t: str, a: str) -> str:
     return f"idem:{t}/{a}"
+
+
+def _timer_key(member: str) -> str:
+    t, a, name = member.split("/", 2)
+    return k_timer(t, a, name)
 
 
 def k_outbox(t: str, a: str, msg: str) -> str:
@@ -177,6 +184,33 @@ class _Outcome:
     messages: list[tuple[str, str, str]] = field(default_factory=list)  # (sender type, id, msg id)
 
 
+@dataclass
+class _Completion:
+    """How a timer firing leaves its timer: committed in the same atomic write as the turn it
+    fires (with the idempotency record), so a tick's effect and the record that it fired can
+    never be separated. Only while the timer is still exactly as this firing claimed it."""
+
+    timer: Timer
+    key: str
+    member: str
+    claimed: bytes
+    active: bool = True  # False once the timer was replaced or cancelled meanwhile
+    applied: bool = False  # set when a turn committed it
+
+    def add_to(self, batch: Batch, turn: Turn) -> None:
+        batch.require(self.key, self.claimed)
+        if self.timer.name in turn.timers:
+            return  # the fired method set or cancelled this very timer: its write wins
+        if self.timer.every:
+            nxt = self.timer.following(time.time())
+            after = dataclasses.replace(
+                self.timer, due=nxt, next_try=nxt, attempts=0, claim=None, claim_until=0.0
+            )
+            batch.put(self.key, after.encode()).index_add(TIMER_INDEX, self.member, nxt)
+        else:
+            batch.delete(self.key).index_remove(TIMER_INDEX, self.member)
+
+
 class ActorRuntime:
     """Runs actor calls in this process against one storage (shared with a WorkflowRuntime).
 
@@ -210,6 +244,8 @@ class ActorRuntime:
         self._commits_since_trim: dict[str, int] = {}
         self._background: set[asyncio.Future[Any]] = set()
         self.tick_interval = 0.05  # how often the scheduler looks for due timers
+        self.timer_concurrency = 64  # firings under way at once in this process
+        self.timer_backlog = 512  # ticks claimed by this process and not yet fired, at most
         self.timer_backoff = 1.0  # first retry delay of a timer whose method raised; doubles
         self._recovery: concurrent.futures.Future[Any] = asyncio.run_coroutine_threadsafe(
             self._recover_outbox_forever(), self.loop
@@ -374,6 +410,7 @@ class ActorRuntime:
         kwargs: dict[str, Any],
         idempotency_key: str | None = None,
         firing: Firing | None = None,
+        completion: _Completion | None = None,
     ) -> Any:
         """Run one call; see the module docstring for what is committed when."""
         info = ac.method(method)
@@ -385,7 +422,7 @@ class ActorRuntime:
         # a client that disconnects) cannot interrupt a commit that has started.
         outcome: _Outcome = await asyncio.shield(
             asyncio.ensure_future(
-                self._locked_turn(key, ac, actor_id, info, args, kwargs, idempotency_key, firing)
+                self._locked_turn(key, ac, actor_id, info, args, kwargs, idempotency_key, firing, completion)
             )
         )
         for sender_type, sender_id, msg_id in outcome.messages:
@@ -411,6 +448,7 @@ class ActorRuntime:
         kwargs: dict[str, Any],
         idem: str | None,
         firing: Firing | None = None,
+        completion: _Completion | None = None,
     ) -> _Outcome:
         t = ac.type_name
         async with self._lock(key):
@@ -447,9 +485,15 @@ class ActorRuntime:
                         self._cache.pop(key, None)
                         continue
                     raise
-                committed = await self._commit_turn(ac, actor_id, snap, instance, result, turn, idem)
+                committed = await self._commit_turn(
+                    ac, actor_id, snap, instance, result, turn, idem, completion
+                )
                 if committed is not None:
                     return committed
+                if completion is not None and completion.active:
+                    # Was it the claim that failed (the timer replaced or cancelled meanwhile)?
+                    # Then the tick's effect commits without touching the timer.
+                    completion.active = await self.storage.get(completion.key) == completion.claimed
                 self._cache.pop(key, None)
                 await asyncio.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
         raise ActorConflictError(
@@ -529,6 +573,7 @@ class ActorRuntime:
         result: Any,
         turn: Turn,
         idem: str | None,
+        completion: _Completion | None = None,
     ) -> _Outcome | None:
         t = ac.type_name
         name = f"{t}/{actor_id}"
@@ -567,8 +612,14 @@ class ActorRuntime:
             blob, _ = _codec.dumps(result, what=f"the result of {name}")
             batch.put(k_idem(t, actor_id, idem), _codec.pack(header, blob))
             batch.index_add(idem_index(t, actor_id), idem, now)
+        completing = completion if completion is not None and completion.active and idem else None
+        if completing is not None and idem is not None:
+            batch.require(k_idem(t, actor_id, idem), None)  # a tick is recorded once
+            completing.add_to(batch, turn)
         if not await self.storage.commit(batch):
             return None
+        if completing is not None:
+            completing.applied = True
         self._remember(name, new)
         if idem is not None:
             await self._maybe_trim(t, actor_id)
@@ -696,47 +747,101 @@ class ActorRuntime:
         return existed
 
     async def _fire_timers_forever(self) -> None:
+        """The scheduler: every ``tick_interval`` it claims the due timers and starts firing
+        them, without waiting for earlier firings to finish (so a busy moment delays what falls
+        due after it no more than it must)."""
+        limit = asyncio.Semaphore(self.timer_concurrency)
+        pending = 0
+
+        async def fire(claim: _Completion) -> None:
+            nonlocal pending
+            try:
+                async with limit:
+                    await self._fire(claim)
+            except Exception:
+                log.exception("firing timer %s failed; it will be retried", claim.member)
+            finally:
+                pending -= 1
+
         while True:
-            with contextlib.suppress(Exception):
-                await self.fire_due()
+            try:
+                # Claim no more than this process will soon fire: the rest stay unclaimed in
+                # storage, for other schedulers to take.
+                room = self.timer_backlog - pending
+                for claim in await self._claim_due(room) if room > 0 else []:
+                    pending += 1
+                    task = asyncio.ensure_future(fire(claim))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
+            except Exception:
+                log.exception("the timer scheduler pass failed; trying again")
             await asyncio.sleep(self.tick_interval)
 
     async def fire_due(self, limit: int = 1000) -> dict[str, int]:
-        """One scheduler pass: fire every timer due now. Returns counts (fired, retried,
-        failed, skipped: claimed elsewhere or changed meanwhile)."""
-        due = await self.storage.index_range(TIMER_INDEX, max_score=time.time(), limit=limit)
+        """One scheduler pass: claim every timer due now, fire them and wait for the firings.
+        Returns counts (fired, retried, failed; skipped: claimed elsewhere or changed meanwhile)."""
         counts = {"fired": 0, "retried": 0, "failed": 0, "skipped": 0}
-        if not due:
-            return counts
-        sem = asyncio.Semaphore(64)
+        due = await self.storage.index_range(TIMER_INDEX, max_score=time.time(), limit=limit)
+        claims = await self._claim_due(limit)
+        counts["skipped"] = max(0, len(due) - len(claims))
+        sem = asyncio.Semaphore(self.timer_concurrency)
 
-        async def one(member: str) -> None:
+        async def one(claim: _Completion) -> None:
             async with sem:
-                counts[await self._fire(member)] += 1
+                counts[await self._fire(claim)] += 1
 
-        await asyncio.gather(*(one(m) for m, _ in due))
+        await asyncio.gather(*(one(c) for c in claims))
         return counts
 
-    async def _fire(self, member: str) -> str:
+    async def _claim_due(self, limit: int = 1000) -> list[_Completion]:
+        """Claim the timers due now, many per commit: each claim is a compare-and-set on the
+        timer's record, so of two schedulers that find the same tick due only one claims it. A
+        claim lasts ``CLAIM_SECONDS``; a scheduler that dies holding one leaves the tick to be
+        fired by another once it lapses."""
+        due = await self.storage.index_range(TIMER_INDEX, max_score=time.time(), limit=limit)
+        members = [member for member, _ in due]
+        claims: list[_Completion] = []
+        for start in range(0, len(members), CLAIM_BATCH):
+            chunk = members[start : start + CLAIM_BATCH]
+            keys = [_timer_key(m) for m in chunk]
+            raws = await self.storage.get_many(keys)
+            for _ in range(3):
+                batch, taken = Batch(), []
+                now = time.time()
+                for member, key, raw in zip(chunk, keys, raws, strict=True):
+                    if raw is None:  # cancelled: drop the stale index entry
+                        await self.storage.commit(
+                            Batch().require(key, None).index_remove(TIMER_INDEX, member)
+                        )
+                        continue
+                    timer = Timer.decode(raw)
+                    if timer.claim and timer.claim_until > now:
+                        continue  # another scheduler is firing it
+                    if not timer.claim and timer.next_try > now:
+                        continue  # fired and moved on since the index was read
+                    timer.claim, timer.claim_until = uuid.uuid4().hex, now + CLAIM_SECONDS
+                    claimed = timer.encode()
+                    batch.require(key, raw).put(key, claimed)
+                    batch.index_add(TIMER_INDEX, member, timer.claim_until)
+                    taken.append(_Completion(timer, key, member, claimed))
+                if not taken:
+                    break
+                if await self.storage.commit(batch):
+                    claims += taken
+                    break
+                # Another scheduler (or an actor) changed some of them: look again.
+                raws = await self.storage.get_many(keys)
+        return claims
+
+    async def _fire(self, claim: _Completion) -> str:
+        """Fire a claimed timer: call its method with the tick's idempotency key, in a turn
+        that also advances (periodic) or removes (one-shot) the timer."""
+        timer, key, member, claimed = claim.timer, claim.key, claim.member, claim.claimed
         t, actor_id, name = member.split("/", 2)
-        key = k_timer(t, actor_id, name)
-        raw = await self.storage.get(key)
-        if raw is None:  # cancelled: drop the stale index entry
-            await self.storage.commit(Batch().index_remove(TIMER_INDEX, member))
-            return "skipped"
-        timer = Timer.decode(raw)
         now = time.time()
-        if timer.claim and timer.claim_until > now:
-            return "skipped"  # another scheduler is firing it
-        if not timer.claim and timer.next_try > now:
-            return "skipped"  # fired and moved on since this pass read the index
-        timer.claim, timer.claim_until = uuid.uuid4().hex, now + CLAIM_SECONDS
-        claimed = timer.encode()
-        batch = Batch().require(key, raw).put(key, claimed).index_add(TIMER_INDEX, member, timer.claim_until)
-        if not await self.storage.commit(batch):
-            return "skipped"  # another scheduler claimed it, or the actor changed it
         missed = timer.missed_at(now)
         firing = Firing(name, timer.due, missed, timer.attempts + 1)
+        completion = claim
         kwargs = dict(timer.kwargs)
         outcome = "fired"
         try:
@@ -748,8 +853,17 @@ class ActorRuntime:
             ):
                 kwargs.setdefault("missed", missed)
             await self.call(
-                ac, actor_id, timer.method, tuple(timer.args), kwargs, f"timer:{name}:{timer.due}", firing
+                ac,
+                actor_id,
+                timer.method,
+                tuple(timer.args),
+                kwargs,
+                f"timer:{name}:{timer.due}",
+                firing,
+                completion,
             )
+            if completion.applied:
+                return "fired"  # the turn's commit advanced or removed the timer
         except Exception as exc:
             if isinstance(exc, (ActorNotFoundError, ActorTypeNotFoundError, ActorMethodNotFoundError)):
                 await self.storage.commit(
@@ -777,7 +891,9 @@ class ActorRuntime:
                 "timer %s failed %d times; giving up on tick %s: %r", member, timer.attempts, timer.due, exc
             )
             outcome = "failed"
-        # Fired (or given up): drop a one-shot timer, move a periodic one to its next tick.
+        # The tick's turn did not carry the timer's next state (it was recorded already, the
+        # timer changed meanwhile, or the method gave up): drop a one-shot timer, move a
+        # periodic one to its next tick, as long as it is still as this firing claimed it.
         if timer.every:
             nxt = timer.following(time.time())
             timer.due, timer.next_try, timer.attempts, timer.claim, timer.claim_until = nxt, nxt, 0, None, 0.0

@@ -6,9 +6,11 @@ never happened). A timer lives in storage, indexed by when it is next due, and s
 restarts of everything.
 
 Firing: a scheduler pass (a background task of every actor runtime; ``POST /v1/timers/tick``
-for an external clock) takes the due timers, claims each with a compare-and-set (so two
-schedulers never fire one tick twice), and calls the timer's method with the idempotency key
-``timer:{name}:{due}``: delivery is at least once, the effect exactly once.
+for an external clock) takes the due timers, claims them with a compare-and-set on each one's
+record (many in one commit; of two schedulers only one claims a tick), and calls the timer's
+method with the idempotency key ``timer:{name}:{due}``: delivery is at least once, the effect
+exactly once. The turn that runs the method also commits the timer's next state (its next tick,
+or its removal), in the same atomic write as the effect and the idempotency record.
 
 * A periodic timer whose ticks were missed while nothing ran fires **once**, and the method
   learns how many further ticks that firing stands for: ``missed`` (passed as the ``missed``
@@ -38,6 +40,7 @@ TIMER_INDEX = "timers"
 MIN_PERIOD = 1.0
 MAX_ATTEMPTS = 5
 CLAIM_SECONDS = 60.0
+CLAIM_BATCH = 100  # timers claimed per commit
 
 
 def k_timer(t: str, a: str, name: str) -> str:
