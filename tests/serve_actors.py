@@ -35,3 +35,7 @@ class Tally:
     @workflow.virtual_actor.readonly
     def value(self) -> int:
         return self.n
+
+    @workflow.virtual_actor.readonly
+    def measure(self, text: str, *, times: int = 1) -> int:
+        return len(text) * times

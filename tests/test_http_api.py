@@ -109,6 +109,34 @@ def test_create_call_describe_list_delete(client: TestClient) -> None:
     assert r.status_code == 404 and r.json()["error"] == "actor_not_found"
 
 
+def test_arguments_in_the_query_instead_of_the_body(client: TestClient) -> None:
+    client.post("/v1/actors/HttpCounter/q1", json={"args": [1]})
+    assert client.post("/v1/actors/HttpCounter/q1/incr", params={"args": "[4]"}).json() == {"result": 5}
+    r = client.post("/v1/actors/HttpCounter/q1/incr", params={"kwargs": '{"by": 10}'})
+    assert r.json() == {"result": 15}
+    assert client.post("/v1/actors/HttpCounter/q1/value", params={"args": "[]"}).json() == {"result": 15}
+    bad = {
+        "args=[1": "not valid JSON",
+        "args={}": "must be a JSON array",
+        "kwargs=[1]": "must be a JSON object",
+    }
+    for query, message in bad.items():
+        r = client.post(f"/v1/actors/HttpCounter/q1/incr?{query}")
+        assert r.status_code == 400 and message in r.json()["message"], query
+    r = client.post("/v1/actors/HttpCounter/q1/incr", params={"args": "[1]"}, json={"args": [1]})
+    assert r.status_code == 400 and "not both" in r.json()["message"]
+    r = client.post("/v1/actors/HttpCounter/q1/incr", params={"args": "[1, 2, 3]"})
+    assert r.status_code == 422
+    assert client.post("/v1/actors/HttpCounter/q1/value").json() == {"result": 15}  # nothing changed
+    params = {
+        p["name"]
+        for p in client.get("/openapi.json").json()["paths"]["/v1/actors/{type_name}/{actor_id}/{method}"][
+            "post"
+        ]["parameters"]
+    }
+    assert {"args", "kwargs"} <= params
+
+
 def test_idempotency_key_gives_one_effect_and_the_same_response(client: TestClient) -> None:
     client.post("/v1/actors/HttpCounter/idem")
     headers = {"Idempotency-Key": "order-77"}

@@ -168,6 +168,11 @@ def test_remote_handles_run_the_seed_block(
         alice = Account.get_or_create("remote-alice", "Alice", 10)
         with pytest.raises(ValueError, match="less than"):
             alice.withdraw.run(100)  # InsufficientFunds arrives as a ValueError
+        from serve_actors import Tally
+
+        tally = Tally.get_or_create("remote-args")
+        assert tally.measure.run("abc", times=2) == 6  # small arguments go in the query
+        assert tally.measure.run("é&?=/" * 1000) == 5000  # large ones in the body
         assert os.environ["ACTORFLOW_ADDRESS"] == service["url"]
     finally:
         set_invoker(None)
