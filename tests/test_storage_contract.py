@@ -727,3 +727,28 @@ def test_redis_backend_is_imported_only_when_used() -> None:
         "st.RedisStorage; assert 'redis' in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+async def test_sqlite_small_operations_never_block_the_loop_on_a_lock(tmp_path: Path) -> None:
+    """A small commit first tries the caller's thread with no busy wait; while another
+    connection holds the write lock it waits in the worker instead, and the loop stays free."""
+    s = await open_storage(f"sqlite://{tmp_path}/lock.db")
+    assert isinstance(s, SQLiteStorage)
+    holder = sqlite3.connect(tmp_path / "lock.db", isolation_level=None)
+    try:
+        assert await s.commit(Batch().put("k", b"0"))  # inline: nothing holds the lock
+        holder.execute("BEGIN IMMEDIATE")
+        holder.execute("INSERT INTO kv (key, value) VALUES ('other', x'01')")
+        pending = asyncio.ensure_future(s.commit(Batch().require("k", b"0").put("k", b"1")))
+        ticks = 0
+        for _ in range(20):  # the loop keeps running while the commit waits for the lock
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not pending.done() and ticks == 20
+        assert await s.get("k") == b"0"  # reads are not blocked by a writer (WAL)
+        holder.execute("COMMIT")
+        assert await asyncio.wait_for(pending, 10)
+        assert await s.get_many(["k", "other"]) == [b"1", b"\x01"]
+    finally:
+        holder.close()
+        await s.close()
