@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
+from _procs import child, sigkill
 
 pytestmark = pytest.mark.slow
 
@@ -142,15 +142,9 @@ def test_four_processes_increment_one_actor(tmp_path: pathlib.Path, storage_url:
 
 def test_bank_transfers_survive_sigkill(tmp_path: pathlib.Path, storage_url: str) -> None:
     env = _write(tmp_path)
-    proc = subprocess.Popen(
-        [sys.executable, str(tmp_path / "bank.py"), storage_url],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    args = [sys.executable, str(tmp_path / "bank.py"), storage_url]
     committed = 0
-    try:
+    with child(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
         deadline = time.monotonic() + 120
         assert proc.stdout is not None
         seen: list[str] = []
@@ -161,14 +155,7 @@ def test_bank_transfers_survive_sigkill(tmp_path: pathlib.Path, storage_url: str
             if line.startswith("committed"):
                 committed += 1
             assert time.monotonic() < deadline
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-        if proc.stdout:
-            proc.stdout.close()
+        sigkill(proc)
 
     sys.path.insert(0, str(tmp_path))
     try:

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 import pathlib
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
+from _procs import child, sigkill, wait_while_alive
 
 from actorflow import workflow
 from actorflow.workflow import WorkflowStatus
@@ -50,27 +49,11 @@ def test_sigkill_mid_workflow_then_resume(tmp_path: pathlib.Path, wf_storage: st
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
     env = {**os.environ, "RAY_ADDRESS": ray_address, "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.Popen(
-        [sys.executable, str(script), wf_storage, str(tally), str(blocker)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while not blocker.exists():
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            assert time.monotonic() < deadline, "the driver never reached the blocking step"
-            time.sleep(0.05)
+    args = [sys.executable, str(script), wf_storage, str(tally), str(blocker)]
+    with child(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+        wait_while_alive(proc, blocker.exists, "the driver reached the blocking step")
         assert workflow.get_status("crash-1") is WorkflowStatus.RUNNING
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-        if proc.stdout:
-            proc.stdout.close()
+        sigkill(proc)
 
     assert workflow.get_status("crash-1") is WorkflowStatus.RESUMABLE
     assert ("crash-1", WorkflowStatus.RESUMABLE) in workflow.list_all()
@@ -146,18 +129,9 @@ def test_sigkill_while_an_actor_sub_workflow_runs(
         "RAY_ADDRESS": ray_address,
         "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
     }
-    proc = subprocess.Popen([sys.executable, str(script), wf_storage], env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while not blocker.exists():
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
+    with child([sys.executable, str(script), wf_storage], env=env) as proc:
+        wait_while_alive(proc, blocker.exists, "the sub-workflow reached the blocking step")
+        sigkill(proc)
 
     wid = "Jobs:j1:2"
     assert workflow.get_status(wid) is WorkflowStatus.RESUMABLE

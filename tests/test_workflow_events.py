@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import pathlib
-import signal
-import subprocess
 import sys
 import time
 from typing import Any
 
 import pytest
 import ray
+from _procs import child, sigkill, wait_while_alive
 
 from actorflow import workflow
 from actorflow.errors import WorkflowNotFoundError
@@ -119,18 +118,9 @@ def _start_and_kill(tmp_path: pathlib.Path, storage: str, ray_address: str, mode
     script = tmp_path / "waiter.py"
     script.write_text(WAITER)
     env = {**os.environ, "RAY_ADDRESS": ray_address}
-    proc = subprocess.Popen([sys.executable, str(script), storage, str(tmp_path / "tally"), mode], env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while not when():
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
+    with child([sys.executable, str(script), storage, str(tmp_path / "tally"), mode], env=env) as proc:
+        wait_while_alive(proc, when, f"the waiter ({mode}) reached its point")
+        sigkill(proc)
 
 
 def _kill_while_waiting(tmp_path: pathlib.Path, storage: str, ray_address: str) -> pathlib.Path:
