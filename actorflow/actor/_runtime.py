@@ -33,6 +33,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -197,10 +198,12 @@ class _Completion:
     active: bool = True  # False once the timer was replaced or cancelled meanwhile
     applied: bool = False  # set when a turn committed it
 
-    def add_to(self, batch: Batch, turn: Turn) -> None:
+    def add_to(self, batch: Batch, written: Collection[str] = ()) -> None:
+        """Add the timer's next state to ``batch``, on the condition that the claim is intact;
+        ``written``: timer names the batch sets or cancels already (those writes win)."""
         batch.require(self.key, self.claimed)
-        if self.timer.name in turn.timers:
-            return  # the fired method set or cancelled this very timer: its write wins
+        if self.timer.name in written:
+            return  # the fired method set or cancelled this very timer
         if self.timer.every:
             nxt = self.timer.following(time.time())
             after = dataclasses.replace(
@@ -615,7 +618,7 @@ class ActorRuntime:
         completing = completion if completion is not None and completion.active and idem else None
         if completing is not None and idem is not None:
             batch.require(k_idem(t, actor_id, idem), None)  # a tick is recorded once
-            completing.add_to(batch, turn)
+            completing.add_to(batch, turn.timers)
         if not await self.storage.commit(batch):
             return None
         if completing is not None:
@@ -768,7 +771,10 @@ class ActorRuntime:
                 # Claim no more than this process will soon fire: the rest stay unclaimed in
                 # storage, for other schedulers to take.
                 room = self.timer_backlog - pending
-                for claim in await self._claim_due(room) if room > 0 else []:
+                due = []
+                if room > 0:
+                    due = await self.storage.index_range(TIMER_INDEX, max_score=time.time(), limit=room)
+                for claim in await self._claim([member for member, _ in due]):
                     pending += 1
                     task = asyncio.ensure_future(fire(claim))
                     self._background.add(task)
@@ -782,8 +788,8 @@ class ActorRuntime:
         Returns counts (fired, retried, failed; skipped: claimed elsewhere or changed meanwhile)."""
         counts = {"fired": 0, "retried": 0, "failed": 0, "skipped": 0}
         due = await self.storage.index_range(TIMER_INDEX, max_score=time.time(), limit=limit)
-        claims = await self._claim_due(limit)
-        counts["skipped"] = max(0, len(due) - len(claims))
+        claims = await self._claim([member for member, _ in due])
+        counts["skipped"] = len(due) - len(claims)
         sem = asyncio.Semaphore(self.timer_concurrency)
 
         async def one(claim: _Completion) -> None:
@@ -793,13 +799,11 @@ class ActorRuntime:
         await asyncio.gather(*(one(c) for c in claims))
         return counts
 
-    async def _claim_due(self, limit: int = 1000) -> list[_Completion]:
-        """Claim the timers due now, many per commit: each claim is a compare-and-set on the
-        timer's record, so of two schedulers that find the same tick due only one claims it. A
-        claim lasts ``CLAIM_SECONDS``; a scheduler that dies holding one leaves the tick to be
-        fired by another once it lapses."""
-        due = await self.storage.index_range(TIMER_INDEX, max_score=time.time(), limit=limit)
-        members = [member for member, _ in due]
+    async def _claim(self, members: list[str]) -> list[_Completion]:
+        """Claim these due timers (index members), many per commit: each claim is a
+        compare-and-set on the timer's record, so of two schedulers that find the same tick due
+        only one claims it. A claim lasts ``CLAIM_SECONDS``; a scheduler that dies holding one
+        leaves the tick to be fired by another once it lapses."""
         claims: list[_Completion] = []
         for start in range(0, len(members), CLAIM_BATCH):
             chunk = members[start : start + CLAIM_BATCH]
@@ -894,14 +898,9 @@ class ActorRuntime:
         # The tick's turn did not carry the timer's next state (it was recorded already, the
         # timer changed meanwhile, or the method gave up): drop a one-shot timer, move a
         # periodic one to its next tick, as long as it is still as this firing claimed it.
-        if timer.every:
-            nxt = timer.following(time.time())
-            timer.due, timer.next_try, timer.attempts, timer.claim, timer.claim_until = nxt, nxt, 0, None, 0.0
-            await self._store_timer(key, claimed, member, timer)
-        else:
-            await self.storage.commit(
-                Batch().require(key, claimed).delete(key).index_remove(TIMER_INDEX, member)
-            )
+        batch = Batch()
+        claim.add_to(batch)
+        await self.storage.commit(batch)
         return outcome
 
     async def _store_timer(self, key: str, claimed: bytes, member: str, timer: Timer) -> None:
