@@ -214,7 +214,7 @@ class LocalBackend:
         return {
             "actorflow_calls_total": self.counters["calls"],
             "actorflow_call_errors_total": self.counters["call_errors"],
-            "actorflow_forwarded_calls_total": self.counters["forwarded"],
+            "actorflow_unrouted_calls_total": self.counters["unrouted"],
             "actorflow_actors_created_total": self.counters["actors_created"],
             "actorflow_events_total": self.counters["events"],
             "actorflow_cached_actors": len(self.actors._cache),
