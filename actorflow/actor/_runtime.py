@@ -4,7 +4,8 @@ One turn of a writer method:
 
 1. under a per-actor lock in this process (turns of one actor never overlap here),
 2. rebuild a fresh instance from the last snapshot this process knows,
-3. run the method (in a worker thread; ``async def`` methods on the loop),
+3. run the method (``async def`` methods on the loop; plain ones in a worker thread, or on the
+   loop's thread once they have proven fast: :mod:`actorflow._inline`),
 4. commit in ONE atomic batch: the new snapshot and version, the idempotency record, the
    messages the turn sent (an outbox) and the sub-workflow it launched, on the condition that
    the version is still the one the turn started from (compare-and-set).
@@ -39,6 +40,8 @@ from typing import Any
 from urllib.parse import quote
 
 from actorflow import _codec
+from actorflow._aio import start_now
+from actorflow._inline import INLINE_LIMIT, LeaveLoop, MethodRun, Pace, current_run, hide_loop, show_loop
 from actorflow.actor._class import MethodInfo, VirtualActorClass, lookup
 from actorflow.actor._state import Snapshot, capture, encode, restore
 from actorflow.actor._timers import (
@@ -244,6 +247,9 @@ class ActorRuntime:
         self._cache: collections.OrderedDict[str, _Cached] = collections.OrderedDict()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="actorflow-actor")
+        self._paces: dict[tuple[str, str], Pace] = {}  # (type, method): where plain methods run
+        # Longest run of a plain method that counts as fast enough for the loop's thread (0: never).
+        self.inline_limit = INLINE_LIMIT
         self._commits_since_trim: dict[str, int] = {}
         self._background: set[asyncio.Future[Any]] = set()
         self.tick_interval = 0.05  # how often the scheduler looks for due timers
@@ -424,7 +430,7 @@ class ActorRuntime:
         # The turn runs in a task of its own, so a caller that goes away (a cancelled await,
         # a client that disconnects) cannot interrupt a commit that has started.
         outcome: _Outcome = await asyncio.shield(
-            asyncio.ensure_future(
+            start_now(
                 self._locked_turn(key, ac, actor_id, info, args, kwargs, idempotency_key, firing, completion)
             )
         )
@@ -478,10 +484,10 @@ class ActorRuntime:
                         snap = cached.snapshot
                     else:
                         snap = await self._read(ac, actor_id)
-                turn = Turn(t, actor_id, readonly=False, runtime=self)
-                instance = self._instance(ac, snap)
                 try:
-                    result = await self._invoke(info, instance, args, kwargs, turn, firing)
+                    instance, turn, result = await self._invoke(
+                        ac, actor_id, snap, info, args, kwargs, readonly=False, firing=firing
+                    )
                 except Exception:
                     # Only a failure on the latest state counts: re-check before reporting it.
                     if await self._is_stale(t, actor_id, snap):
@@ -509,35 +515,103 @@ class ActorRuntime:
 
     async def _invoke(
         self,
+        ac: VirtualActorClass,
+        actor_id: str,
+        snap: Snapshot,
         info: MethodInfo,
-        instance: Any,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        turn: Turn,
+        readonly: bool,
         firing: Firing | None = None,
-    ) -> Any:
+    ) -> tuple[Any, Turn, Any]:
+        """Run the method on a fresh instance restored from ``snap``.
+
+        Returns the instance, the turn (the messages it sent, the timers it set) and the
+        method's result. ``async def`` methods run on the loop; plain ones in the worker pool,
+        or on the loop's thread once they have proven fast (see :mod:`actorflow._inline`).
+        """
+        turn = Turn(ac.type_name, actor_id, readonly=readonly, runtime=self)
+        instance = self._instance(ac, snap)
         if info.is_async:
             token = _current_turn.set(turn)
             _current_firing.set(firing)
             try:
-                return await info.func(instance, *args, **kwargs)
+                return instance, turn, await info.func(instance, *args, **kwargs)
             except Exception as exc:
                 _mark_method_error(exc)
                 raise
             finally:
                 _current_turn.reset(token)
 
+        pace = self._paces.get((ac.type_name, info.name))
+        if pace is None:
+            pace = self._paces[(ac.type_name, info.name)] = Pace()
+        if pace.inline:
+            done, result = self._run_on_loop(info, instance, args, kwargs, turn, firing, pace)
+            if done:
+                return instance, turn, result
+            # It was stopped at a blocking call: run it again, from scratch, in the pool.
+            turn = Turn(ac.type_name, actor_id, readonly=readonly, runtime=self)
+            instance = self._instance(ac, snap)
+        limit = self.inline_limit
+
         def run() -> Any:
             _current_turn.set(turn)
             _current_firing.set(firing)
+            current_run().set(MethodRun(pace, on_loop=False))
+            start = time.perf_counter()
             try:
                 return info.func(instance, *args, **kwargs)
             except Exception as exc:
                 _mark_method_error(exc)
                 raise
+            finally:
+                pace.record(time.perf_counter() - start, limit=limit)
 
         ctx = contextvars.copy_context()
-        return await self.loop.run_in_executor(self._pool, functools.partial(ctx.run, run))
+        result = await self.loop.run_in_executor(self._pool, functools.partial(ctx.run, run))
+        return instance, turn, result
+
+    def _run_on_loop(
+        self,
+        info: MethodInfo,
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        turn: Turn,
+        firing: Firing | None,
+        pace: Pace,
+    ) -> tuple[bool, Any]:
+        """Run a plain method right here on the loop's thread; ``(False, None)`` when it was
+        stopped at a blocking call (nothing of that run may be kept)."""
+        method_run = MethodRun(pace, on_loop=True)
+        limit = self.inline_limit
+
+        def run() -> Any:
+            _current_turn.set(turn)
+            _current_firing.set(firing)
+            current_run().set(method_run)
+            loop = hide_loop()
+            start = time.perf_counter()
+            try:
+                return info.func(instance, *args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - start
+                show_loop(loop)
+                pace.record(elapsed, limit=limit)
+
+        try:
+            result = contextvars.copy_context().run(run)
+        except LeaveLoop:
+            return False, None
+        except Exception as exc:
+            if method_run.left:  # the method caught LeaveLoop and raised something else
+                return False, None
+            _mark_method_error(exc)
+            raise
+        if method_run.left:  # the method swallowed LeaveLoop
+            return False, None
+        return True, result
 
     async def _call_readonly(
         self,
@@ -548,10 +622,7 @@ class ActorRuntime:
         kwargs: dict[str, Any],
     ) -> Any:
         snap = await self._read(ac, actor_id)
-        instance = self._instance(ac, snap)
-        result = await self._invoke(
-            info, instance, args, kwargs, Turn(ac.type_name, actor_id, readonly=True, runtime=self)
-        )
+        _, _, result = await self._invoke(ac, actor_id, snap, info, args, kwargs, readonly=True)
         if as_workflow(result) is not None:
             raise ActorError(
                 ac.type_name,

@@ -72,6 +72,9 @@ _INLINE_ROWS = 64
 _INLINE_BYTES = 256 * 1024
 #: Commits made on the caller's thread between two WAL checkpoints (run by the worker).
 _CHECKPOINT_EVERY = 500
+# Inline operations back to back, with the loop never getting a turn, for at most this long;
+# then the next one yields once, so other tasks interleave as they would with the worker hop.
+_HOLD_LOOP_SECONDS = 0.005
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value BLOB) WITHOUT ROWID",
@@ -238,6 +241,7 @@ class SQLiteStorage(Storage):
         self._inline: sqlite3.Connection | None = None
         self._inline_lock = threading.Lock()
         self._inline_commits = 0
+        self._holding_since: float | None = None  # inline operations since the loop last turned
 
     @classmethod
     async def open(
@@ -374,7 +378,8 @@ class SQLiteStorage(Storage):
         ran, result = self._try_inline(fn)
         if not ran:
             return await self._run(fn)
-        await asyncio.sleep(0)  # let other tasks run between operations, as the worker hop would
+        if self._holding_loop():
+            await asyncio.sleep(0)
         if writes:
             self._inline_commits += 1
             if self._inline_commits % _CHECKPOINT_EVERY == 0:
@@ -382,6 +387,25 @@ class SQLiteStorage(Storage):
                 checkpoint = asyncio.ensure_future(self._run(_checkpoint))
                 checkpoint.add_done_callback(_ignore_result)
         return result  # type: ignore[return-value]
+
+    def _holding_loop(self) -> bool:
+        """Whether inline operations have kept the loop from turning for too long.
+
+        The first inline operation after the loop turned notes the time and asks the loop to
+        clear it on its next turn; a caller that finds it older than ``_HOLD_LOOP_SECONDS``
+        yields once. So one short call (a cached actor's turn) never suspends, and a long run
+        of small operations still lets other tasks run every few milliseconds.
+        """
+        now = time.monotonic()
+        since = self._holding_since
+        if since is None:
+            self._holding_since = now
+            asyncio.get_running_loop().call_soon(self._loop_turned)
+            return False
+        return now - since > _HOLD_LOOP_SECONDS
+
+    def _loop_turned(self) -> None:
+        self._holding_since = None
 
     @staticmethod
     def _read_txn(conn: sqlite3.Connection, fn: Callable[[], T]) -> T:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from actorflow import _codec
 from actorflow._ids import check_workflow_id, new_workflow_id
+from actorflow._inline import before_blocking
 from actorflow.errors import (
     ConfigError,
     SerializationError,
@@ -108,6 +109,11 @@ class WorkflowRuntime:
         return self._loop
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        try:
+            before_blocking()  # inside an actor method on the loop's thread: move to the pool
+        except BaseException:
+            coro.close()
+            raise
         if self.on_loop():
             coro.close()
             raise RuntimeError("blocking actorflow call made from its own event loop; use the async form")

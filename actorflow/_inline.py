@@ -1,0 +1,107 @@
+"""When a plain (``def``) actor method may run on the event loop's thread instead of a worker's.
+
+A worker thread keeps the loop free while a method runs, but handing a call to it and back
+costs more than a short method itself does, and makes the turn suspend, which in a Serve
+replica costs again (see :mod:`actorflow._aio`). So each runtime keeps a :class:`Pace` per
+method:
+
+- A method starts in the worker pool. Once it has run ``INLINE_AFTER`` times in a row in under
+  ``INLINE_LIMIT`` seconds each, it runs on the loop's thread.
+- The first time it runs there longer than the limit, it goes back to the pool, and needs four
+  times as many fast runs in a row before it is trusted again (so a method that is sometimes
+  slow soon stops blocking the loop at all).
+- A method that uses actorflow's blocking API from inside (another actor's ``.run()``,
+  ``get_or_create``, ``workflow.run``, ...) always runs in the pool: on the loop those would wait
+  for the very loop they block. If a method trusted on the loop does so anyway (on a branch it
+  had not taken before), it is stopped at that call, before the call does anything, and the
+  turn runs again from the same snapshot in the pool. Nothing of the stopped run is kept: its
+  instance, its sends and its timers are dropped, as when a turn runs again after a conflict.
+
+While a method runs on the loop's thread the loop is hidden from it (``asyncio.run`` and
+``asyncio.get_running_loop`` behave as they do in a worker thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from asyncio import events
+from dataclasses import dataclass
+
+INLINE_LIMIT = 0.001  # seconds: a run at most this long counts as fast
+INLINE_AFTER = 8  # fast runs in a row before a method runs on the loop's thread
+MAX_NEEDED = 1 << 16
+
+
+@dataclass
+class Pace:
+    """How one method of one actor type has been running in this process."""
+
+    fast_runs: int = 0  # fast runs in a row so far
+    needed: int = INLINE_AFTER  # fast runs in a row needed before running on the loop
+    inline: bool = False  # runs on the loop's thread now
+    blocks: bool = False  # has used actorflow's blocking API: never on the loop
+
+    def record(self, seconds: float, *, limit: float = INLINE_LIMIT) -> None:
+        """Account one run that took ``seconds`` (on the loop if ``self.inline``)."""
+        if self.blocks:
+            self.inline = False
+        elif seconds > limit:
+            if self.inline:
+                self.inline = False
+                self.needed = min(self.needed * 4, MAX_NEEDED)
+            self.fast_runs = 0
+        elif not self.inline:
+            self.fast_runs += 1
+            if self.fast_runs >= self.needed:
+                self.inline = True
+
+
+@dataclass
+class MethodRun:
+    """The method run under way in this context (a context variable points at it)."""
+
+    pace: Pace
+    on_loop: bool
+    left: bool = False  # it was stopped to run again in the pool
+
+
+class LeaveLoop(BaseException):
+    """Stops a method running on the loop's thread at a blocking call, to run it again in the
+    pool. A ``BaseException`` so that a method's ``except Exception`` does not swallow it."""
+
+
+_run: contextvars.ContextVar[MethodRun | None] = contextvars.ContextVar("actorflow_method_run", default=None)
+
+
+def current_run() -> contextvars.ContextVar[MethodRun | None]:
+    """The context variable naming the method run under way (set by the runtime)."""
+    return _run
+
+
+def before_blocking() -> None:
+    """Call before anything that waits for an actorflow runtime from synchronous code.
+
+    Inside an actor method run it marks the method as one that blocks (it will always run in
+    the worker pool); if the run is on the loop's thread, it raises :class:`LeaveLoop` so the
+    turn runs again in the pool before the blocking call has done anything.
+    """
+    run = _run.get()
+    if run is None:
+        return
+    run.pace.blocks = True
+    if run.on_loop:
+        run.left = True
+        raise LeaveLoop()
+
+
+def hide_loop() -> asyncio.AbstractEventLoop | None:
+    """Make this thread look as if no loop ran on it; returns the loop to give back."""
+    loop = events._get_running_loop()
+    events._set_running_loop(None)
+    return loop
+
+
+def show_loop(loop: asyncio.AbstractEventLoop | None) -> None:
+    """Undo :func:`hide_loop`."""
+    events._set_running_loop(loop)

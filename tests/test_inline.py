@@ -1,0 +1,281 @@
+"""Turns that never suspend: eager starts, plain methods on the loop's thread, inline SQLite.
+
+What must hold: a method trusted on the loop's thread still behaves exactly as in a worker
+thread (state, errors, calls to other actors, ``asyncio.run``), leaves the loop's thread as soon
+as it runs slow or blocks, and a blocking call it makes on a new branch neither deadlocks nor
+happens twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import pathlib
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from actorflow import workflow
+from actorflow._aio import start_now
+from actorflow._inline import INLINE_AFTER, Pace
+from actorflow.actor import actor_runtime
+from actorflow.storage.sqlite import SQLiteStorage
+from actorflow.workflow._runtime import default_runtime
+from deployments.backend import LocalBackend
+
+LOOP_THREAD = "actorflow-loop"
+TEST_LIMIT = 0.05  # generous, so a busy test machine does not keep a trivial method off the loop
+
+
+# ----------------------------------------------------------------------------- start_now
+async def _no_suspension(x: int) -> int:
+    return x + 1
+
+
+def test_start_now_finishes_a_coroutine_that_never_suspends_without_the_loop() -> None:
+    async def main() -> None:
+        turned: list[int] = []
+        asyncio.get_running_loop().call_soon(turned.append, 1)
+        fut = start_now(_no_suspension(1))
+        assert fut.done() and fut.result() == 2
+        assert await asyncio.shield(fut) == 2
+        assert turned == []  # nothing gave the loop a turn
+
+    asyncio.run(main())
+
+
+def test_start_now_hands_a_suspended_coroutine_to_a_task_that_outlives_its_caller() -> None:
+    steps: list[str] = []
+    release = asyncio.Event
+
+    async def main() -> None:
+        gate = release()
+
+        async def work() -> str:
+            steps.append("started")
+            await gate.wait()
+            steps.append("finished")
+            return "done"
+
+        fut = start_now(work())
+        assert steps == ["started"] and not fut.done()
+        waiter = asyncio.ensure_future(asyncio.shield(fut))
+        await asyncio.sleep(0)
+        waiter.cancel()  # the caller goes away; the work must not
+        gate.set()
+        assert await asyncio.wait_for(fut, 5) == "done"
+        assert steps == ["started", "finished"]
+        assert waiter.cancelled()
+
+    asyncio.run(main())
+
+
+def test_start_now_passes_exceptions_and_throws_into_the_coroutine() -> None:
+    async def main() -> None:
+        async def boom() -> None:
+            raise KeyError("early")
+
+        fut = start_now(boom())
+        assert fut.done()
+        with pytest.raises(KeyError, match="early"):
+            await fut
+
+        cleaned: list[str] = []
+
+        async def interrupted() -> None:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cleaned.append("cancelled inside")
+                raise
+
+        task = start_now(interrupted())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert cleaned == ["cancelled inside"]
+
+    asyncio.run(main())
+
+
+def test_start_now_runs_in_a_copy_of_the_callers_context() -> None:
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+
+    async def main() -> None:
+        var.set("caller")
+
+        async def change() -> str:
+            seen = var.get()
+            var.set("inside")
+            await asyncio.sleep(0)
+            return seen + "/" + var.get()
+
+        assert await start_now(change()) == "caller/inside"
+        assert var.get() == "caller"
+
+    asyncio.run(main())
+
+
+# ----------------------------------------------------------------------------- Pace
+def test_pace_trusts_after_fast_runs_and_backs_off_after_a_slow_one() -> None:
+    pace = Pace()
+    for _ in range(INLINE_AFTER - 1):
+        pace.record(0.0001)
+    assert not pace.inline
+    pace.record(0.0001)
+    assert pace.inline
+    pace.record(0.5)  # slow on the loop: back to the pool, and four times the proof needed
+    assert not pace.inline and pace.needed == 4 * INLINE_AFTER
+    for _ in range(4 * INLINE_AFTER - 1):
+        pace.record(0.0001)
+    pace.record(0.5)  # one slow run in the pool restarts the count
+    assert not pace.inline and pace.fast_runs == 0
+    blocked = Pace(inline=True, blocks=True)
+    blocked.record(0.0001)
+    assert not blocked.inline
+
+
+# ----------------------------------------------------------------------------- the runtime
+@workflow.virtual_actor
+class Probe:
+    def __init__(self) -> None:
+        self.count = 0
+        self.threads: list[str] = []
+
+    def bump(self, sleep: float = 0.0, fail: bool = False, other: str | None = None) -> str:
+        """Counts, and says which thread ran it; optionally runs slow, raises, or calls
+        another actor and waits for it."""
+        self.count += 1
+        name = threading.current_thread().name
+        self.threads.append(name)
+        if sleep:
+            time.sleep(sleep)
+        if other is not None:
+            Probe.get_or_create(other).bump.run()
+        if fail:
+            raise ValueError("asked to fail")
+        return name
+
+    def use_asyncio_run(self) -> int:
+        async def answer() -> int:
+            await asyncio.sleep(0)
+            return 42
+
+        self.count += 1
+        return asyncio.run(answer())
+
+    @workflow.virtual_actor.readonly
+    def value(self) -> int:
+        return self.count
+
+
+@pytest.fixture
+def runtime(wf_storage: str) -> Any:
+    rt = actor_runtime(default_runtime())
+    rt.inline_limit = TEST_LIMIT
+    return rt
+
+
+def _promote(p: Any) -> list[str]:
+    return [p.bump.run() for _ in range(INLINE_AFTER + 2)]
+
+
+def test_a_fast_method_moves_to_the_loop_thread_and_back_when_slow(runtime: Any) -> None:
+    p = Probe.get_or_create("fast")
+    threads = _promote(p)
+    assert all(t.startswith("actorflow-actor") for t in threads[:INLINE_AFTER])
+    assert threads[INLINE_AFTER:] == [LOOP_THREAD, LOOP_THREAD]
+    assert LocalBackend(default_runtime(), runtime).metrics()["actorflow_methods_on_loop"] == 1
+    assert p.bump.run(sleep=TEST_LIMIT * 2) == LOOP_THREAD  # trusted, so it ran there...
+    assert p.bump.run().startswith("actorflow-actor")  # ...and is not any more
+    assert p.value.run() == INLINE_AFTER + 4
+    assert LocalBackend(default_runtime(), runtime).metrics()["actorflow_methods_on_loop"] == 0
+
+
+def test_errors_and_state_are_the_same_on_the_loop_thread(runtime: Any) -> None:
+    p = Probe.get_or_create("errors")
+    _promote(p)
+    with pytest.raises(ValueError, match="asked to fail"):
+        p.bump.run(fail=True)
+    assert p.value.run() == INLINE_AFTER + 2  # the failed turn changed nothing
+    assert p.use_asyncio_run.run() == 42  # works whichever thread it runs on
+    for _ in range(INLINE_AFTER + 1):
+        p.use_asyncio_run.run()
+    assert runtime._paces[("Probe", "use_asyncio_run")].inline
+    assert p.use_asyncio_run.run() == 42
+
+
+def test_a_blocking_call_on_a_new_branch_moves_the_turn_to_the_pool_once(runtime: Any) -> None:
+    p = Probe.get_or_create("caller")
+    Probe.get_or_create("callee")
+    _promote(p)
+    assert runtime._paces[("Probe", "bump")].inline
+    # On the loop's thread this would wait for the loop itself; it must run in the pool instead.
+    thread = p.bump.run(other="callee")
+    assert thread.startswith("actorflow-actor")
+    assert Probe.get_or_create("callee").value.run() == 1  # called once, not twice
+    assert p.value.run() == INLINE_AFTER + 3
+    snap = runtime.state(Probe, "caller")
+    assert snap.state()["threads"][-1] == thread  # the kept run is the pool's, not the stopped one
+    assert not runtime._paces[("Probe", "bump")].inline  # and it stays in the pool
+    assert p.bump.run().startswith("actorflow-actor")
+
+
+def test_writers_on_the_loop_thread_lose_nothing_under_concurrency(runtime: Any) -> None:
+    p = Probe.get_or_create("busy")
+    _promote(p)
+    results: list[str] = []
+
+    def worker() -> None:
+        for _ in range(20):
+            results.append(p.bump.run())
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(results) == 120
+    assert p.value.run() == INLINE_AFTER + 2 + 120
+
+
+# ----------------------------------------------------------------------------- inline SQLite
+def test_sqlite_small_operations_do_not_suspend_but_long_runs_of_them_yield(tmp_path: pathlib.Path) -> None:
+    async def main() -> None:
+        storage = await SQLiteStorage.open(tmp_path / "s.db")
+        try:
+            from actorflow.storage import Batch
+
+            assert await storage.commit(Batch().put("k", b"v"))
+            await asyncio.sleep(0.01)
+            turned: list[int] = []
+            asyncio.get_running_loop().call_soon(turned.append, 1)
+            assert await storage.get("k") == b"v"
+            assert turned == []  # one small read: the loop did not turn
+
+            ran = 0
+            stop = False
+
+            async def other_task() -> None:
+                nonlocal ran
+                while not stop:
+                    ran += 1
+                    await asyncio.sleep(0)
+
+            task = asyncio.ensure_future(other_task())
+            start = time.monotonic()
+            reads = 0
+            while time.monotonic() - start < 0.2:
+                await storage.get("k")
+                reads += 1
+            stop = True
+            await task
+            # Other tasks got turns while the reads went on (every few ms, not once per read).
+            assert 10 <= ran < reads
+        finally:
+            await storage.close()
+
+    asyncio.run(main())
