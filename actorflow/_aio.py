@@ -10,22 +10,28 @@ a task of its own.
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import contextvars
-from collections.abc import Coroutine, Generator
-from typing import Any, TypeVar
+import sys
+from asyncio import tasks
+from collections.abc import Coroutine
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 
 
 def start_now(coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
-    """Run ``coro`` now, up to its first suspension, and return a future of its outcome.
+    """Run ``coro`` now, up to its first suspension, as a task of its own; return its future.
 
     Guarantees:
-    - A coroutine that finishes without suspending gives a future that is already done; it
-      never went through the event loop.
-    - Otherwise the rest of it runs as a task on the running loop, so it runs to its end even
-      if whoever awaits the returned future is cancelled (await it under ``asyncio.shield``
-      for that).
+    - The coroutine is the body of a task from its first line: ``asyncio.current_task()``
+      inside it is that task, so ``asyncio.timeout``, task groups and cancellation act on it
+      and never on the caller.
+    - A coroutine that finishes without suspending gives a future that is already done; the
+      caller does not wait for the event loop.
+    - Otherwise its task runs it to its end even if whoever awaits the returned future is
+      cancelled (await it under ``asyncio.shield`` for that); cancelling the returned future
+      cancels the coroutine, even before the task has run a step of its own.
     - It runs in a copy of the caller's context, as a task would: context variables it sets
       are not seen by the caller.
     - Exceptions, including cancellation, come out of the future, never out of this call
@@ -33,49 +39,92 @@ def start_now(coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
     """
     loop = asyncio.get_running_loop()
     ctx = contextvars.copy_context()
+    if sys.version_info >= (3, 12):
+        return asyncio.Task(coro, loop=loop, context=ctx, eager_start=True)
+    handover = _Handover(coro)
+    # The task's first step is scheduled now; by then the coroutine has run its first part here
+    # and the task only picks up where it stopped.
+    task = loop.create_task(cast(Coroutine[Any, Any, T], handover), context=ctx)
+    caller = tasks.current_task(loop)
+    if caller is not None:
+        tasks._leave_task(loop, caller)
+    tasks._enter_task(loop, task)
     try:
-        yielded = ctx.run(coro.send, None)
+        handover.first = ctx.run(coro.send, None)
     except StopIteration as stop:
-        done: asyncio.Future[T] = loop.create_future()
-        done.set_result(stop.value)
+        return _done(loop, handover, result=stop.value)
+    except asyncio.CancelledError:
+        done: asyncio.Future[T] = _done(loop, handover)
+        done.cancel()
         return done
     except (KeyboardInterrupt, SystemExit):
+        handover.finished = True
         raise
-    except asyncio.CancelledError:
-        cancelled: asyncio.Future[T] = loop.create_future()
-        cancelled.cancel()
-        return cancelled
     except BaseException as exc:
-        failed: asyncio.Future[T] = loop.create_future()
-        failed.set_exception(exc)
-        return failed
-    return loop.create_task(_finish(coro, yielded), context=ctx)
+        return _done(loop, handover, error=exc)
+    finally:
+        tasks._leave_task(loop, task)
+        if caller is not None:
+            tasks._enter_task(loop, caller)
+    return task
 
 
-async def _finish(coro: Coroutine[Any, Any, T], yielded: Any) -> T:
-    return await _Rest(coro, yielded)
+def _done(
+    loop: asyncio.AbstractEventLoop,
+    handover: _Handover,
+    *,
+    result: Any = None,
+    error: BaseException | None = None,
+) -> asyncio.Future[Any]:
+    """The outcome of a coroutine that finished in its first part; its task then ends quietly."""
+    handover.finished = True
+    fut: asyncio.Future[Any] = loop.create_future()
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
+    return fut
 
 
-class _Rest:
-    """Drives a started coroutine on for the task that now owns it: hands each value the
-    coroutine yields to the task, and sends or throws back whatever the task resumes it with."""
+_PENDING = object()
 
-    def __init__(self, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
+
+class _Handover:
+    """What the task of :func:`start_now` runs: a coroutine whose first part already ran.
+
+    The task's first ``send`` gets what the coroutine yielded in that part (the future it waits
+    for); after that every ``send``, ``throw`` and ``close`` goes straight to the coroutine, so
+    the task drives it exactly as if it had started it. If the coroutine already finished, the
+    task ends at its first step with nothing to report (the caller has the outcome).
+    """
+
+    __slots__ = ("_coro", "finished", "first")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
         self._coro = coro
-        self._yielded = yielded
+        self.first: Any = _PENDING
+        self.finished = False
 
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro, yielded = self._coro, self._yielded
-        try:
-            while True:
-                try:
-                    sent = yield yielded
-                except GeneratorExit:
-                    coro.close()
-                    raise
-                except BaseException as exc:
-                    yielded = coro.throw(exc)
-                else:
-                    yielded = coro.send(sent)
-        except StopIteration as stop:
-            return stop.value
+    def send(self, value: Any) -> Any:
+        if self.finished:
+            raise StopIteration(None)
+        first, self.first = self.first, _PENDING
+        if first is not _PENDING:
+            return first
+        return self._coro.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        self.first = _PENDING
+        if self.finished:
+            raise typ if val is None else val
+        if val is None and tb is None:
+            return self._coro.throw(typ)
+        return self._coro.throw(typ, val, tb)
+
+    def close(self) -> None:
+        if not self.finished:
+            self._coro.close()
+
+
+# Tasks accept any object registered as a coroutine; _Handover is driven only by its task.
+collections.abc.Coroutine.register(_Handover)

@@ -101,6 +101,81 @@ def test_start_now_passes_exceptions_and_throws_into_the_coroutine() -> None:
     asyncio.run(main())
 
 
+def test_start_now_runs_the_coroutine_as_its_own_task_from_its_first_line() -> None:
+    async def main() -> None:
+        caller = asyncio.current_task()
+        seen: list[asyncio.Task[Any] | None] = []
+
+        async def body() -> None:
+            seen.append(asyncio.current_task())
+            await asyncio.sleep(0)
+            seen.append(asyncio.current_task())
+
+        fut = start_now(body())
+        assert asyncio.current_task() is caller  # the caller is the current task again
+        await fut
+        assert seen[0] is seen[1] is fut and fut is not caller
+
+        # A timeout inside the coroutine expires on the coroutine, never on its caller.
+        async def slow() -> str:
+            try:
+                async with asyncio.timeout(0.01):
+                    await asyncio.sleep(30)
+            except TimeoutError:
+                return "timed out inside"
+            return "not reached"
+
+        assert await asyncio.wait_for(start_now(slow()), 5) == "timed out inside"
+        assert caller is not None and caller.cancelling() == 0
+
+    asyncio.run(main())
+
+
+def test_start_now_cancelled_before_its_task_ran_still_cancels_the_coroutine() -> None:
+    async def main() -> None:
+        seen: list[str] = []
+
+        async def body() -> None:
+            seen.append("started")
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                seen.append("cancelled inside")
+                raise
+            finally:
+                seen.append("cleaned up")
+
+        task = start_now(body())
+        task.cancel()  # before the loop ran a single step of the task
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert seen == ["started", "cancelled inside", "cleaned up"]
+
+    asyncio.run(main())
+
+
+def test_start_now_reports_an_early_failure_once() -> None:
+    reported: list[Any] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: reported.append(ctx))
+
+        async def boom() -> None:
+            raise ValueError("early")
+
+        fut = start_now(boom())
+        with pytest.raises(ValueError):
+            await fut
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    asyncio.run(main())
+    import gc
+
+    gc.collect()
+    assert reported == []  # no "exception was never retrieved" from the task behind it
+
+
 def test_start_now_runs_in_a_copy_of_the_callers_context() -> None:
     var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
 
