@@ -19,18 +19,30 @@ method:
 
 While a method runs on the loop's thread the loop is hidden from it (``asyncio.run`` and
 ``asyncio.get_running_loop`` behave as they do in a worker thread).
+
+A method there may also start threads of its own that call actors and then wait for them;
+those calls need the loop the method holds. A :class:`LoopSeat` lets such a thread see that:
+it waits up to ``GRACE`` seconds for the method to end, then its call is refused with
+:class:`~actorflow.errors.LoopBusyError`, and the method's turn is dropped and runs again in
+the pool (where the same calls go through), and stays there. Threads that existed before the
+method started (a program's own threads, the worker pool) are never refused: they only wait.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import threading
+import time
 from asyncio import events
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from actorflow.errors import LoopBusyError
 
 INLINE_LIMIT = 0.001  # seconds: a run at most this long counts as fast
 INLINE_AFTER = 8  # fast runs in a row before a method runs on the loop's thread
 MAX_NEEDED = 1 << 16
+GRACE = 0.05  # seconds a thread started by a method on the loop's thread waits for it to end
 
 
 @dataclass
@@ -64,6 +76,10 @@ class MethodRun:
     pace: Pace
     on_loop: bool
     left: bool = False  # it was stopped to run again in the pool
+    refused: bool = False  # a thread it started was refused a call: run it again in the pool
+    started: float = 0.0  # time.monotonic() when it took the loop's thread
+    threads_before: frozenset[int] = field(default_factory=frozenset)  # threads alive then
+    ended: threading.Event | None = None  # made when a thread starts waiting for it
 
 
 class LeaveLoop(BaseException):
@@ -105,3 +121,62 @@ def hide_loop() -> asyncio.AbstractEventLoop | None:
 def show_loop(loop: asyncio.AbstractEventLoop | None) -> None:
     """Undo :func:`hide_loop`."""
     events._set_running_loop(loop)
+
+
+class LoopSeat:
+    """Which plain method holds a loop's thread right now, for threads about to wait on it.
+
+    The loop's thread calls :meth:`take` and :meth:`give_back` around each method it runs;
+    every other thread calls :meth:`admit` before it submits work to the loop and waits.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._run: MethodRun | None = None
+
+    def take(self, run: MethodRun) -> None:
+        """``run`` starts on the loop's thread (call from that thread)."""
+        # Threads alive now cannot have been started by the method (thread ids of live
+        # threads are unique), so only the others can be the ones it waits for.
+        run.threads_before = frozenset(threading._active)  # type: ignore[attr-defined]
+        run.started = time.monotonic()
+        self._run = run
+
+    def give_back(self, run: MethodRun) -> bool:
+        """``run`` ended; returns whether a thread it started was refused a call (then nothing
+        of the run may be kept)."""
+        with self._lock:
+            self._run = None
+            if run.ended is not None:
+                run.ended.set()
+            return run.refused
+
+    def admit(self) -> None:
+        """Return when this thread may submit work to the loop and wait for it.
+
+        Returns at once unless a method holds the loop's thread and this thread was started
+        after it (and is not itself running a method). Then it waits up to ``GRACE`` seconds
+        for that method to end; if it has not, the method is presumed to be waiting for this
+        thread, and :class:`~actorflow.errors.LoopBusyError` is raised (the method's turn will
+        run again in the pool, and stay there).
+        """
+        run = self._run
+        if run is None or _run.get() is not None or threading.get_ident() in run.threads_before:
+            return
+        with self._lock:
+            if self._run is not run:
+                return
+            if run.ended is None:
+                run.ended = threading.Event()
+            ended = run.ended
+        if ended.wait(max(0.0, GRACE - (time.monotonic() - run.started))):
+            return
+        with self._lock:
+            if self._run is not run:
+                return
+            run.refused = True
+            run.pace.blocks = True
+        raise LoopBusyError(
+            "this thread was started by an actor method running on the event loop's thread, "
+            "and its call needs that loop; the method's turn will run again in the worker pool"
+        )

@@ -9,6 +9,7 @@ happens twice.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import pathlib
 import threading
@@ -242,6 +243,16 @@ class Probe:
         self.count += 1
         return asyncio.run(answer())
 
+    def fan_out(self, others: list[str]) -> list[str]:
+        """Calls other actors from threads of its own and waits for them."""
+        self.count += 1
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            return list(pool.map(lambda o: Probe.get_or_create(o).bump.run(), others))
+
+    def stop_early(self) -> None:
+        self.count += 1
+        raise StopIteration
+
     @workflow.virtual_actor.readonly
     def value(self) -> int:
         return self.count
@@ -297,6 +308,48 @@ def test_a_blocking_call_on_a_new_branch_moves_the_turn_to_the_pool_once(runtime
     assert snap.state()["threads"][-1] == thread  # the kept run is the pool's, not the stopped one
     assert not runtime._paces[("Probe", "bump")].inline  # and it stays in the pool
     assert p.bump.run().startswith("actorflow-actor")
+
+
+def test_threads_a_method_on_the_loop_thread_starts_and_waits_for_do_not_deadlock(runtime: Any) -> None:
+    p = Probe.get_or_create("fan")
+    for _ in range(INLINE_AFTER + 1):
+        assert p.fan_out.run([]) == []  # nothing to call: fast, so it moves to the loop's thread
+    assert runtime._paces[("Probe", "fan_out")].inline
+    # Now its threads call actors while it holds the loop and waits for them.
+    results = p.fan_out.run(["fan-a", "fan-b"])
+    assert all(t.startswith("actorflow-actor") for t in results)
+    assert Probe.get_or_create("fan-a").value.run() == 1  # once each: the refused calls did nothing
+    assert Probe.get_or_create("fan-b").value.run() == 1
+    assert p.value.run() == INLINE_AFTER + 2
+    assert runtime._paces[("Probe", "fan_out")].blocks  # and it stays in the pool
+    assert len(p.fan_out.run(["fan-a"])) == 1
+    assert Probe.get_or_create("fan-a").value.run() == 2
+
+
+def test_a_program_thread_waits_for_a_method_on_the_loop_thread_and_is_never_refused(runtime: Any) -> None:
+    p = Probe.get_or_create("holder")
+    other = Probe.get_or_create("waiter")
+    _promote(p)
+    runtime.inline_limit = 10.0  # let a slow run stay on the loop's thread
+    holding = threading.Thread(target=lambda: p.bump.run(sleep=0.3))
+    holding.start()
+    time.sleep(0.1)  # the slow run holds the loop's thread now
+    start = time.monotonic()
+    thread = other.bump.run()  # not refused
+    assert thread == LOOP_THREAD or thread.startswith("actorflow-actor")
+    assert time.monotonic() - start > 0.1  # it waited for the slow run to end
+    holding.join(timeout=30)
+    assert p.value.run() == INLINE_AFTER + 3
+    assert other.value.run() == 1
+
+
+def test_a_method_raising_stop_iteration_fails_its_call_on_either_thread(runtime: Any) -> None:
+    p = Probe.get_or_create("stopper")
+    for _ in range(INLINE_AFTER + 2):  # in the pool first, then on the loop's thread
+        with pytest.raises(RuntimeError, match="StopIteration"):
+            p.stop_early.run()
+    assert runtime._paces[("Probe", "stop_early")].inline
+    assert p.value.run() == 0  # no failed turn changed anything
 
 
 def test_writers_on_the_loop_thread_lose_nothing_under_concurrency(runtime: Any) -> None:

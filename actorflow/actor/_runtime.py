@@ -168,6 +168,16 @@ def _mark_method_error(exc: BaseException) -> None:
         setattr(exc, _METHOD_ERROR_MARK, True)
 
 
+def _call_plain(info: MethodInfo, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Call a plain method. A ``StopIteration`` it raises becomes a ``RuntimeError``, as it does
+    in a coroutine: raised as it is, it would end the coroutine waiting for the method's result
+    instead of failing the call (and a future cannot hold one)."""
+    try:
+        return info.func(instance, *args, **kwargs)
+    except StopIteration as exc:
+        raise RuntimeError(f"{info.name} raised StopIteration") from exc
+
+
 def is_method_error(exc: BaseException) -> bool:
     """Whether ``exc`` was raised by an actor method itself (not by actorflow or storage)."""
     return bool(getattr(exc, _METHOD_ERROR_MARK, False))
@@ -305,6 +315,7 @@ class ActorRuntime:
         idempotency_key: str | None,
     ) -> concurrent.futures.Future[Any]:
         """Schedule a call; calls submitted in some order start their turns in that order."""
+        self.workflows.loop_seat.admit()
         return asyncio.run_coroutine_threadsafe(
             self.call(ac, actor_id, method, args, kwargs, idempotency_key), self.loop
         )
@@ -561,7 +572,7 @@ class ActorRuntime:
             current_run().set(MethodRun(pace, on_loop=False))
             start = time.perf_counter()
             try:
-                return info.func(instance, *args, **kwargs)
+                return _call_plain(info, instance, args, kwargs)
             except Exception as exc:
                 _mark_method_error(exc)
                 raise
@@ -583,7 +594,8 @@ class ActorRuntime:
         pace: Pace,
     ) -> tuple[bool, Any]:
         """Run a plain method right here on the loop's thread; ``(False, None)`` when it was
-        stopped at a blocking call (nothing of that run may be kept)."""
+        stopped at a blocking call, or a thread it started was refused a call (nothing of that
+        run may be kept)."""
         method_run = MethodRun(pace, on_loop=True)
         limit = self.inline_limit
 
@@ -594,23 +606,31 @@ class ActorRuntime:
             loop = hide_loop()
             start = time.perf_counter()
             try:
-                return info.func(instance, *args, **kwargs)
+                return _call_plain(info, instance, args, kwargs)
             finally:
                 elapsed = time.perf_counter() - start
                 show_loop(loop)
                 pace.record(elapsed, limit=limit)
 
+        seat = self.workflows.loop_seat
+        seat.take(method_run)
+        result: Any = None
+        error: Exception | None = None
         try:
             result = contextvars.copy_context().run(run)
         except LeaveLoop:
-            return False, None
+            pass
         except Exception as exc:
-            if method_run.left:  # the method caught LeaveLoop and raised something else
-                return False, None
-            _mark_method_error(exc)
-            raise
-        if method_run.left:  # the method swallowed LeaveLoop
+            error = exc
+        finally:
+            refused = seat.give_back(method_run)
+        # Stopped at a blocking call (even if the method caught LeaveLoop and went on), or a
+        # thread it started was refused a call: nothing of this run is kept.
+        if method_run.left or refused:
             return False, None
+        if error is not None:
+            _mark_method_error(error)
+            raise error
         return True, result
 
     async def _call_readonly(
