@@ -137,6 +137,69 @@ def test_arguments_in_the_query_instead_of_the_body(client: TestClient) -> None:
     assert {"args", "kwargs"} <= params
 
 
+def test_calls_without_a_body_skip_fastapi_routing_and_answer_the_same(
+    rt: WorkflowRuntime, tmp_path: pathlib.Path
+) -> None:
+    """Calls with no body are answered before FastAPI's routing; every answer, error or not,
+    must be the one the route gives, with the same effect."""
+    other = WorkflowRuntime(f"sqlite://{tmp_path}/routed.db")
+    try:
+        _compare_direct_and_routed(LocalBackend(rt), LocalBackend(other))
+    finally:
+        other.close()
+
+
+def _compare_direct_and_routed(backend: LocalBackend, other: LocalBackend) -> None:
+    settings = ApiSettings(token=TOKEN, max_body=4096)
+    routes_seen: list[bool] = []
+
+    def recording(b: LocalBackend) -> Any:
+        async def call(
+            t: str, i: str, m: str, args: list[Any], kwargs: dict[str, Any], key: Any, request: Any
+        ) -> Any:
+            routes_seen.append("endpoint" in request.scope)  # set by FastAPI's routing only
+            return await b.call(t, i, m, args, kwargs, key)
+
+        return call
+
+    direct = TestClient(create_api(backend, settings, call=recording(backend)), headers=AUTH)
+    routed = TestClient(create_api(other, settings, call=recording(other), direct_calls=False), headers=AUTH)
+    for c in (direct, routed):
+        c.post("/v1/actors/HttpCounter/d1", json={"args": [1]})
+    calls = [
+        ("/v1/actors/HttpCounter/d1/incr", {"args": "[4]"}, {}),
+        ("/v1/actors/HttpCounter/d1/incr", {"kwargs": '{"by": 2}', "other": "ignored"}, {}),
+        ("/v1/actors/HttpCounter/d1/incr", {"args": "[1]"}, {"Idempotency-Key": "k1"}),
+        ("/v1/actors/HttpCounter/d1/incr", {"args": "[1]"}, {"Idempotency-Key": "k1"}),  # replayed
+        ("/v1/actors/HttpCounter/d1/incr", {"args": "[1]"}, {"Idempotency-Key": "x" * 300}),
+        ("/v1/actors/HttpCounter/d1/incr", {}, {}),
+        ("/v1/actors/HttpCounter/d1/value", {"args": "[]"}, {}),
+        ("/v1/actors/HttpCounter/d1/incr", {"args": "[1"}, {}),
+        ("/v1/actors/HttpCounter/d1/incr", {"args": ""}, {}),
+        ("/v1/actors/HttpCounter/d1/incr", {"args": "[1, 2, 3]"}, {}),
+        ("/v1/actors/HttpCounter/d1/explode", {}, {}),
+        ("/v1/actors/HttpCounter/d1/opaque", {}, {}),
+        ("/v1/actors/HttpCounter/d1/_private", {}, {}),
+        ("/v1/actors/HttpCounter/nobody/incr", {}, {}),
+        ("/v1/actors/NoSuchType/d1/incr", {}, {}),
+        ("/v1/actors/HttpCounter/d1/%20", {}, {}),
+    ]
+    for path, params, headers in calls:
+        a = direct.post(path, params=params, headers=headers)
+        b = routed.post(path, params=params, headers=headers)
+        assert (a.status_code, a.headers, a.content) == (b.status_code, b.headers, b.content), (path, params)
+    assert routes_seen[0::2] == [False] * (len(routes_seen) // 2)  # the direct app never routed
+    assert routes_seen[1::2] == [True] * (len(routes_seen) // 2)
+    # The same effects behind both.
+    assert direct.post("/v1/actors/HttpCounter/d1/value").json() == {"result": 9}
+    assert routed.post("/v1/actors/HttpCounter/d1/value").json() == {"result": 9}
+    # Paths the route would not take are left to FastAPI (404 / 405), as are calls with bodies.
+    assert direct.post("/v1/actors/HttpCounter/d1/incr/extra").status_code == 404
+    empty_id = "/v1/actors/HttpCounter//incr"
+    assert direct.post(empty_id).status_code == routed.post(empty_id).status_code == 404
+    assert direct.post("/v1/actors/HttpCounter/d1/incr", json={"args": [1]}).json() == {"result": 10}
+
+
 def test_idempotency_key_gives_one_effect_and_the_same_response(client: TestClient) -> None:
     client.post("/v1/actors/HttpCounter/idem")
     headers = {"Idempotency-Key": "order-77"}
