@@ -28,7 +28,8 @@ def start_now(coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
       inside it is that task, so ``asyncio.timeout``, task groups and cancellation act on it
       and never on the caller.
     - A coroutine that finishes without suspending gives a future that is already done; the
-      caller does not wait for the event loop.
+      caller does not wait for the event loop. (On Python 3.11 that future is not the task the
+      coroutine ran as: that task ends quietly at the loop's next turn, with no result.)
     - Otherwise its task runs it to its end even if whoever awaits the returned future is
       cancelled (await it under ``asyncio.shield`` for that); cancelling the returned future
       cancels the coroutine, even before the task has run a step of its own.
@@ -114,9 +115,15 @@ class _Handover:
         return self._coro.send(value)
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
-        self.first = _PENDING
+        first, self.first = self.first, _PENDING
         if self.finished:
             raise typ if val is None else val
+        exc = typ if val is None else val
+        if first is not _PENDING and isinstance(exc, asyncio.CancelledError) and asyncio.isfuture(first):
+            # Cancelled before the task took over: cancel what the coroutine waits for, as a
+            # task cancels the future it waits on; the task then wakes with the cancellation.
+            if first.cancel(msg=exc.args[0] if exc.args else None):
+                return first
         if val is None and tb is None:
             return self._coro.throw(typ)
         return self._coro.throw(typ, val, tb)

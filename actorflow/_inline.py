@@ -20,18 +20,21 @@ method:
 While a method runs on the loop's thread the loop is hidden from it (``asyncio.run`` and
 ``asyncio.get_running_loop`` behave as they do in a worker thread).
 
-A method there may also start threads of its own that call actors and then wait for them;
-those calls need the loop the method holds. A :class:`LoopSeat` lets such a thread see that:
-it waits up to ``GRACE`` seconds for the method to end, then its call is refused with
-:class:`~actorflow.errors.LoopBusyError`, and the method's turn is dropped and runs again in
-the pool (where the same calls go through), and stays there. Threads that existed before the
-method started (a program's own threads, the worker pool) are never refused: they only wait.
+A method there may also wait for other threads (threads it starts, a pool it hands work to)
+whose actorflow calls need the very loop the method holds. A :class:`LoopSeat` breaks that
+cycle: such a call waits for the method to end, and is refused with
+:class:`~actorflow.errors.LoopBusyError` only once the method has held the loop for a while
+(``GRACE``, 50 ms, for threads started after the method began; ``PATIENCE``, 1 s, for the
+others) *and* is waiting inside :mod:`threading` at that moment. The method's turn is then
+dropped and runs again in the pool, where the same calls go through, and the method stays in
+the pool. Threads running actor methods of their own are never refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 import threading
 import time
 from asyncio import events
@@ -42,7 +45,11 @@ from actorflow.errors import LoopBusyError
 INLINE_LIMIT = 0.001  # seconds: a run at most this long counts as fast
 INLINE_AFTER = 8  # fast runs in a row before a method runs on the loop's thread
 MAX_NEEDED = 1 << 16
-GRACE = 0.05  # seconds a thread started by a method on the loop's thread waits for it to end
+# How long a method on the loop's thread may hold it, while waiting for another thread, before
+# a call from a thread started after it (GRACE) or from any other thread (PATIENCE) is refused.
+GRACE = 0.05
+PATIENCE = 1.0
+POLL = 0.02  # past that, how often a waiting thread looks again
 
 
 @dataclass
@@ -75,10 +82,12 @@ class MethodRun:
 
     pace: Pace
     on_loop: bool
+    name: str = ""  # Type.method, for messages
     left: bool = False  # it was stopped to run again in the pool
-    refused: bool = False  # a thread it started was refused a call: run it again in the pool
+    refused: bool = False  # a thread was refused a call for it: run it again in the pool
     started: float = 0.0  # time.monotonic() when it took the loop's thread
-    threads_before: frozenset[int] = field(default_factory=frozenset)  # threads alive then
+    thread_id: int = 0  # the loop's thread
+    threads_before: frozenset[threading.Thread] = field(default_factory=frozenset)  # alive then
     ended: threading.Event | None = None  # made when a thread starts waiting for it
 
 
@@ -136,15 +145,16 @@ class LoopSeat:
 
     def take(self, run: MethodRun) -> None:
         """``run`` starts on the loop's thread (call from that thread)."""
-        # Threads alive now cannot have been started by the method (thread ids of live
-        # threads are unique), so only the others can be the ones it waits for.
-        run.threads_before = frozenset(threading._active)  # type: ignore[attr-defined]
+        # The threads alive now (as objects: a new thread may reuse an old one's id) cannot
+        # have been started by the method.
+        run.threads_before = frozenset(threading._active.values())  # type: ignore[attr-defined]
+        run.thread_id = threading.get_ident()
         run.started = time.monotonic()
         self._run = run
 
     def give_back(self, run: MethodRun) -> bool:
-        """``run`` ended; returns whether a thread it started was refused a call (then nothing
-        of the run may be kept)."""
+        """``run`` ended; returns whether a thread was refused a call for it (then nothing of
+        the run may be kept)."""
         with self._lock:
             self._run = None
             if run.ended is not None:
@@ -154,14 +164,19 @@ class LoopSeat:
     def admit(self) -> None:
         """Return when this thread may submit work to the loop and wait for it.
 
-        Returns at once unless a method holds the loop's thread and this thread was started
-        after it (and is not itself running a method). Then it waits up to ``GRACE`` seconds
-        for that method to end; if it has not, the method is presumed to be waiting for this
-        thread, and :class:`~actorflow.errors.LoopBusyError` is raised (the method's turn will
-        run again in the pool, and stay there).
+        Returns at once unless a method holds the loop's thread and this thread is not running
+        a method itself. Then it waits for that method to end. The method is presumed to be
+        waiting for this thread, and :class:`~actorflow.errors.LoopBusyError` is raised (the
+        method's turn will run again in the pool, and stay there), only when both hold:
+
+        - the method has held the loop for ``GRACE`` seconds if this thread was started after
+          the method began (most likely by it), or ``PATIENCE`` seconds otherwise;
+        - the method is, at that moment, waiting inside :mod:`threading` (a join, a future's
+          result, a queue, an event): waiting for another thread. A method that merely runs
+          long never causes a refusal.
         """
         run = self._run
-        if run is None or _run.get() is not None or threading.get_ident() in run.threads_before:
+        if run is None or _run.get() is not None:
             return
         with self._lock:
             if self._run is not run:
@@ -169,14 +184,27 @@ class LoopSeat:
             if run.ended is None:
                 run.ended = threading.Event()
             ended = run.ended
-        if ended.wait(max(0.0, GRACE - (time.monotonic() - run.started))):
-            return
-        with self._lock:
-            if self._run is not run:
-                return
-            run.refused = True
-            run.pace.blocks = True
-        raise LoopBusyError(
-            "this thread was started by an actor method running on the event loop's thread, "
-            "and its call needs that loop; the method's turn will run again in the worker pool"
-        )
+        young = threading.current_thread() not in run.threads_before
+        deadline = run.started + (GRACE if young else PATIENCE)
+        while not ended.wait(max(0.0, deadline - time.monotonic())):
+            if _waits_for_a_thread(run.thread_id):
+                with self._lock:
+                    if self._run is not run:
+                        return
+                    run.refused = True
+                    run.pace.blocks = True
+                held = time.monotonic() - run.started
+                raise LoopBusyError(
+                    f"actor method {run.name} has held the event loop's thread for {held:.2f} s "
+                    "and waits for another thread, presumably this one, whose call needs that "
+                    "loop; the call is refused, and the method's turn runs again in the worker "
+                    "pool, where such calls go through"
+                )
+            deadline = time.monotonic() + POLL
+
+
+def _waits_for_a_thread(thread_id: int) -> bool:
+    """Whether the thread ``thread_id`` is blocked in one of :mod:`threading`'s waits (which
+    also back ``Thread.join``, futures' ``result``, ``queue.Queue.get`` and the like)."""
+    frame = sys._current_frames().get(thread_id)
+    return frame is not None and frame.f_code.co_filename == threading.__file__

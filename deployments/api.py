@@ -20,9 +20,11 @@ from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actorflow import errors
 from deployments.backend import Backend
@@ -269,12 +271,7 @@ def create_api(
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(
-            error_body(
-                "invalid_request", "request parameters are invalid", details=jsonable_encoder(exc.errors())
-            ),
-            status_code=422,
-        )
+        return _validation_response(exc)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
@@ -418,6 +415,15 @@ def create_api(
     return app
 
 
+def _validation_response(exc: RequestValidationError) -> JSONResponse:
+    return JSONResponse(
+        error_body(
+            "invalid_request", "request parameters are invalid", details=jsonable_encoder(exc.errors())
+        ),
+        status_code=422,
+    )
+
+
 async def _call_actor(
     run_call: RouteCall,
     type_name: str,
@@ -467,10 +473,15 @@ class _DirectCalls:
             await self.app(scope, receive, send)
             return
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
+        response: Response
         try:
             response = await _call_actor(
                 self.run_call, *target, query.get("args"), query.get("kwargs"), request
             )
+        except StarletteHTTPException as exc:  # answered as FastAPI's handler would
+            response = await http_exception_handler(request, exc)
+        except RequestValidationError as exc:
+            response = _validation_response(exc)
         except Exception as exc:
             response = error_response(exc)
         await response(scope, receive, send)

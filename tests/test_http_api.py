@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from fastapi import HTTPException
 from fastapi.testclient import TestClient
 
 from actorflow import workflow
@@ -158,6 +159,8 @@ def _compare_direct_and_routed(backend: LocalBackend, other: LocalBackend) -> No
             t: str, i: str, m: str, args: list[Any], kwargs: dict[str, Any], key: Any, request: Any
         ) -> Any:
             routes_seen.append("endpoint" in request.scope)  # set by FastAPI's routing only
+            if m == "teapot":  # a call override may answer with FastAPI's own exceptions
+                raise HTTPException(418, "short and stout", headers={"x-why": "tea"})
             return await b.call(t, i, m, args, kwargs, key)
 
         return call
@@ -183,6 +186,7 @@ def _compare_direct_and_routed(backend: LocalBackend, other: LocalBackend) -> No
         ("/v1/actors/HttpCounter/nobody/incr", {}, {}),
         ("/v1/actors/NoSuchType/d1/incr", {}, {}),
         ("/v1/actors/HttpCounter/d1/%20", {}, {}),
+        ("/v1/actors/HttpCounter/d1/teapot", {}, {}),
     ]
     for path, params, headers in calls:
         a = direct.post(path, params=params, headers=headers)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from actorflow import workflow
+from actorflow import _inline, workflow
 from actorflow._aio import start_now
 from actorflow._inline import INLINE_AFTER, Pace
 from actorflow.actor import actor_runtime
@@ -27,6 +27,7 @@ from actorflow.workflow._runtime import default_runtime
 from deployments.backend import LocalBackend
 
 LOOP_THREAD = "actorflow-loop"
+SHARED_POOL = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="test-shared")
 TEST_LIMIT = 0.05  # generous, so a busy test machine does not keep a trivial method off the loop
 
 
@@ -152,6 +153,23 @@ def test_start_now_cancelled_before_its_task_ran_still_cancels_the_coroutine() -
             await task
         assert seen == ["started", "cancelled inside", "cleaned up"]
 
+        # What the coroutine waits for is cancelled with it, as it would be in any task.
+        ran: list[str] = []
+
+        async def child() -> None:
+            await asyncio.sleep(0.05)
+            ran.append("child finished")
+
+        async def parent() -> None:
+            await asyncio.ensure_future(child())
+
+        task = start_now(parent())
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.1)
+        assert ran == []
+
     asyncio.run(main())
 
 
@@ -249,6 +267,11 @@ class Probe:
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             return list(pool.map(lambda o: Probe.get_or_create(o).bump.run(), others))
 
+    def via_pool(self, others: list[str]) -> list[str]:
+        """Hands calls to a pool whose threads already existed, and waits for them."""
+        self.count += 1
+        return list(SHARED_POOL.map(lambda o: Probe.get_or_create(o).bump.run(), others))
+
     def stop_early(self) -> None:
         self.count += 1
         raise StopIteration
@@ -326,7 +349,27 @@ def test_threads_a_method_on_the_loop_thread_starts_and_waits_for_do_not_deadloc
     assert Probe.get_or_create("fan-a").value.run() == 2
 
 
-def test_a_program_thread_waits_for_a_method_on_the_loop_thread_and_is_never_refused(runtime: Any) -> None:
+def test_a_pool_that_existed_before_the_method_does_not_deadlock_either(
+    runtime: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_inline, "PATIENCE", 0.2)
+    p = Probe.get_or_create("pooled")
+    list(SHARED_POOL.map(time.sleep, [0.01, 0.01]))  # its threads exist before any run
+    for _ in range(INLINE_AFTER + 1):
+        assert p.via_pool.run([]) == []
+    assert runtime._paces[("Probe", "via_pool")].inline
+    assert len(p.via_pool.run(["pooled-a", "pooled-b"])) == 2
+    assert Probe.get_or_create("pooled-a").value.run() == 1
+    assert Probe.get_or_create("pooled-b").value.run() == 1
+    assert runtime._paces[("Probe", "via_pool")].blocks
+
+
+def test_a_program_thread_waits_for_a_method_on_the_loop_thread_and_is_never_refused(
+    runtime: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Held far past both limits, but not waiting for a thread: callers only wait.
+    monkeypatch.setattr(_inline, "PATIENCE", 0.01)
+    monkeypatch.setattr(_inline, "GRACE", 0.01)
     p = Probe.get_or_create("holder")
     other = Probe.get_or_create("waiter")
     _promote(p)
@@ -334,13 +377,18 @@ def test_a_program_thread_waits_for_a_method_on_the_loop_thread_and_is_never_ref
     holding = threading.Thread(target=lambda: p.bump.run(sleep=0.3))
     holding.start()
     time.sleep(0.1)  # the slow run holds the loop's thread now
+    late: list[str] = []
+    newcomer = threading.Thread(target=lambda: late.append(other.bump.run()))  # started after it
+    newcomer.start()
     start = time.monotonic()
     thread = other.bump.run()  # not refused
     assert thread == LOOP_THREAD or thread.startswith("actorflow-actor")
     assert time.monotonic() - start > 0.1  # it waited for the slow run to end
+    newcomer.join(timeout=30)
     holding.join(timeout=30)
+    assert len(late) == 1  # not refused either
     assert p.value.run() == INLINE_AFTER + 3
-    assert other.value.run() == 1
+    assert other.value.run() == 2
 
 
 def test_a_method_raising_stop_iteration_fails_its_call_on_either_thread(runtime: Any) -> None:

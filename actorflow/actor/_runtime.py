@@ -596,7 +596,7 @@ class ActorRuntime:
         """Run a plain method right here on the loop's thread; ``(False, None)`` when it was
         stopped at a blocking call, or a thread it started was refused a call (nothing of that
         run may be kept)."""
-        method_run = MethodRun(pace, on_loop=True)
+        method_run = MethodRun(pace, on_loop=True, name=f"{turn.actor_type}.{info.name}")
         limit = self.inline_limit
 
         def run() -> Any:
