@@ -167,7 +167,9 @@ class LoopSeat:
         Returns at once unless a method holds the loop's thread and this thread is not running
         a method itself. Then it waits for that method to end. The method is presumed to be
         waiting for this thread, and :class:`~actorflow.errors.LoopBusyError` is raised (the
-        method's turn will run again in the pool, and stay there), only when both hold:
+        method's turn will run again in the pool, and stay there), only when both hold (or
+        when this thread was started after the method began and another thread's call was
+        refused for it meanwhile):
 
         - the method has held the loop for ``GRACE`` seconds if this thread was started after
           the method began (most likely by it), or ``PATIENCE`` seconds otherwise;
@@ -193,14 +195,22 @@ class LoopSeat:
                         return
                     run.refused = True
                     run.pace.blocks = True
-                held = time.monotonic() - run.started
-                raise LoopBusyError(
-                    f"actor method {run.name} has held the event loop's thread for {held:.2f} s "
-                    "and waits for another thread, presumably this one, whose call needs that "
-                    "loop; the call is refused, and the method's turn runs again in the worker "
-                    "pool, where such calls go through"
-                )
+                raise _refusal(run)
             deadline = time.monotonic() + POLL
+        if young and run.refused:
+            # The run this thread waited for was dropped, and this thread most likely works
+            # for it: its call must not go through on behalf of a run that will be redone.
+            raise _refusal(run)
+
+
+def _refusal(run: MethodRun) -> LoopBusyError:
+    held = time.monotonic() - run.started
+    return LoopBusyError(
+        f"actor method {run.name} held the event loop's thread for {held:.2f} s while waiting "
+        "for another thread, presumably this one, whose call needs that loop; the call was "
+        "refused before it started, and the method's turn runs again in the worker pool, "
+        "where such calls go through"
+    )
 
 
 def _waits_for_a_thread(thread_id: int) -> bool:

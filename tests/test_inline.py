@@ -359,8 +359,12 @@ def test_a_pool_that_existed_before_the_method_does_not_deadlock_either(
         assert p.via_pool.run([]) == []
     assert runtime._paces[("Probe", "via_pool")].inline
     assert len(p.via_pool.run(["pooled-a", "pooled-b"])) == 2
-    assert Probe.get_or_create("pooled-a").value.run() == 1
-    assert Probe.get_or_create("pooled-b").value.run() == 1
+    # Threads that existed before the method are not told apart from a program's own, so a
+    # call one of them got through before the dropped run ended is made again by the rerun,
+    # as any direct call is when a turn reruns (workflow.send is the exactly-once way).
+    assert 1 <= Probe.get_or_create("pooled-a").value.run() <= 2
+    assert 1 <= Probe.get_or_create("pooled-b").value.run() <= 2
+    assert p.value.run() == INLINE_AFTER + 2  # the dropped run left nothing in the state
     assert runtime._paces[("Probe", "via_pool")].blocks
 
 
