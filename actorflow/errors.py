@@ -7,7 +7,6 @@
     ├── InvalidIdError              a workflow, actor or step id that breaks the id rules
     ├── SerializationError          a value that cannot be stored (names the step or actor)
     ├── RemoteError                 a remote actorflow service could not be reached or answered badly
-    ├── LoopBusyError               a call from a thread that an actor method on the loop's thread waits for
     ├── StorageError                the storage backend failed (names the URL)
     │   ├── StorageUnavailableError     cannot reach the backend
     │   └── StorageConflictError        a compare-and-set lost against another writer
@@ -184,13 +183,6 @@ class ActorMethodError(ActorError):
         super().__init__(actor_type, actor_id, f"{remote_type}: {message}")
 
 
-class LoopBusyError(ActorflowError):
-    """A call refused to a thread that an actor method started while running on the event
-    loop's thread, and that waited for the loop longer than that method may hold it. The
-    method is presumed to be waiting for the thread; nothing of its run is kept, and its turn
-    runs again in the worker pool, where the same call goes through."""
-
-
 __all__ = [
     "ActorArgumentsError",
     "ActorConflictError",
@@ -204,7 +196,6 @@ __all__ = [
     "ActorflowError",
     "ConfigError",
     "InvalidIdError",
-    "LoopBusyError",
     "RemoteError",
     "SerializationError",
     "StorageConflictError",

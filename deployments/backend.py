@@ -219,6 +219,4 @@ class LocalBackend:
             "actorflow_actors_created_total": self.counters["actors_created"],
             "actorflow_events_total": self.counters["events"],
             "actorflow_cached_actors": len(self.actors._cache),
-            # Plain methods proven fast enough to run on the event loop's thread (actorflow._inline).
-            "actorflow_methods_on_loop": sum(p.inline for p in list(self.actors._paces.values())),
         }

@@ -14,7 +14,6 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from actorflow._ids import check_actor_id
-from actorflow._inline import before_blocking
 from actorflow.actor._class import VirtualActorClass
 from actorflow.errors import ActorError, ConfigError
 
@@ -52,7 +51,6 @@ def invoker() -> Invoker:
     """The invoker handles use: a remote client after ``init(address=...)``, else embedded."""
     from actorflow.actor._runtime import actor_runtime, current_turn
 
-    before_blocking()  # inside a method on the loop's thread, this call must move to the pool
     turn = current_turn()
     if turn is not None and turn.runtime is not None:
         return turn.runtime  # handles used inside a method reach the runtime running it

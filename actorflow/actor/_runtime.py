@@ -4,8 +4,8 @@ One turn of a writer method:
 
 1. under a per-actor lock in this process (turns of one actor never overlap here),
 2. rebuild a fresh instance from the last snapshot this process knows,
-3. run the method (``async def`` methods on the loop; plain ones in a worker thread, or on the
-   loop's thread once they have proven fast: :mod:`actorflow._inline`),
+3. run the method (``async def`` methods on the loop; plain ones in a worker thread, which the
+   loop waits for in place for up to ``SYNC_WAIT`` before it awaits the rest),
 4. commit in ONE atomic batch: the new snapshot and version, the idempotency record, the
    messages the turn sent (an outbox) and the sub-workflow it launched, on the condition that
    the version is still the one the turn started from (compare-and-set).
@@ -26,7 +26,6 @@ import concurrent.futures
 import contextlib
 import contextvars
 import dataclasses
-import functools
 import hashlib
 import logging
 import random
@@ -41,7 +40,6 @@ from urllib.parse import quote
 
 from actorflow import _codec
 from actorflow._aio import start_now
-from actorflow._inline import INLINE_LIMIT, LeaveLoop, MethodRun, Pace, current_run, hide_loop, show_loop
 from actorflow.actor._class import MethodInfo, VirtualActorClass, lookup
 from actorflow.actor._state import Snapshot, capture, encode, restore
 from actorflow.actor._timers import (
@@ -76,6 +74,10 @@ from actorflow.workflow._store import Lease
 log = logging.getLogger("actorflow.actor")
 
 MAX_ATTEMPTS = 200
+# Seconds the loop waits in place for a quick plain method in the worker pool. Handing its
+# result back through the loop instead makes the turn suspend, which in a Serve replica costs
+# about a millisecond (see actorflow._aio); blocking the loop this long at most is cheaper.
+SYNC_WAIT = 0.001
 OUTBOX_INDEX = "outbox"
 
 
@@ -257,9 +259,11 @@ class ActorRuntime:
         self._cache: collections.OrderedDict[str, _Cached] = collections.OrderedDict()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="actorflow-actor")
-        self._paces: dict[tuple[str, str], Pace] = {}  # (type, method): where plain methods run
-        # Longest run of a plain method that counts as fast enough for the loop's thread (0: never).
-        self.inline_limit = INLINE_LIMIT
+        # (type, method) -> whether its last run took at most sync_wait (then the loop waits
+        # for the next one in place).
+        self._quick: dict[tuple[str, str], bool] = {}
+        # How long the loop waits in place for a plain method before it awaits the rest (0: never).
+        self.sync_wait = SYNC_WAIT
         self._commits_since_trim: dict[str, int] = {}
         self._background: set[asyncio.Future[Any]] = set()
         self.tick_interval = 0.05  # how often the scheduler looks for due timers
@@ -315,7 +319,6 @@ class ActorRuntime:
         idempotency_key: str | None,
     ) -> concurrent.futures.Future[Any]:
         """Schedule a call; calls submitted in some order start their turns in that order."""
-        self.workflows.loop_seat.admit()
         return asyncio.run_coroutine_threadsafe(
             self.call(ac, actor_id, method, args, kwargs, idempotency_key), self.loop
         )
@@ -538,8 +541,9 @@ class ActorRuntime:
         """Run the method on a fresh instance restored from ``snap``.
 
         Returns the instance, the turn (the messages it sent, the timers it set) and the
-        method's result. ``async def`` methods run on the loop; plain ones in the worker pool,
-        or on the loop's thread once they have proven fast (see :mod:`actorflow._inline`).
+        method's result. ``async def`` methods run on the loop; plain ones in the worker pool.
+        For a plain method whose last run took at most ``sync_wait`` the loop waits in place
+        (blocking, for at most ``sync_wait``) before it awaits the rest.
         """
         turn = Turn(ac.type_name, actor_id, readonly=readonly, runtime=self)
         instance = self._instance(ac, snap)
@@ -554,22 +558,12 @@ class ActorRuntime:
             finally:
                 _current_turn.reset(token)
 
-        pace = self._paces.get((ac.type_name, info.name))
-        if pace is None:
-            pace = self._paces[(ac.type_name, info.name)] = Pace()
-        if pace.inline:
-            done, result = self._run_on_loop(info, instance, args, kwargs, turn, firing, pace)
-            if done:
-                return instance, turn, result
-            # It was stopped at a blocking call: run it again, from scratch, in the pool.
-            turn = Turn(ac.type_name, actor_id, readonly=readonly, runtime=self)
-            instance = self._instance(ac, snap)
-        limit = self.inline_limit
+        key = (ac.type_name, info.name)
+        took = [0.0]
 
         def run() -> Any:
             _current_turn.set(turn)
             _current_firing.set(firing)
-            current_run().set(MethodRun(pace, on_loop=False))
             start = time.perf_counter()
             try:
                 return _call_plain(info, instance, args, kwargs)
@@ -577,61 +571,26 @@ class ActorRuntime:
                 _mark_method_error(exc)
                 raise
             finally:
-                pace.record(time.perf_counter() - start, limit=limit)
+                took[0] = time.perf_counter() - start
 
-        ctx = contextvars.copy_context()
-        result = await self.loop.run_in_executor(self._pool, functools.partial(ctx.run, run))
-        return instance, turn, result
-
-    def _run_on_loop(
-        self,
-        info: MethodInfo,
-        instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        turn: Turn,
-        firing: Firing | None,
-        pace: Pace,
-    ) -> tuple[bool, Any]:
-        """Run a plain method right here on the loop's thread; ``(False, None)`` when it was
-        stopped at a blocking call, or a thread it started was refused a call (nothing of that
-        run may be kept)."""
-        method_run = MethodRun(pace, on_loop=True, name=f"{turn.actor_type}.{info.name}")
-        limit = self.inline_limit
-
-        def run() -> Any:
-            _current_turn.set(turn)
-            _current_firing.set(firing)
-            current_run().set(method_run)
-            loop = hide_loop()
-            start = time.perf_counter()
+        job = self._pool.submit(contextvars.copy_context().run, run)
+        wait = self.sync_wait
+        if wait > 0 and self._quick.get(key, True):
+            # A quick method is done before a hand-off through the loop would be: wait for it
+            # here, so the turn does not suspend. The wait is bounded, so a method that waits
+            # for other threads calling into this loop only delays them by that much.
             try:
-                return _call_plain(info, instance, args, kwargs)
-            finally:
-                elapsed = time.perf_counter() - start
-                show_loop(loop)
-                pace.record(elapsed, limit=limit)
-
-        seat = self.workflows.loop_seat
-        seat.take(method_run)
-        result: Any = None
-        error: Exception | None = None
+                result = job.result(timeout=wait)
+            except TimeoutError:
+                if job.done():  # the method itself raised TimeoutError
+                    raise
+            else:
+                return instance, turn, result
         try:
-            result = contextvars.copy_context().run(run)
-        except LeaveLoop:
-            pass
-        except Exception as exc:
-            error = exc
+            result = await asyncio.wrap_future(job)
         finally:
-            refused = seat.give_back(method_run)
-        # Stopped at a blocking call (even if the method caught LeaveLoop and went on), or a
-        # thread it started was refused a call: nothing of this run is kept.
-        if method_run.left or refused:
-            return False, None
-        if error is not None:
-            _mark_method_error(error)
-            raise error
-        return True, result
+            self._quick[key] = took[0] <= wait
+        return instance, turn, result
 
     async def _call_readonly(
         self,

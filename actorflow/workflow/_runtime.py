@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 
 from actorflow import _codec
 from actorflow._ids import check_workflow_id, new_workflow_id
-from actorflow._inline import LoopSeat, before_blocking
 from actorflow.errors import (
     ConfigError,
     SerializationError,
@@ -70,8 +69,6 @@ class WorkflowRuntime:
         self.storage_url = canonical_url(storage or default_storage_url())
         self.lease_ttl = lease_ttl
         self._on_close: list[Callable[[], None]] = []
-        # Which plain actor method holds the loop's thread (see actorflow._inline).
-        self.loop_seat = LoopSeat()
         self._recovering: set[str] = set()
         self._recovery: Any = None
         self._thread: threading.Thread | None
@@ -111,19 +108,9 @@ class WorkflowRuntime:
         return self._loop
 
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        try:
-            before_blocking()  # inside an actor method on the loop's thread: move to the pool
-        except BaseException:
-            coro.close()
-            raise
         if self.on_loop():
             coro.close()
             raise RuntimeError("blocking actorflow call made from its own event loop; use the async form")
-        try:
-            self.loop_seat.admit()
-        except BaseException:
-            coro.close()
-            raise
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     def on_loop(self) -> bool:
