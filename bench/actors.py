@@ -5,7 +5,9 @@ port, or ``--redis URL``), prints the latency (median, p99) of one caller making
 another, and the throughput of several threads calling 100 actors, for
 
 * the floor: one raw ``commit`` of the same snapshot bytes through the same runtime, and
-* the call: ``counter.incr.run()`` (read version, run the method, compare-and-set commit),
+* the call: ``counter.incr.run()`` (read version, run the method, compare-and-set commit), for
+  a plain method (run in a worker thread) and for the same method written ``async def`` (run on
+  the runtime's loop),
 
 with their ratios. Both run in this process on the same runtime, interleaved, medians over runs.
 
@@ -47,6 +49,10 @@ class BenchCounter:
         self.count = 0
 
     def incr(self) -> int:
+        self.count += 1
+        return self.count
+
+    async def incr_async(self) -> int:
         self.count += 1
         return self.count
 
@@ -128,26 +134,39 @@ def measure(url: str, args: argparse.Namespace) -> None:
             rt._call(rt.storage.commit(Batch().put(f"bench/floor/{i}", raw)))
 
         floors = [lambda i=i: floor_write(i) for i in range(ACTORS)]
-        calls = [lambda aid=aid: art.submit(BenchCounter, aid, "incr", (), {}, None).result() for aid in ids]
+        forms = {  # a plain method runs in a worker thread; an async one on the runtime's loop
+            form: [
+                lambda aid=aid, m=method: art.submit(BenchCounter, aid, m, (), {}, None).result()
+                for aid in ids
+            ]
+            for form, method in (("plain", "incr"), ("async", "incr_async"))
+        }
         for _ in range(50):  # warm caches, threads and connections
             floor_write()
-            calls[0]()
-        lat_f, lat_c, thr_f, thr_c = [], [], [], []
+            for calls in forms.values():
+                calls[0]()
+        lat_f: list[float] = []
+        thr_f: list[float] = []
+        lat_c: dict[str, list[float]] = {form: [] for form in forms}
+        thr_c: dict[str, list[float]] = {form: [] for form in forms}
         for _ in range(args.runs):
             lat_f += latencies(floor_write, args.calls)
-            lat_c += latencies(calls[0], args.calls)
             thr_f.append(throughput(floors, args.threads, args.seconds))
-            thr_c.append(throughput(calls, args.threads, args.seconds))
-        mf, mc = statistics.median(lat_f) * 1e3, statistics.median(lat_c) * 1e3
-        pf, pc = p99(lat_f) * 1e3, p99(lat_c) * 1e3
-        tf, tc = statistics.median(thr_f), statistics.median(thr_c)
+            for form, calls in forms.items():
+                lat_c[form] += latencies(calls[0], args.calls)
+                thr_c[form].append(throughput(calls, args.threads, args.seconds))
+        mf, pf, tf = statistics.median(lat_f) * 1e3, p99(lat_f) * 1e3, statistics.median(thr_f)
         kind = url.split(":", 1)[0]
-        print(f"{kind:7} latency median: floor {mf:6.3f} ms  call {mc:6.3f} ms  ratio {mc / mf:5.2f}x")
-        print(f"{kind:7} latency p99:    floor {pf:6.3f} ms  call {pc:6.3f} ms  ratio {pc / pf:5.2f}x")
-        print(
-            f"{kind:7} throughput ({args.threads} threads, {ACTORS} actors): "
-            f"floor {tf:7.0f}/s  call {tc:7.0f}/s  ratio {tc / tf:5.2f}x (goal: within 2x of the floor)"
-        )
+        for form in forms:
+            mc, pc = statistics.median(lat_c[form]) * 1e3, p99(lat_c[form]) * 1e3
+            tc = statistics.median(thr_c[form])
+            label = f"{kind} {form}"
+            print(f"{label:13} latency median: floor {mf:6.3f} ms  call {mc:6.3f} ms  ratio {mc / mf:5.2f}x")
+            print(f"{label:13} latency p99:    floor {pf:6.3f} ms  call {pc:6.3f} ms  ratio {pc / pf:5.2f}x")
+            print(
+                f"{label:13} throughput ({args.threads} threads, {ACTORS} actors): floor {tf:7.0f}/s  "
+                f"call {tc:7.0f}/s  ratio {tc / tf:5.2f}x (goal: within 2x of the floor)"
+            )
     finally:
         rt.close()
 
