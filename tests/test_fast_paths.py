@@ -270,6 +270,11 @@ class Probe:
         self.count += 1
         raise StopIteration
 
+    def time_out(self, sleep: float = 0.0) -> None:
+        self.count += 1
+        time.sleep(sleep)
+        raise TimeoutError("the method's own")
+
     @workflow.virtual_actor.readonly
     def value(self) -> int:
         return self.count
@@ -328,6 +333,9 @@ def test_errors_state_and_asyncio_run_in_plain_methods(runtime: Any) -> None:
     for _ in range(3):  # in the pool and waited for in place alike, StopIteration fails the call
         with pytest.raises(RuntimeError, match="StopIteration"):
             p.stop_early.run()
+    for sleep in (0.0, 0.0, 0.01, 0.0):  # its own TimeoutError, quick or not, is its error
+        with pytest.raises(TimeoutError, match="the method's own"):
+            p.time_out.run(sleep)
     assert p.value.run() == 3  # no failed turn changed anything
 
 

@@ -580,12 +580,10 @@ class ActorRuntime:
             # here, so the turn does not suspend. The wait is bounded, so a method that waits
             # for other threads calling into this loop only delays them by that much.
             try:
-                result = job.result(timeout=wait)
+                return instance, turn, job.result(timeout=wait)
             except TimeoutError:
-                if job.done():  # the method itself raised TimeoutError
-                    raise
-            else:
-                return instance, turn, result
+                if job.done():  # done just after the wait ran out, or it raised TimeoutError itself
+                    return instance, turn, job.result()
         try:
             result = await asyncio.wrap_future(job)
         finally:
