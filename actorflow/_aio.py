@@ -55,9 +55,7 @@ def start_now(coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
     except StopIteration as stop:
         return _done(loop, handover, result=stop.value)
     except asyncio.CancelledError:
-        done: asyncio.Future[T] = _done(loop, handover)
-        done.cancel()
-        return done
+        return _done(loop, handover, cancelled=True)
     except (KeyboardInterrupt, SystemExit):
         handover.finished = True
         raise
@@ -76,11 +74,14 @@ def _done(
     *,
     result: Any = None,
     error: BaseException | None = None,
+    cancelled: bool = False,
 ) -> asyncio.Future[Any]:
     """The outcome of a coroutine that finished in its first part; its task then ends quietly."""
     handover.finished = True
     fut: asyncio.Future[Any] = loop.create_future()
-    if error is not None:
+    if cancelled:
+        fut.cancel()
+    elif error is not None:
         fut.set_exception(error)
     else:
         fut.set_result(result)

@@ -168,6 +168,17 @@ def test_start_now_cancelled_before_its_task_ran_still_cancels_the_coroutine() -
     asyncio.run(main())
 
 
+def test_start_now_of_a_coroutine_cancelled_in_its_first_step_gives_a_cancelled_future() -> None:
+    async def main() -> None:
+        async def gives_up() -> int:
+            raise asyncio.CancelledError()
+
+        fut = start_now(gives_up())
+        assert fut.cancelled()
+
+    asyncio.run(main())
+
+
 def test_start_now_reports_an_early_failure_once() -> None:
     reported: list[Any] = []
 
@@ -270,6 +281,12 @@ class Probe:
         self.count += 1
         raise StopIteration
 
+    def leave(self, kind: str) -> None:
+        self.count += 1
+        raise {"exit": SystemExit(3), "interrupt": KeyboardInterrupt(), "cancel": asyncio.CancelledError()}[
+            kind
+        ]
+
     def time_out(self, sleep: float = 0.0) -> None:
         self.count += 1
         time.sleep(sleep)
@@ -336,6 +353,9 @@ def test_errors_state_and_asyncio_run_in_plain_methods(runtime: Any) -> None:
     for sleep in (0.0, 0.0, 0.01, 0.0):  # its own TimeoutError, quick or not, is its error
         with pytest.raises(TimeoutError, match="the method's own"):
             p.time_out.run(sleep)
+    for kind in ("exit", "interrupt", "cancel", "exit"):  # fail the call, not the runtime's loop
+        with pytest.raises(RuntimeError, match="raised"):
+            p.leave.run(kind)
     assert p.value.run() == 3  # no failed turn changed anything
 
 
@@ -393,3 +413,13 @@ def test_sqlite_small_operations_do_not_suspend_but_long_runs_of_them_yield(tmp_
             await storage.close()
 
     asyncio.run(main())
+
+
+def test_a_handle_call_whose_runtime_future_is_cancelled_ends_instead_of_hanging() -> None:
+    from actorflow.actor._handle import ActorCall
+
+    inner: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    call = ActorCall.wrap(inner)
+    inner.cancel()
+    with pytest.raises(concurrent.futures.CancelledError):
+        call.result(timeout=5)

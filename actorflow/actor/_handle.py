@@ -78,6 +78,10 @@ class ActorCall(concurrent.futures.Future[Any]):
         call = cls()
 
         def copy(f: concurrent.futures.Future[Any]) -> None:
+            if f.cancelled():  # e.g. the runtime closed under it: the waiter must not hang
+                call.cancel()
+                call.set_running_or_notify_cancel()
+                return
             exc = f.exception()
             if exc is not None:
                 call.set_exception(exc)

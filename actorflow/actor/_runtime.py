@@ -173,11 +173,17 @@ def _mark_method_error(exc: BaseException) -> None:
 def _call_plain(info: MethodInfo, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Call a plain method. A ``StopIteration`` it raises becomes a ``RuntimeError``, as it does
     in a coroutine: raised as it is, it would end the coroutine waiting for the method's result
-    instead of failing the call (and a future cannot hold one)."""
+    instead of failing the call (and a future cannot hold one). So does anything that is not an
+    ``Exception`` (``SystemExit``, ``KeyboardInterrupt``, ``CancelledError``): raised on the
+    event loop it would stop the loop or pass for a cancelled turn; it fails this call only."""
     try:
         return info.func(instance, *args, **kwargs)
     except StopIteration as exc:
         raise RuntimeError(f"{info.name} raised StopIteration") from exc
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise RuntimeError(f"{info.name} raised {type(exc).__name__}: {exc}") from exc
 
 
 def is_method_error(exc: BaseException) -> bool:
@@ -564,15 +570,15 @@ class ActorRuntime:
         def run() -> Any:
             _current_turn.set(turn)
             _current_firing.set(firing)
-            start = time.perf_counter()
             try:
                 return _call_plain(info, instance, args, kwargs)
             except Exception as exc:
                 _mark_method_error(exc)
                 raise
             finally:
-                took[0] = time.perf_counter() - start
+                took[0] = time.perf_counter() - submitted  # queueing counts: a busy pool is slow
 
+        submitted = time.perf_counter()
         job = self._pool.submit(contextvars.copy_context().run, run)
         wait = self.sync_wait
         if wait > 0 and self._quick.get(key, True):
