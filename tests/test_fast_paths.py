@@ -277,6 +277,12 @@ class Probe:
             return asyncio.run(main())
         raise ValueError(how)
 
+    def call_other(self, other: str, sleep: float = 0.0) -> str:
+        """Calls another actor from this method's own thread and waits for it."""
+        self.count += 1
+        time.sleep(sleep)
+        return Probe.get_or_create(other).bump.run()
+
     def stop_early(self) -> None:
         self.count += 1
         raise StopIteration
@@ -423,3 +429,25 @@ def test_a_handle_call_whose_runtime_future_is_cancelled_ends_instead_of_hanging
     inner.cancel()
     with pytest.raises(concurrent.futures.CancelledError):
         call.result(timeout=5)
+
+
+def test_nested_synchronous_calls_never_wait_behind_their_own_callers(tmp_path: pathlib.Path) -> None:
+    """Every worker taken by a method that calls another actor and waits: the callees' turns
+    must still get threads."""
+    from actorflow.actor._runtime import ActorRuntime
+    from actorflow.workflow._runtime import WorkflowRuntime
+
+    wf = WorkflowRuntime(f"sqlite://{tmp_path}/nested.db")
+    rt = ActorRuntime(wf, threads=2)
+    try:
+        callers = [f"nest-{i}" for i in range(6)]
+        for c in [*callers, "nest-callee"]:
+            rt.create(Probe, c, (), {})
+        # The sleep lets every caller take a thread before any callee turn asks for one.
+        jobs = [rt.submit(Probe, c, "call_other", ("nest-callee", 0.2), {}, None) for c in callers]
+        names = [j.result(timeout=30) for j in jobs]
+        assert any(n.startswith("actorflow-actor-overflow") for n in names)
+        assert rt.submit(Probe, "nest-callee", "value", (), {}, None).result(timeout=30) == 6
+    finally:
+        rt.close()
+        wf.close()

@@ -78,6 +78,7 @@ MAX_ATTEMPTS = 200
 # result back through the loop instead makes the turn suspend, which in a Serve replica costs
 # about a millisecond (see actorflow._aio); blocking the loop this long at most is cheaper.
 SYNC_WAIT = 0.001
+OVERFLOW_THREADS = 1024  # created only as needed: at most as many as methods running at once
 OUTBOX_INDEX = "outbox"
 
 
@@ -265,6 +266,13 @@ class ActorRuntime:
         self._cache: collections.OrderedDict[str, _Cached] = collections.OrderedDict()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="actorflow-actor")
+        # Methods that call other actors synchronously hold their worker while the callee's turn
+        # needs one: once every worker is taken, further methods run in an overflow pool, so
+        # such nested calls never wait behind their own callers.
+        self.threads = threads
+        self._overflow: concurrent.futures.ThreadPoolExecutor | None = None
+        self._in_pool = 0
+        self._in_pool_lock = threading.Lock()
         # (type, method) -> whether its last run took at most sync_wait (then the loop waits
         # for the next one in place).
         self._quick: dict[tuple[str, str], bool] = {}
@@ -579,7 +587,7 @@ class ActorRuntime:
                 took[0] = time.perf_counter() - submitted  # queueing counts: a busy pool is slow
 
         submitted = time.perf_counter()
-        job = self._pool.submit(contextvars.copy_context().run, run)
+        job = self._submit_method(contextvars.copy_context().run, run)
         wait = self.sync_wait
         if wait > 0 and self._quick.get(key, True):
             # A quick method is done before a hand-off through the loop would be: wait for it
@@ -595,6 +603,27 @@ class ActorRuntime:
         finally:
             self._quick[key] = took[0] <= wait
         return instance, turn, result
+
+    def _submit_method(self, fn: Any, *args: Any) -> concurrent.futures.Future[Any]:
+        """Run a plain method in the worker pool, or in the overflow pool when every worker is
+        taken (some may be waiting for the very turns this one would queue behind)."""
+        with self._in_pool_lock:
+            use_pool = self._in_pool < self.threads
+            if use_pool:
+                self._in_pool += 1
+        if not use_pool:
+            if self._overflow is None:
+                self._overflow = concurrent.futures.ThreadPoolExecutor(
+                    OVERFLOW_THREADS, thread_name_prefix="actorflow-actor-overflow"
+                )
+            return self._overflow.submit(fn, *args)
+        job = self._pool.submit(fn, *args)
+        job.add_done_callback(self._left_pool)
+        return job
+
+    def _left_pool(self, _job: concurrent.futures.Future[Any]) -> None:
+        with self._in_pool_lock:
+            self._in_pool -= 1
 
     async def _call_readonly(
         self,
@@ -1007,6 +1036,8 @@ class ActorRuntime:
         self._recovery.cancel()
         self._scheduler.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._overflow is not None:
+            self._overflow.shutdown(wait=False, cancel_futures=True)
 
 
 _runtimes: weakref.WeakKeyDictionary[WorkflowRuntime, ActorRuntime] = weakref.WeakKeyDictionary()
