@@ -438,6 +438,9 @@ async def test_index_range_order_max_score_limit_and_score(storage: Storage) -> 
     assert await storage.index_score("timers", "c") == 3.0
     assert await storage.index_score("timers", "inf") == math.inf
     assert await storage.index_score("timers", "zzz") is None
+    assert await storage.index_count("timers") == 8
+    assert await storage.index_count("other") == 1
+    assert await storage.index_count("nope") == 0
     assert await storage.index_score("other", "c") is None
     score = 1722000000.123456789  # a full-precision float survives exactly
     assert await storage.commit(Batch().index_add("timers", "c", score).index_remove("timers", "a"))

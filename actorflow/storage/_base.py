@@ -137,6 +137,10 @@ class Storage(abc.ABC):
         """The score of one member of a sorted index, or ``None`` if it is absent."""
 
     @abc.abstractmethod
+    async def index_count(self, index: str) -> int:
+        """How many members a sorted index has (0 for an index that does not exist)."""
+
+    @abc.abstractmethod
     async def close(self) -> None:
         """Release connections. The object is unusable afterwards."""
 

@@ -53,6 +53,10 @@ T = TypeVar("T")
 
 #: Seconds to wait for a TCP connection unless the URL sets ``socket_connect_timeout``.
 DEFAULT_CONNECT_TIMEOUT = 10.0
+#: Seconds to wait for any reply unless the URL sets ``socket_timeout``: a server that stops
+#: answering (frozen, partitioned away) then fails a command with StorageUnavailableError
+#: instead of hanging it for good. No command actorflow sends blocks on the server's side.
+DEFAULT_SOCKET_TIMEOUT = 10.0
 #: Delays before re-trying an idempotent read after a connection error.
 _READ_RETRY_DELAYS = (0.05, 0.25)
 #: Keys handed to one run of the delete script by :meth:`RedisStorage.delete_prefix`.
@@ -164,6 +168,7 @@ class RedisStorage(Storage):
                 details["url"],
                 decode_responses=False,
                 socket_connect_timeout=DEFAULT_CONNECT_TIMEOUT,
+                socket_timeout=DEFAULT_SOCKET_TIMEOUT,
                 retry=Retry(NoBackoff(), 0),
             )
         except (ValueError, TypeError) as exc:
@@ -430,6 +435,16 @@ class RedisStorage(Storage):
             return None if score is None else float(score)
 
         return await self._read("index_score", do)
+
+    async def index_count(self, index: str) -> int:
+        """How many members ``index`` has (one ``ZCARD``)."""
+        check_key(index, "index name", self.url)
+        ikey = self._ikey(index)
+
+        async def do() -> int:
+            return int(await self._client.zcard(ikey))
+
+        return await self._read("index_count", do)
 
     async def close(self) -> None:
         """Close the connection pool. Idempotent; errors while closing are ignored."""

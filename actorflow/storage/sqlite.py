@@ -616,6 +616,15 @@ class SQLiteStorage(Storage):
 
         return await self._run(do)
 
+    async def index_count(self, index: str) -> int:
+        """How many members ``index`` has."""
+        check_key(index, "index name", self.url)
+
+        def do(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("SELECT count(*) FROM idx WHERE name = ?", (index,)).fetchone()[0])
+
+        return await self._run(do)  # a count can take milliseconds: never on the caller's thread
+
     async def close(self) -> None:
         """Close the connection and stop the worker thread. Idempotent."""
         with self._close_lock:
