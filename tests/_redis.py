@@ -7,6 +7,10 @@ waits for it. Usable as a context manager::
 
     with start_redis(tmp_path) as server:
         url = server.url
+
+For outage tests, ``server.kill()`` SIGKILLs the server (no shutdown, as in a crash) and
+``server.start()`` starts it again on the same port with the same data directory, so clients
+reconnect to the same address and find every write it acknowledged (AOF).
 """
 
 from __future__ import annotations
@@ -86,6 +90,29 @@ class RedisServer:
             pass
         self.proc.wait(timeout=timeout)
 
+    def kill(self, timeout: float = 10.0) -> None:
+        """SIGKILL the server by its pid (as in a crash: nothing is flushed) and reap it.
+        Idempotent."""
+        if self.proc.poll() is not None:
+            return
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=timeout)
+
+    def start(self, timeout: float = 15.0) -> None:
+        """Start the stopped (or killed) server again on the same port and data directory and
+        return once it answers PING. Raises ``RuntimeError`` with its log if it does not."""
+        if self.running():
+            raise RuntimeError(f"redis-server pid {self.pid} is still running")
+        self.proc = _launch(self.port, self.directory, self.password)
+        self.pid = self.proc.pid
+        if not _wait_for_ping(self, timeout):
+            log = self.log
+            self.stop()
+            raise RuntimeError(f"redis-server did not start again on port {self.port}:\n{log}")
+
     def __enter__(self) -> RedisServer:
         return self
 
@@ -96,6 +123,45 @@ class RedisServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _launch(port: int, directory: Path, password: str | None) -> subprocess.Popen[bytes]:
+    """Spawn ``redis-server`` on ``port`` with its files in ``directory`` (log appended)."""
+    log = open(directory / "redis.log", "ab")
+    try:
+        return subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(directory),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--daemonize",
+                "no",
+                *(["--requirepass", password] if password else []),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    finally:
+        log.close()
+
+
+def _wait_for_ping(server: RedisServer, timeout: float) -> bool:
+    """Whether ``server`` answers PING within ``timeout`` seconds (False once it exits)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and server.running():
+        if _answers_ping(server.port, server.password):
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def start_redis(
@@ -116,37 +182,10 @@ def start_redis(
     last_log = ""
     for _attempt in range(3):
         port = free_port()
-        log = open(directory / "redis.log", "wb")
-        try:
-            proc = subprocess.Popen(
-                [
-                    REDIS_SERVER,
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--dir",
-                    str(directory),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "yes",
-                    "--daemonize",
-                    "no",
-                    *(["--requirepass", password] if password else []),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        finally:
-            log.close()
-        server = RedisServer(proc, port, directory, password)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and server.running():
-            if _answers_ping(port, password):
-                return server
-            time.sleep(0.05)
+        (directory / "redis.log").write_bytes(b"")  # the log of this attempt only
+        server = RedisServer(_launch(port, directory, password), port, directory, password)
+        if _wait_for_ping(server, timeout):
+            return server
         last_log = server.log
         server.stop()
         if "Address already in use" not in last_log:

@@ -13,18 +13,22 @@ event is durable (it may run again after a crash, so make it idempotent).
 ``workflow.sleep(seconds)``: the wake-up time is fixed (and checkpointed) when the sleep first
 runs, so a resumed workflow sleeps only for what is left.
 
-Waiting steps ask Ray for no CPU, so a workflow blocked on an event holds no CPU slot.
+Waiting steps ask Ray for no CPU, so a workflow blocked on an event holds no CPU slot. A
+storage outage only delays the event: the wait keeps polling (with backoff) until storage is
+back. (``sleep`` touches no storage at all.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Any
 
 from actorflow import _codec
 from actorflow.errors import ConfigError, WorkflowError
 from actorflow.workflow._dag import Workflow, step
+from actorflow.workflow._executor import ride_out
 from actorflow.workflow._raysupport import current_step
 
 
@@ -48,20 +52,35 @@ class HTTPListener(EventListener):
     """Waits for an event posted to this workflow under a key (HTTP or ``post_event``)."""
 
     async def poll_for_event(self, key: str, poll_interval: float = 0.1) -> Any:
+        """Poll storage for the event until it is there.
+
+        Storage that cannot be reached is polled again with backoff, for as long as it takes:
+        failing the step would only make it retry, and the wait has no deadline of its own.
+        If the runner gives up on the workflow meanwhile, it cancels this step.
+        """
         from actorflow.workflow._runtime import runtime_for
 
         ctx = current_step()
         if ctx is None:
             raise WorkflowError("?", "HTTPListener runs inside a workflow step")
-        rt = runtime_for(ctx.storage_url)
+        url, event = ctx.storage_url, k_event(ctx.workflow_id, key)
+        # Opening the runtime connects to storage, which may be down too.
+        rt = await ride_out(lambda: asyncio.to_thread(runtime_for, url), _forever, "opening storage")
+
+        async def get() -> bytes | None:
+            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(rt.storage.get(event), rt.loop))
+
         delay = 0.01
         while True:
-            fut = asyncio.run_coroutine_threadsafe(rt.storage.get(k_event(ctx.workflow_id, key)), rt.loop)
-            raw = await asyncio.wrap_future(fut)
+            raw = await ride_out(get, _forever, "waiting for an event")
             if raw is not None:
                 return _codec.json_loads(raw)
             await asyncio.sleep(delay)
             delay = min(delay * 2, poll_interval)
+
+
+def _forever() -> float:
+    return math.inf
 
 
 @step(name="wait_for_event", num_cpus=0)

@@ -6,7 +6,11 @@ atomic commit per group, and only then are the steps that depend on them submitt
 
 * a step starts only after the outputs it consumes are durable;
 * a step whose output is stored never runs again (on resume it is loaded instead);
-* every commit requires the runner's lease, so a cancelled or superseded runner stops writing.
+* every commit requires the runner's lease, so a cancelled or superseded runner stops writing;
+* a storage blip (:class:`~actorflow.errors.StorageUnavailableError`) is ridden out: reads and
+  commits are retried with backoff for as long as the lease could still be valid. Past that
+  the runner gives up as if its lease were lost (it cancels its steps in flight, so that none
+  runs in two places once another runner takes over).
 
 A step that returns another workflow (a continuation) stores that sub-graph with its record;
 its own output becomes the sub-graph's output.
@@ -16,14 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from actorflow import _codec
-from actorflow.errors import WorkflowCancelledError, WorkflowError
-from actorflow.storage import Batch
+from actorflow.errors import StorageUnavailableError, WorkflowCancelledError, WorkflowError
+from actorflow.storage import Batch, Storage
 from actorflow.workflow._dag import IdAssigner, StepRef, StepSpec, flatten, map_values
 from actorflow.workflow._raysupport import StepContext, StepFailure, portable_exception, remote_for
 from actorflow.workflow._store import (
@@ -38,10 +43,92 @@ from actorflow.workflow._store import (
 )
 
 log = logging.getLogger("actorflow.workflow")
+T = TypeVar("T")
+
+#: Pause before the first retry of a storage call that could not reach storage; it doubles
+#: with every further retry, up to ``RETRY_MAX_DELAY``.
+RETRY_FIRST_DELAY = 0.05
+RETRY_MAX_DELAY = 1.0
 
 
 class LeaseLost(BaseException):
-    """The runner no longer owns the workflow (cancelled or taken over). Internal signal."""
+    """The runner no longer owns the workflow (cancelled or taken over). Internal signal.
+
+    Raised ``from`` a :class:`StorageUnavailableError` when the runner gave up because storage
+    stayed unreachable for as long as its lease could be valid: then nobody has taken over
+    yet, and the lease will lapse on its own.
+    """
+
+
+def lease_margin(lease_ttl: float) -> float:
+    """How long before its lease expires a runner stops retrying storage and gives up.
+
+    Other processes judge the expiry by their own clocks, and the runner must still cancel its
+    steps in flight before another runner may start them again; the margin covers both.
+    """
+    return min(2.0, lease_ttl / 10)
+
+
+async def ride_out(op: Callable[[], Awaitable[T]], until: Callable[[], float], what: str) -> T:
+    """``await op()``, retried after :class:`StorageUnavailableError` while storage is down.
+
+    The first attempt is always made. After a failure ``op`` is called again after a pause
+    (50 ms doubling to 1 s) if that pause ends before ``until()``, a ``time.time()`` value read
+    anew each time (a renewed lease moves it); otherwise the last error is raised. Any other
+    error is raised at once. ``op`` must be safe to repeat: a read, or see :func:`commit_fenced`.
+
+    An attempt that hangs is not cut short here: a cancelled commit may still apply later
+    (a frozen server runs it when it wakes), so bounding attempts is the backend's job, with a
+    socket timeout that turns a hang into :class:`StorageUnavailableError`.
+    """
+    delay = RETRY_FIRST_DELAY
+    while True:
+        try:
+            return await op()
+        except StorageUnavailableError as exc:
+            if time.time() + delay >= until():
+                raise
+            if delay == RETRY_FIRST_DELAY:
+                log.warning("storage unavailable during %s; retrying: %s", what, exc)
+        await asyncio.sleep(delay)
+        delay = min(2 * delay, RETRY_MAX_DELAY)
+
+
+async def commit_fenced(
+    storage: Storage, batch: Batch, until: Callable[[], float], what: str = "a commit"
+) -> bool:
+    """Commit ``batch``, riding out storage blips as :func:`ride_out` does; return whether the
+    batch applied (``False``: its expectations failed and nothing changed).
+
+    A commit that fails on the wire may still have applied (the Redis backend cannot tell).
+    Sending the same batch again is harmless (the same bytes, applied only if its
+    expectations still hold), but a batch that did apply has often broken its own
+    expectations: a lease renewal requires the old lease it replaced, a final commit requires
+    the lease it deleted. So once an outcome was unknown, a ``False`` answer is checked: if
+    every key the batch puts holds its bytes and every key it deletes is absent, the earlier
+    attempt applied, and this returns ``True`` rather than reporting a lost race.
+
+    That check is sound for batches that write at least one value no other writer could
+    (a fresh lease, a timestamped record), as every executor batch does. Index changes are
+    not checked; executor batches make none.
+    """
+    unknown = False
+
+    async def attempt() -> bool:
+        nonlocal unknown
+        try:
+            if await storage.commit(batch):
+                return True
+        except StorageUnavailableError:
+            unknown = True
+            raise
+        if not unknown:
+            return False
+        keys = [*batch.puts, *batch.deletes]
+        wanted: list[bytes | None] = [*batch.puts.values(), *(None for _ in batch.deletes)]
+        return await storage.get_many(keys) == wanted
+
+    return await ride_out(attempt, until, what)
 
 
 class Executor:
@@ -70,7 +157,7 @@ class Executor:
         self.completions: list[tuple[str, Any]] = []
         self.wakeup = asyncio.Event()
         self.root = ""
-        self._lost = False
+        self._lost: LeaseLost | None = None  # set by the heartbeat when it could not renew
 
     # ----------------------------------------------------------------- graph bookkeeping
     def _add_specs(self, specs: list[StepSpec]) -> None:
@@ -124,7 +211,8 @@ class Executor:
             for s in specs:
                 self._activate_iter(s.step_id)
             return
-        existing = await self.store.step_ids(self.wid)
+        # Before run(), so a storage outage past the lease's deadline raises as it is.
+        existing = await ride_out(lambda: self.store.step_ids(self.wid), self._deadline, "loading steps")
         visited: set[str] = set()
         frontier = [self.root]
         pending: list[str] = []
@@ -132,7 +220,8 @@ class Executor:
             frontier = [s for s in dict.fromkeys(frontier) if s not in visited]
             visited.update(frontier)
             with_record = [s for s in frontier if s in existing]
-            raws = await self.storage.get_many([k_step(self.wid, s) for s in with_record])
+            read = functools.partial(self.storage.get_many, [k_step(self.wid, s) for s in with_record])
+            raws = await ride_out(read, self._deadline, "loading steps")
             records = dict(zip(with_record, raws, strict=True))
             nxt: list[str] = []
             for sid in frontier:
@@ -140,10 +229,10 @@ class Executor:
                 header: dict[str, Any] = _codec.unpack(raw)[0] if raw else {}
                 kind = header.get("kind")
                 if kind == "ok":
-                    _, value = await self.store.load_payload(self.wid, raw)  # type: ignore[arg-type]
+                    _, value = await self._load_payload(raw)  # type: ignore[arg-type]
                     self.done[sid] = value
                 elif kind == "cont":
-                    _, sub = await self.store.load_payload(self.wid, raw)  # type: ignore[arg-type]
+                    _, sub = await self._load_payload(raw)  # type: ignore[arg-type]
                     self._add_specs(sub)
                     self.active.add(sid)  # waits for its sub-graph; never runs again
                     self.missing[sid] = -1
@@ -160,6 +249,11 @@ class Executor:
         for sid in pending:
             self._activate_iter(sid)
 
+    async def _load_payload(self, raw: bytes) -> tuple[dict[str, Any], Any]:
+        return await ride_out(
+            lambda: self.store.load_payload(self.wid, raw), self._deadline, "loading a checkpoint"
+        )
+
     def _finish_parents(self, sub_root: str) -> None:
         value = self.done[sub_root]
         stack = list(self.cont_parents.pop(sub_root, ()))
@@ -170,25 +264,62 @@ class Executor:
             stack.extend(self.cont_parents.pop(p, ()))
 
     # ----------------------------------------------------------------- running
-    async def _commit(self, batch: Batch) -> None:
+    def _deadline(self) -> float:
+        """Until when storage may be retried: while the lease could still be valid (less the
+        margin), no other runner can have taken over, so waiting for storage is safe."""
+        return self.lease.expires - lease_margin(self.lease_ttl)
+
+    async def _read(self, op: Callable[[], Awaitable[T]], what: str) -> T:
+        """A read during the run, through blips; ``LeaseLost`` once the lease could lapse."""
+        try:
+            return await ride_out(op, self._deadline, what)
+        except StorageUnavailableError as exc:
+            raise LeaseLost() from exc
+
+    async def _send(self, batch: Batch, what: str) -> None:
+        """Commit a batch that requires the lease (held under ``_commit_lock``, so the lease
+        cannot change meanwhile), through blips. ``LeaseLost`` if it did not apply."""
+        try:
+            applied = await commit_fenced(self.storage, batch, self._deadline, what)
+        except StorageUnavailableError as exc:
+            raise LeaseLost() from exc
+        if not applied:
+            raise LeaseLost()
+
+    async def _commit(self, batch: Batch, what: str = "a checkpoint") -> None:
         async with self._commit_lock:
-            batch.require(k_lease(self.wid), self.lease_bytes)
-            if not await self.storage.commit(batch):
-                raise LeaseLost()
+            await self._send(batch.require(k_lease(self.wid), self.lease_bytes), f"{what} of {self.wid}")
+
+    async def _renew(self) -> None:
+        """Extend the lease to ``lease_ttl`` from now. Raises ``LeaseLost`` if it is not ours.
+
+        The renewed lease is fixed before the first attempt, so that after an attempt whose
+        outcome is unknown :func:`commit_fenced` can recognise it in storage.
+        """
+        async with self._commit_lock:
+            new = self.lease.renewed(self.lease_ttl)
+            new_bytes = new.encode()
+            renewal = Batch().require(k_lease(self.wid), self.lease_bytes).put(k_lease(self.wid), new_bytes)
+            await self._send(renewal, f"the lease renewal of {self.wid}")
+            self.lease, self.lease_bytes = new, new_bytes
 
     async def _heartbeat(self) -> None:
+        """Renew the lease every third of its ttl. When it cannot, flag the run as lost."""
         interval = max(0.05, self.lease_ttl / 3)
         while True:
             await asyncio.sleep(interval)
-            async with self._commit_lock:
-                new = self.lease.renewed(self.lease_ttl)
-                new_bytes = new.encode()
-                batch = Batch().require(k_lease(self.wid), self.lease_bytes).put(k_lease(self.wid), new_bytes)
-                if not await self.storage.commit(batch):
-                    self._lost = True
-                    self.wakeup.set()
-                    return
-                self.lease, self.lease_bytes = new, new_bytes
+            try:
+                await self._renew()
+                continue
+            except LeaseLost as lost:
+                self._lost = lost
+            except Exception as exc:
+                # Not a blip (those are ridden out): unrenewed, the lease would lapse while our
+                # steps still run, and another runner would run them again. Stop instead.
+                self._lost = LeaseLost()
+                self._lost.__cause__ = exc
+            self.wakeup.set()
+            return
 
     def _submit(self, sid: str) -> None:
         spec = self.specs[sid]
@@ -213,22 +344,34 @@ class Executor:
         """Execute to the end; return the output or raise the failing step's exception."""
         hb = asyncio.ensure_future(self._heartbeat())
         try:
-            return await self._run()
-        except LeaseLost:
-            await self._on_lease_lost()
-            raise AssertionError("unreachable") from None
+            try:
+                return await self._run()
+            except LeaseLost as exc:
+                lost = exc
+            # Outside the except clause: the error raised for it does not chain to LeaseLost
+            # (which may itself be caused by that very error).
+            await self._on_lease_lost(lost)
+            raise AssertionError("unreachable")
         finally:
             hb.cancel()
             with contextlib.suppress(BaseException):
                 await hb
 
-    async def _on_lease_lost(self) -> None:
+    async def _on_lease_lost(self, lost: LeaseLost) -> None:
         import ray
 
         for ref in self.in_flight.values():
             with contextlib.suppress(Exception):
                 ray.cancel(ref, force=True)  # a polite cancel cannot interrupt a blocking call
-        meta, _, _ = await self.store.read_head(self.wid)
+        if lost.__cause__ is not None:
+            # We gave up (storage unreachable for too long, or failing): nobody has taken over
+            # yet. The lease lapses by itself and the workflow then reads RESUMABLE.
+            raise lost.__cause__
+        # Only to tell a cancel from a take-over; ride out a blip as long as a lease lasts.
+        until = time.time() + self.lease_ttl
+        meta, _, _ = await ride_out(
+            lambda: self.store.read_head(self.wid), lambda: until, "reading the status"
+        )
         if meta["status"] == WorkflowStatus.CANCELED.value:
             raise WorkflowCancelledError(self.wid)
         raise WorkflowError(self.wid, f"workflow {self.wid!r} is now run by another process")
@@ -247,8 +390,8 @@ class Executor:
                 raise WorkflowError(self.wid, f"workflow {self.wid!r} has no runnable step (internal error)")
             await self.wakeup.wait()
             self.wakeup.clear()
-            if self._lost:
-                raise LeaseLost()
+            if self._lost is not None:
+                raise self._lost
             items, self.completions = self.completions, []
             if not items:
                 continue
@@ -311,18 +454,18 @@ class Executor:
 
     async def _succeed(self) -> Any:
         value = self.done[self.root]
-        meta, _, _ = await self.store.read_head(self.wid)
+        meta, _, _ = await self._read(lambda: self.store.read_head(self.wid), "reading the status")
         meta.update(status=WorkflowStatus.SUCCESSFUL.value, end_time=time.time(), error=None)
         batch = Batch()
         self.store.put_meta(batch, self.wid, meta)
         self.store.put_payload(
             batch, self.wid, k_out(self.wid), {}, value, f"the output of workflow {self.wid!r}"
         )
-        await self._commit(batch.delete(k_lease(self.wid)))
+        await self._commit(batch.delete(k_lease(self.wid)), "the final commit")
         return value
 
     async def _fail(self, sid: str, exc: BaseException, tb: str) -> None:
-        meta, _, _ = await self.store.read_head(self.wid)
+        meta, _, _ = await self._read(lambda: self.store.read_head(self.wid), "reading the status")
         meta.update(
             status=WorkflowStatus.FAILED.value,
             end_time=time.time(),
@@ -335,8 +478,8 @@ class Executor:
         except Exception:
             exc = StepFailure(type(exc).__name__, str(exc))
             self.store.put_payload(batch, self.wid, k_err(self.wid), {}, exc, "the error")
-        await self._commit(batch.delete(k_lease(self.wid)))
+        await self._commit(batch.delete(k_lease(self.wid)), "the final commit")
         raise exc
 
 
-__all__ = ["Executor", "LeaseLost"]
+__all__ = ["Executor", "LeaseLost", "commit_fenced", "lease_margin", "ride_out"]

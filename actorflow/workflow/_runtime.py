@@ -28,7 +28,7 @@ from actorflow.errors import (
 )
 from actorflow.storage import Batch, Storage, default_storage_url, open_storage, parse_storage_url
 from actorflow.workflow._dag import IdAssigner, StepSpec, Workflow, flatten
-from actorflow.workflow._executor import Executor
+from actorflow.workflow._executor import Executor, commit_fenced, lease_margin, ride_out
 from actorflow.workflow._raysupport import ensure_ray
 from actorflow.workflow._store import (
     Lease,
@@ -214,30 +214,42 @@ class WorkflowRuntime:
         await ex.load(specs, counters, fresh=fresh)
         return await ex.run()
 
+    async def _through_blips(
+        self, op: Callable[[], Coroutine[Any, Any, T]], what: str, within: float | None = None
+    ) -> T:
+        """A storage read on the way to running or waiting for a workflow, retried through an
+        outage of up to ``lease_ttl`` seconds (or ``within``, if shorter): an outage that a
+        running executor rides out must not end those that resume or wait for it either."""
+        until = time.time() + (self.lease_ttl if within is None else min(self.lease_ttl, within))
+        return await ride_out(op, lambda: until, what)
+
     async def _take_over(self, wid: str, expected_lease: bytes | None) -> Lease | None:
         """Become the workflow's runner if its lease is still ``expected_lease``."""
-        meta, meta_raw, _ = await self.store.read_head(wid)
+        meta, meta_raw, _ = await self._through_blips(lambda: self.store.read_head(wid), "a take-over")
         lease = Lease.new(self.lease_ttl)
         meta.update(status=WorkflowStatus.RUNNING.value, end_time=None, error=None)
         batch = Batch().require(k_lease(wid), expected_lease).require(k_meta(wid), meta_raw)
         batch.put(k_lease(wid), lease.encode())
         self.store.put_meta(batch, wid, meta)
-        return lease if await self.storage.commit(batch) else None
+        # The new lease is ours alone, so a take-over whose reply was lost is recognised as
+        # ours (commit_fenced). Retry only while that lease, if it did apply, would be valid.
+        deadline = lease.expires - lease_margin(self.lease_ttl)
+        return lease if await commit_fenced(self.storage, batch, lambda: deadline, "a take-over") else None
 
     async def _resume(self, wid: str, handed_lease: bytes | None = None) -> Any:
         while True:
-            meta, _, lease_raw = await self.store.read_head(wid)
+            meta, _, lease_raw = await self._through_blips(lambda: self.store.read_head(wid), "a resume")
             lease = Lease.decode(lease_raw)
             status = effective_status(meta, lease)
             if status is WorkflowStatus.SUCCESSFUL:
-                return await self.store.load_output(wid)
+                return await self._through_blips(lambda: self.store.load_output(wid), "a resume")
             if status is WorkflowStatus.CANCELED:
                 raise WorkflowCancelledError(wid)
             if status is WorkflowStatus.RUNNING and lease_raw != handed_lease:
                 return await self._wait_output(wid, None)
             mine = await self._take_over(wid, lease_raw)
             if mine is not None:
-                specs, counters = await self.store.load_dag(wid)
+                specs, counters = await self._through_blips(lambda: self.store.load_dag(wid), "a resume")
                 return await self._execute(wid, mine, specs, counters, fresh=False)
             handed_lease = None
 
@@ -274,12 +286,13 @@ class WorkflowRuntime:
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.005
         while True:
-            meta, _, lease_raw = await self.store.read_head(wid)
+            left = None if deadline is None else deadline - time.monotonic()
+            meta, _, lease_raw = await self._through_blips(lambda: self.store.read_head(wid), "a wait", left)
             status = effective_status(meta, Lease.decode(lease_raw))
             if status is WorkflowStatus.SUCCESSFUL:
-                return await self.store.load_output(wid)
+                return await self._through_blips(lambda: self.store.load_output(wid), "a wait", left)
             if status is WorkflowStatus.FAILED:
-                raise await self.store.load_error(wid)
+                raise await self._through_blips(lambda: self.store.load_error(wid), "a wait", left)
             if status is WorkflowStatus.CANCELED:
                 raise WorkflowCancelledError(wid)
             if status is WorkflowStatus.RESUMABLE:
