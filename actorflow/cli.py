@@ -2,6 +2,10 @@
 
 ``actorflow demo`` runs a short durable workflow on the default storage and shows its
 checkpoints; ``actorflow workflows list|status|resume`` manage stored workflows.
+
+The bearer token of ``serve`` and ``call`` is best given as ``$ACTORFLOW_TOKEN`` or in a file
+(``--token-file PATH`` or ``$ACTORFLOW_TOKEN_FILE``): ``--token T`` puts it in the process table,
+where other users of the machine can read it. Nothing here prints the token.
 """
 
 from __future__ import annotations
@@ -12,10 +16,59 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from actorflow.errors import ActorflowError
+from actorflow.errors import ActorflowError, ConfigError
+
+TOKEN_ENV = "ACTORFLOW_TOKEN"
+TOKEN_FILE_ENV = "ACTORFLOW_TOKEN_FILE"
+
+
+def read_token_file(path: str) -> str:
+    """The token in file ``path``: its text with surrounding whitespace stripped.
+
+    Raises :class:`ConfigError` naming the path, never the content, for a file that cannot be
+    read, is not UTF-8 text, is empty, or holds more than one line (no HTTP header carries that).
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read token file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        # The decoder's message quotes a byte of the file, which is part of the secret.
+        raise ConfigError(f"token file {path} is not UTF-8 text") from None
+    if not token:
+        raise ConfigError(f"token file {path} is empty")
+    if any(ch in "\r\n\0" for ch in token):
+        raise ConfigError(f"token file {path} must hold the token alone, on one line")
+    return token
+
+
+def resolve_token(
+    token: str | None, token_file: str | None, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """The bearer token from an explicit value or file, else from the environment; None: no auth.
+
+    An explicit ``token`` or ``token_file`` wins over ``$ACTORFLOW_TOKEN`` and
+    ``$ACTORFLOW_TOKEN_FILE``. Giving both of a pair (both arguments, or both variables) is a
+    :class:`ConfigError`, as is a token file that :func:`read_token_file` refuses. Empty values
+    count as not given.
+    """
+    env = os.environ if environ is None else environ
+    if token and token_file:
+        raise ConfigError("give the token or a token file, not both")
+    if token:
+        return token
+    if token_file:
+        return read_token_file(token_file)
+    env_token, env_file = env.get(TOKEN_ENV), env.get(TOKEN_FILE_ENV)
+    if env_token and env_file:
+        raise ConfigError(f"${TOKEN_ENV} and ${TOKEN_FILE_ENV} are both set; set one")
+    if env_file:
+        return read_token_file(env_file)
+    return env_token or None
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -61,12 +114,14 @@ def _serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
+    from actorflow.storage import redact_url
     from deployments.app import APP_NAME, build, settings_from
 
     build_args = {
         "modules": args.modules,
         "storage": args.storage,
         "token": args.token,
+        "token_file": args.token_file,
         "actor_host_replicas": args.replicas,
     }
     settings = settings_from(build_args)
@@ -81,7 +136,8 @@ def _serve(args: argparse.Namespace) -> int:
     from actorflow.actor import registered_types
 
     types = ", ".join(sorted(registered_types())) or "(none: pass modules that define actors)"
-    print(f"actorflow is serving {types} at {address} (storage {settings['storage']})")
+    # The storage URL of a Redis carries its password; the token is never printed either.
+    print(f"actorflow is serving {types} at {address} (storage {redact_url(settings['storage'])})")
     print(f"  API docs:  {address}/docs")
     if "Account" in registered_types():
         body = '{"kwargs": {"owner": "Alice", "balance": 100}}'
@@ -120,7 +176,7 @@ def _call(args: argparse.Namespace) -> int:
         else {"args": call_args if isinstance(call_args, list) else [call_args]}
     )
     headers = {"x-session-id": f"{args.type}/{args.id}"}
-    token = args.token or os.environ.get("ACTORFLOW_TOKEN")
+    token = resolve_token(args.token, args.token_file)
     if token:
         headers["authorization"] = f"Bearer {token}"
     if args.idempotency_key:
@@ -151,6 +207,23 @@ def _workflows(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_token_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """--token and --token-file, which exclude each other (argparse reports both given)."""
+    tokens = parser.add_mutually_exclusive_group()
+    tokens.add_argument(
+        "--token",
+        default=None,
+        help=f"{what}; other users can read it in the process table, so prefer ${TOKEN_ENV} or --token-file",
+    )
+    tokens.add_argument(
+        "--token-file",
+        default=None,
+        metavar="PATH",
+        help=f"read the token from PATH, surrounding whitespace stripped (default: ${TOKEN_FILE_ENV}, "
+        f"else ${TOKEN_ENV}; neither set: no token)",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``actorflow`` command; returns the exit status."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -176,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=int(os.environ.get("ACTORFLOW_PORT", "8000")))
     srv.add_argument("--replicas", type=int, default=2, help="ActorHost replicas (default 2)")
-    srv.add_argument("--token", default=None, help="bearer token (default: $ACTORFLOW_TOKEN; none: no auth)")
+    _add_token_arguments(srv, "bearer token that every route but /healthz requires")
     srv.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray")
     srv.set_defaults(func=_serve)
     call = sub.add_parser("call", help="call an actor method on a running service")
@@ -191,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help='a JSON array of arguments, or {"args": [...], "kwargs": {...}}',
     )
     call.add_argument("--address", default=os.environ.get("ACTORFLOW_ADDRESS", "http://127.0.0.1:8000"))
-    call.add_argument("--token", default=None)
+    _add_token_arguments(call, "bearer token to send to the service")
     call.add_argument("--idempotency-key", default=None)
     call.add_argument("--create", action="store_true", help="create the actor first if it is missing")
     call.set_defaults(func=_call)

@@ -16,15 +16,22 @@ upgrade (two clusters side by side) an actor touched by two replicas loses no up
 
 Builder arguments (all optional), each falling back to an environment variable:
 
-=====================  ======================  ==========================================
-arg                    env                     meaning
-=====================  ======================  ==========================================
-``storage``            ``ACTORFLOW_STORAGE``   storage URL (default: per-user SQLite file)
-``token``              ``ACTORFLOW_TOKEN``     bearer token for every route but /healthz
-``modules``            ``ACTORFLOW_MODULES``   modules defining actor types (comma list)
-``actor_host_replicas``                        replicas of ActorHost (default 2)
-``max_body``                                   request body limit in bytes (default 1 MiB)
-=====================  ======================  ==========================================
+=======================  ========================  ==========================================
+arg                      env                       meaning
+=======================  ========================  ==========================================
+``storage``              ``ACTORFLOW_STORAGE``     storage URL (default: per-user SQLite file)
+``token``                ``ACTORFLOW_TOKEN``       bearer token for every route but /healthz
+``token_file``           ``ACTORFLOW_TOKEN_FILE``  file holding that token (whitespace stripped)
+``modules``              ``ACTORFLOW_MODULES``     modules defining actor types (comma list)
+``actor_host_replicas``                            replicas of ActorHost (default 2)
+``max_body``                                       request body limit in bytes (default 1 MiB)
+=======================  ========================  ==========================================
+
+``token`` and ``token_file`` exclude each other, as do their two variables, and either argument
+wins over both variables. A token file that cannot be read, is empty or holds more than one line
+is a :class:`~actorflow.errors.ConfigError` when the application is built, so a bad mount fails
+the deployment rather than serving without authentication. The file is read at build time, not
+on each request: a changed file takes effect with the next build.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from ray import serve
 from ray.serve import Application
 from starlette.requests import Request
 
+from actorflow.cli import resolve_token
 from actorflow.storage import default_storage_url, parse_storage_url
 from deployments.api import DEFAULT_MAX_BODY, SESSION_HEADER, ApiSettings, create_api
 from deployments.backend import LocalBackend, load_modules
@@ -132,7 +140,7 @@ def settings_from(args: dict[str, Any]) -> dict[str, Any]:
         modules = [modules]
     return {
         "storage": canonical_url(storage),
-        "token": args.get("token") or os.environ.get("ACTORFLOW_TOKEN") or None,
+        "token": resolve_token(args.get("token"), args.get("token_file")),
         "modules": [m.strip() for m in modules],
         "replicas": int(args.get("actor_host_replicas", 2)),
         "max_body": int(args.get("max_body", DEFAULT_MAX_BODY)),

@@ -9,7 +9,8 @@ with tests/_kustomize.py, and the rendered objects are what these tests check:
   unknown fields rejected (skipped, with the reason, where that file is absent);
 * serveConfigV2 with Ray Serve's ServeDeploySchema, plus a walk for the keys that Serve would
   silently ignore; then its import path is imported and built the way Serve's controller does;
-* the wiring no schema sees: Secret keys, Services, probes, ports, replicas, resources.
+* the wiring no schema sees: Secret keys, Services, probes, ports, replicas, resources;
+* the NetworkPolicies, by working out which peer may connect to which port of each pod.
 
 The last tests break a copy of the manifests on purpose and show that the checks catch it.
 """
@@ -17,14 +18,16 @@ The last tests break a copy of the manifests on purpose and show that the checks
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fnmatch
 import functools
 import importlib
 import re
 import shutil
+import textwrap
 import tomllib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, get_args
 from urllib.parse import urlsplit
@@ -45,7 +48,7 @@ KUBE_VERSIONS = ("1.30", kubernetes_validate.latest_version())
 KUSTOMIZATIONS = sorted(str(p.parent.relative_to(REPO)) for p in K8S.rglob("kustomization.yaml"))
 
 #: What deployments.app:build accepts (storage and token must come from the Secret instead).
-BUILDER_ARGS = {"modules", "storage", "token", "actor_host_replicas"}
+BUILDER_ARGS = {"modules", "storage", "token", "token_file", "actor_host_replicas"}
 ROUTER = {
     "request_router_class": "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter",
     "request_router_kwargs": {"num_fallback_replicas": 0},
@@ -286,7 +289,8 @@ def test_kustomization_renders(kustomization: str) -> None:
     objects = objects_of(kustomization)
     kinds = Counter(o["kind"] for o in objects)
     assert kinds["RayService"] == 1 and kinds["StatefulSet"] == 2 and kinds["Service"] == 2, kinds
-    assert set(kinds) <= {"RayService", "StatefulSet", "Service", "Secret", "Namespace"}, kinds
+    known = {"RayService", "StatefulSet", "Service", "Secret", "Namespace", "NetworkPolicy"}
+    assert set(kinds) <= known, kinds
     # One namespace for all namespaced objects: the kustomization's (none for the bare base).
     namespaces = {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"}
     expected = yaml.safe_load((REPO / kustomization / "kustomization.yaml").read_text()).get("namespace")
@@ -408,8 +412,12 @@ def test_ray_pods(kustomization: str) -> None:
         check_resources(where, container)
         ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
         if group == "head":
-            # KubeRay builds actorflow-serve-svc from the head port named "serve".
+            # KubeRay builds actorflow-serve-svc from the head port named "serve", and the head
+            # Service from all of them: the operator finds the dashboard there by its name.
             assert ports.get("serve") == serve_port, where
+            assert ports.get("dashboard") == 8265, where
+            # Nothing uses Ray client, so the head Service does not publish it.
+            assert 10001 not in ports.values() and "client" not in ports, where
             continue
         assert spec["minReplicas"] <= spec["replicas"] <= spec["maxReplicas"], where
         probe = container["readinessProbe"]["httpGet"]
@@ -508,6 +516,276 @@ def test_secrets(kustomization: str) -> None:
     assert env_from_secret(redis, "REDISCLI_AUTH") == ("actorflow", "redis-password")
     assert url.password == data["redis-password"]
     assert data["gcs-redis-password"] != data["redis-password"]
+
+
+# -- network policies: who may connect to what ---------------------------------------------------
+#
+# The policies are checked by their effect rather than their text: for each pod the manifests
+# create, with the labels KubeRay gives it, and for each kind of peer, which ports a connection
+# may reach, following Kubernetes' rules (a pod no policy selects takes everything; a selected
+# pod takes what any selecting policy's rule allows; policies never deny).
+
+
+@functools.cache
+def operator_namespace() -> str:
+    """Where k8s/README.md installs the KubeRay operator (its helm command names the namespace)."""
+    match = re.search(
+        r"helm install kuberay-operator \S+ .*--namespace (\S+)", (K8S / "README.md").read_text()
+    )
+    assert match, "k8s/README.md must install the operator into a namespace it names"
+    return match[1]
+
+
+#: The pod labels of the operator's Helm chart (kuberay-operator v1.7.0, without nameOverride).
+OPERATOR_LABELS = {
+    "app.kubernetes.io/name": "kuberay-operator",
+    "app.kubernetes.io/instance": "kuberay-operator",
+    "app.kubernetes.io/component": "kuberay-operator",
+}
+SERVE_PORT, METRICS_PORT, DASHBOARD_PORT, REDIS_PORT = 8000, 8080, 8265, 6379
+#: Ports a Ray pod listens on, probed one by one: GCS, Ray client, dashboard, dashboard agent,
+#: the first worker port, metrics, Serve.
+RAY_PORTS = (6379, 10001, DASHBOARD_PORT, 52365, 10002, METRICS_PORT, SERVE_PORT)
+
+
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    """Something that opens a connection: a pod (``namespace`` set) or a client outside the
+    cluster's pod network (``namespace`` None)."""
+
+    name: str
+    labels: Mapping[str, str]
+    namespace: str | None
+    ray: bool = False  # a pod of this RayService
+    operator: bool = False  # the KubeRay operator, where k8s/README.md installs it
+
+
+@dataclasses.dataclass(frozen=True)
+class Pod:
+    name: str
+    labels: Mapping[str, str]
+    namespace: str
+    ports: Mapping[str, int]  # named container ports, for policies that name a port
+    kind: str  # "head", "worker", "redis"
+
+
+def kuberay_pod_labels(template: Obj, node_type: str, group: str, cluster: str) -> dict[str, str]:
+    """The labels KubeRay v1.7 puts on a Ray pod: its own, overridden by the template's except for
+    ray.io/cluster, ray.io/node-type and ray.io/group (labelPod, ray-operator/.../common/pod.go)."""
+    own = {
+        "ray.io/is-ray-node": "yes",
+        "ray.io/cluster": cluster,
+        "ray.io/node-type": node_type,
+        "ray.io/group": group,
+        "ray.io/identifier": f"{cluster}-{node_type}",
+        "app.kubernetes.io/name": "kuberay",
+        "app.kubernetes.io/created-by": "kuberay-operator",
+    }
+    fixed = {"ray.io/cluster", "ray.io/node-type", "ray.io/group"}
+    overrides = template["metadata"].get("labels", {})
+    return own | {k: v for k, v in overrides.items() if k not in fixed}
+
+
+def app_namespace(objects: list[Obj]) -> str:
+    """The namespace of the rendering; the bare base has none, so it stands for any one."""
+    return one(objects, "RayService")["metadata"].get("namespace") or "default"
+
+
+def pods_of(objects: list[Obj]) -> list[Pod]:
+    """The pods the manifests make: the Ray head, one per worker group, one per StatefulSet."""
+    namespace = app_namespace(objects)
+    cluster = one(objects, "RayService")["spec"]["rayClusterConfig"]
+    rc = "actorflow-x7k2q"  # KubeRay names the RayCluster after the RayService, plus a suffix
+    pods = []
+    for group, spec, container in ray_containers(one(objects, "RayService")):
+        is_head = spec is cluster["headGroupSpec"]
+        node_type, group_label = ("head", "headgroup") if is_head else ("worker", group)
+        ports = {p["name"]: p["containerPort"] for p in container.get("ports", []) if "name" in p}
+        ports.setdefault("metrics", METRICS_PORT)  # KubeRay adds it when missing
+        labels = kuberay_pod_labels(spec["template"], node_type, group_label, rc)
+        pods.append(Pod(f"{group} pod", labels, namespace, ports, node_type))
+    for sts in (o for o in objects if o["kind"] == "StatefulSet"):
+        template = sts["spec"]["template"]
+        ports = {p["name"]: p["containerPort"] for c in template["spec"]["containers"] for p in c["ports"]}
+        labels = dict(template["metadata"]["labels"])
+        pods.append(Pod(f"{sts['metadata']['name']}-0", labels, namespace, ports, "redis"))
+    return pods
+
+
+def peers_of(objects: list[Obj]) -> list[Peer]:
+    """The Ray pods as clients (with an upgrade's second cluster and KubeRay's Redis cleanup Job),
+    the operator, and everything that must get nothing but the service's port."""
+    namespace = app_namespace(objects)
+    rayservice = one(objects, "RayService")
+    head = rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]
+    peers = []
+    for pod in pods_of(objects):
+        peers.append(Peer(pod.name, pod.labels, namespace, ray=pod.kind != "redis"))
+    upgrade = kuberay_pod_labels(head, "head", "headgroup", "actorflow-n3w9c")
+    peers.append(Peer("the head of the next cluster (upgrade)", upgrade, namespace, ray=True))
+    cleanup = kuberay_pod_labels(head, "redis-cleanup", "headgroup", "actorflow-x7k2q")
+    peers.append(Peer("KubeRay's Redis cleanup Job", cleanup, namespace, ray=True))
+    other = {"app.kubernetes.io/name": "something-else"}
+    peers += [
+        Peer("the KubeRay operator", OPERATOR_LABELS, operator_namespace(), operator=True),
+        Peer("an operator look-alike in another namespace", OPERATOR_LABELS, "tenant"),
+        Peer("an operator look-alike in this namespace", OPERATOR_LABELS, namespace),
+        Peer("another pod in this namespace", other, namespace),
+        Peer("a pod in another namespace", other, "tenant"),
+        Peer("a Ray pod of another RayCluster", {"ray.io/node-type": "worker"}, "tenant"),
+        Peer("a client outside the cluster", {}, None),
+    ]
+    return peers
+
+
+def selects(selector: Obj, labels: Mapping[str, str]) -> bool:
+    """Whether a label selector matches ``labels`` (an empty selector matches everything)."""
+    if set(selector) - {"matchLabels", "matchExpressions"}:
+        raise AssertionError(f"not a label selector: {selector}")
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
+        present = key in labels
+        ok = {
+            "In": present and labels.get(key) in values,
+            "NotIn": not present or labels.get(key) not in values,
+            "Exists": present,
+            "DoesNotExist": not present,
+        }[operator]
+        if not ok:
+            return False
+    return True
+
+
+def _peer_matches(entries: list[Obj] | None, peer: Peer, policy_namespace: str) -> bool:
+    if not entries:
+        return True  # no `from`: every source, outside the cluster too
+    for entry in entries:
+        if "ipBlock" in entry:
+            raise AssertionError("ipBlock peers are not modelled here; add them to the model first")
+        if peer.namespace is None:
+            continue  # pod and namespace selectors match pods only
+        namespace_selector = entry.get("namespaceSelector")
+        if namespace_selector is None:
+            in_namespace = peer.namespace == policy_namespace
+        else:
+            in_namespace = selects(namespace_selector, {"kubernetes.io/metadata.name": peer.namespace})
+        if in_namespace and selects(entry.get("podSelector", {}), peer.labels):
+            return True
+    return False
+
+
+def _port_matches(ports: list[Obj] | None, port: int, pod: Pod) -> bool:
+    if not ports:
+        return True  # no `ports`: every port
+    for entry in ports:
+        if entry.get("protocol", "TCP") != "TCP":
+            continue
+        wanted = entry.get("port")
+        if wanted is None:
+            return True
+        if isinstance(wanted, str):
+            wanted = pod.ports.get(wanted)  # a named port means the pod's container port
+            if wanted is None:
+                continue
+        if wanted <= port <= entry.get("endPort", wanted):
+            return True
+    return False
+
+
+def may_connect(objects: list[Obj], peer: Peer, pod: Pod, port: int) -> bool:
+    """Whether Kubernetes lets ``peer`` open a TCP connection to ``port`` of ``pod``."""
+    isolating = [
+        o
+        for o in objects
+        if o["kind"] == "NetworkPolicy"
+        and (o["metadata"].get("namespace") or "default") == pod.namespace
+        and "Ingress" in o["spec"].get("policyTypes", ["Ingress"])
+        and selects(o["spec"]["podSelector"], pod.labels)
+    ]
+    if not isolating:
+        return True
+    return any(
+        _port_matches(rule.get("ports"), port, pod) and _peer_matches(rule.get("from"), peer, pod.namespace)
+        for policy in isolating
+        for rule in policy["spec"].get("ingress", [])
+    )
+
+
+def expected_ports(peer: Peer, pod: Pod) -> set[int]:
+    """What must be open, of the ports probed: the promise of k8s/README.md's table."""
+    if pod.kind == "redis":
+        return {REDIS_PORT} if peer.ray else set()
+    if peer.ray:
+        return set(RAY_PORTS)
+    if peer.namespace is None:
+        return {SERVE_PORT}
+    if pod.kind == "head" and peer.operator:
+        return {SERVE_PORT, METRICS_PORT, DASHBOARD_PORT}
+    return {SERVE_PORT, METRICS_PORT}
+
+
+def network_errors(objects: list[Obj]) -> list[str]:
+    """Each (pod, port, peer) where the policies admit what they must not, or refuse what they must
+    admit."""
+    errors = []
+    for pod in pods_of(objects):
+        probed = (REDIS_PORT,) if pod.kind == "redis" else RAY_PORTS
+        for peer in peers_of(objects):
+            if peer.name == pod.name:
+                continue  # a pod cannot block itself
+            expected = expected_ports(peer, pod)
+            for port in probed:
+                allowed = may_connect(objects, peer, pod, port)
+                if allowed != (port in expected):
+                    state = "open" if allowed else "closed"
+                    errors.append(f"{pod.name}:{port} is {state} to {peer.name}")
+    return errors
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_network_policies(kustomization: str) -> None:
+    objects = objects_of(kustomization)
+    assert network_errors(objects) == []
+    # Every Ray and Redis pod is isolated, so nothing reaches it unless a rule says so.
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    for pod in pods_of(objects):
+        assert any(selects(p["spec"]["podSelector"], pod.labels) for p in policies), pod.name
+    # Ingress only: Ray pods must still reach Redis, DNS, the image registry.
+    for policy in policies:
+        assert policy["spec"]["policyTypes"] == ["Ingress"], label(policy)
+
+
+def test_network_model_sees_kuberay_labels() -> None:
+    """The model gives Ray pods KubeRay's labels, so a template without ours would not match."""
+    objects = objects_of("k8s")
+    head = next(p for p in pods_of(objects) if p.kind == "head")
+    assert head.labels["ray.io/node-type"] == "head" and head.labels["ray.io/is-ray-node"] == "yes"
+    assert head.labels["app.kubernetes.io/name"] == "actorflow"  # the template's wins
+    outsider = Peer("x", {}, None)
+    assert may_connect(objects, outsider, head, SERVE_PORT)
+    assert not may_connect(objects, outsider, head, DASHBOARD_PORT)
+    # Without any policy, everything is open: the model agrees with Kubernetes' default.
+    bare = [o for o in objects if o["kind"] != "NetworkPolicy"]
+    assert may_connect(bare, outsider, head, 10001)
+
+
+def test_operator_namespace_can_be_changed_as_the_readme_shows(tmp_path: Path) -> None:
+    readme = (K8S / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, flags=re.S)
+    [overlay] = [textwrap.dedent(b) for b in blocks if "kind: NetworkPolicy" in b]
+    copied = tmp_path / "k8s"
+    shutil.copytree(K8S, copied)
+    (copied / "overlays" / "mine").mkdir()
+    (copied / "overlays" / "mine" / "kustomization.yaml").write_text(overlay)
+    objects = render(copied / "overlays" / "mine")
+    assert core_errors(objects) == []
+    head = next(p for p in pods_of(objects) if p.kind == "head")
+    moved = re.search(r"value: (\S+)", overlay)
+    assert moved and moved[1] != operator_namespace()
+    assert may_connect(objects, Peer("moved", OPERATOR_LABELS, moved[1]), head, DASHBOARD_PORT)
+    assert not may_connect(objects, Peer("old", OPERATOR_LABELS, operator_namespace()), head, DASHBOARD_PORT)
 
 
 # -- the image ----------------------------------------------------------------------------------
@@ -615,3 +893,47 @@ def test_renderer_refuses_what_it_does_not_implement(tmp_path: Path) -> None:
         (tmp_path / "kustomization.yaml").write_text("resources: [cm.yaml]\n" + extra)
         with pytest.raises(KustomizeError, match=message):
             render(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("file", "good", "bad", "expected"),
+    [
+        # The policies left out: every port of the head is open to every pod.
+        (
+            "base/kustomization.yaml",
+            "  - networkpolicy.yaml\n",
+            "",
+            "head pod:10001 is open to a pod in another namespace",
+        ),
+        # The operator looked for in the wrong namespace: serveConfigV2 would never be deployed.
+        (
+            "base/networkpolicy.yaml",
+            "kubernetes.io/metadata.name: kuberay-system",
+            "kubernetes.io/metadata.name: default",
+            "head pod:8265 is closed to the KubeRay operator",
+        ),
+        # The operator rule widened to any namespace: a pod with the operator's label gets in.
+        (
+            "base/networkpolicy.yaml",
+            "        - namespaceSelector:\n            matchLabels:\n"
+            "              kubernetes.io/metadata.name: kuberay-system\n",
+            "        - namespaceSelector: {}\n",
+            "head pod:8265 is open to an operator look-alike in another namespace",
+        ),
+        # A worker label that drifted from the policies' selectors: the workers are unprotected.
+        (
+            "base/rayservice.yaml",
+            "app.kubernetes.io/component: ray-worker",
+            "app.kubernetes.io/component: worker",
+            "workers pod:10001 is open to a client outside the cluster",
+        ),
+    ],
+    ids=["policies-left-out", "operator-namespace", "operator-any-namespace", "worker-label"],
+)
+def test_broken_network_policy_is_reported(
+    tmp_path: Path, file: str, good: str, bad: str, expected: str
+) -> None:
+    copied = broken_copy(tmp_path, file, good, bad)
+    for directory in (copied, copied / "overlays" / "dev"):
+        errors = network_errors(render(directory))
+        assert expected in errors, errors
