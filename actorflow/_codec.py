@@ -9,6 +9,12 @@ Two kinds of payload:
 * **Records** (statuses, metadata, timestamps) are JSON, so operators can read them.
 
 A record with a payload is stored as ``<json header>\\n<pickle>``.
+
+JSON that comes from the network is read with :func:`strict_json_loads`: RFC 8259 JSON only
+(no ``NaN``, ``Infinity`` or numbers too large for a float, which Python's parser accepts), valid
+UTF-8 without lone surrogates, nested at most :data:`MAX_JSON_DEPTH` deep. JSON sent out is
+written with :func:`strict_json_dumps` under the same rules, so what actorflow accepts and what
+it answers are the same language.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import base64
 import hashlib
 import io
 import json
+import math
 import pickle
 import sys
 from collections.abc import Mapping
@@ -24,7 +31,7 @@ from typing import Any
 
 import cloudpickle
 
-from actorflow.errors import SerializationError
+from actorflow.errors import BadRequestError, SerializationError
 
 _REF_TAG = "actorflow.objref"
 
@@ -120,9 +127,93 @@ def unpack(data: bytes) -> tuple[dict[str, Any], bytes]:
     return json.loads(head), payload
 
 
-def check_json(value: Any, *, what: str) -> None:
-    """Raise :class:`SerializationError` unless ``value`` is JSON-encodable."""
+#: Deepest nesting of arrays and objects accepted in JSON from the network (``[[1]]`` is 2).
+MAX_JSON_DEPTH = 64
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:40]} is too large")
+    return value
+
+
+def _lone_surrogate(text: str) -> bool:
     try:
-        json.dumps(value)
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _check_tree(value: Any, what: str, check_strings: bool) -> None:
+    """Depth and string checks over a parsed JSON value, without recursion."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if check_strings and _lone_surrogate(item):
+                raise BadRequestError(f"{what}: a string holds a lone surrogate (not valid Unicode)")
+        elif isinstance(item, (list, dict)):
+            if depth >= MAX_JSON_DEPTH:
+                raise BadRequestError(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+            children = list(item.items()) if isinstance(item, dict) else item
+            for child in children:
+                if isinstance(child, tuple):  # a (key, value) pair of an object
+                    stack.append((child[0], depth + 1))
+                    stack.append((child[1], depth + 1))
+                else:
+                    stack.append((child, depth + 1))
+
+
+def strict_json_loads(data: bytes | str, *, what: str) -> Any:
+    """Parse JSON from an untrusted source, strictly (see the module docstring).
+
+    Raises :class:`BadRequestError` naming ``what`` (``"the request body"``...) for anything
+    else: invalid UTF-8, invalid JSON, ``NaN``/``Infinity``/``1e999``, an integer with more
+    than 4300 digits, a lone surrogate (raw or ``\\ud800``-escaped), nesting deeper than
+    :data:`MAX_JSON_DEPTH`.
+    """
+    try:
+        text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
+    except UnicodeDecodeError as exc:
+        raise BadRequestError(f"{what} is not valid UTF-8: {exc}") from None
+    try:
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise BadRequestError(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:
+        raise BadRequestError(f"{what} is not valid JSON: {exc}") from None
+    # Cheap bounds first: fewer brackets than the limit cannot nest deeper, and without a
+    # \\u escape no string can hold a surrogate (raw ones failed the UTF-8 decoding above).
+    deep = text.count("[") + text.count("{") > MAX_JSON_DEPTH
+    escapes = "\\u" in text
+    if deep or escapes:
+        _check_tree(value, what, escapes)
+    return value
+
+
+def strict_json_dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON under the rules of :func:`strict_json_loads`.
+
+    Raises ``ValueError`` (NaN, infinities, lone surrogates, nesting past Python's recursion
+    limit) or ``TypeError`` (a value JSON has no form for).
+    """
+    try:
+        text = json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    return text.encode("utf-8")  # UnicodeEncodeError (a ValueError) for a lone surrogate
+
+
+def check_json(value: Any, *, what: str) -> None:
+    """Raise :class:`SerializationError` unless ``value`` is strict JSON (no NaN, no infinities,
+    no lone surrogates)."""
+    try:
+        strict_json_dumps(value)
     except (TypeError, ValueError) as exc:
         raise SerializationError(f"{what} must be JSON-serializable: {exc}") from exc

@@ -3,9 +3,16 @@
 After ``workflow.init(address="http://host:8000", token=...)`` handles talk JSON over HTTP to
 the service; with ``address="serve://actorflow"`` code inside the Ray cluster goes through a
 Serve handle instead. Semantics match embedded mode: writer calls from one client to one actor
-are sent one at a time in submission order (read-only calls are not held back), errors come
-back as the same exception types, and a call with an idempotency key is retried on transport
-failures without risk of a second effect.
+are sent one at a time in submission order (read-only calls are not held back), and errors come
+back as the same exception types.
+
+Failures of the service itself (it cannot be reached, a replica died under the call and the
+proxy answered with a bare 500 or a 502/503/504, storage is unavailable) are told apart from
+answers: a call with an idempotency key, and every request that changes nothing or is
+idempotent by nature (create, read, list, delete), is retried through them with backoff for up
+to ``retry_timeout`` seconds (30 by default; a replaced replica takes about 20 s here), without
+risk of a second effect. A call without a key is not retried (it might have been applied) and
+raises :class:`~actorflow.errors.RemoteError` with the HTTP status.
 """
 
 from __future__ import annotations
@@ -35,6 +42,9 @@ def _compact_json(value: Any) -> str:
 
 
 _BY_CODE: dict[str, type[errors.ActorflowError]] = {
+    "idempotency_key_reused": errors.IdempotencyKeyReusedError,
+    "idempotency_window_full": errors.IdempotencyWindowFullError,
+    "unencodable_result": errors.UnencodableResultError,
     "unknown_actor_type": errors.ActorTypeNotFoundError,
     "unknown_method": errors.ActorMethodNotFoundError,
     "actor_not_found": errors.ActorNotFoundError,
@@ -49,6 +59,32 @@ _BY_CODE: dict[str, type[errors.ActorflowError]] = {
     "workflow_cancelled": errors.WorkflowCancelledError,
 }
 _remote_method_types: dict[str, type[errors.ActorMethodError]] = {}
+#: Attributes of an error that its JSON answer carries (see ``deployments.api.error_response``).
+ERROR_ATTRIBUTES = ("actor_type", "actor_id", "method", "workflow_id", "key", "retry_after")
+#: Error codes that report a failure of the service rather than an answer to the request.
+SERVICE_FAILURES = frozenset({"internal_error", "storage_unavailable"})
+
+
+def _json_or_none(resp: Any) -> Any:
+    """The response's JSON body, or ``None`` when it has none or it is not JSON (a proxy's
+    plain-text error page, say)."""
+    if not resp.content:
+        return None
+    try:
+        return resp.json()
+    except ValueError:
+        return None
+
+
+def is_service_failure(status: int, body: Any) -> bool:
+    """Whether an HTTP answer says the service failed (worth retrying a keyed call) rather
+    than answered: 502/503/504, a 5xx that is not an actorflow error (e.g. Serve's bare
+    ``Internal Server Error`` when a replica dies mid-request), or an internal error."""
+    if status in (502, 503, 504):
+        return True
+    if status < 500:
+        return False
+    return not isinstance(body, dict) or "error" not in body or body["error"] in SERVICE_FAILURES
 
 
 def error_from_json(status: int, body: Any) -> errors.ActorflowError:
@@ -57,7 +93,7 @@ def error_from_json(status: int, body: Any) -> errors.ActorflowError:
         return errors.RemoteError(f"unexpected HTTP {status} answer: {str(body)[:200]}", status)
     code = body["error"]
     message = str(body.get("message", ""))
-    attrs = {k: body[k] for k in ("actor_type", "actor_id", "method", "workflow_id") if k in body}
+    attrs = {k: body[k] for k in ERROR_ATTRIBUTES if k in body}
     if code == "method_raised":
         remote = str(body.get("type", "Exception"))
         builtin = str(body.get("builtin", remote))
@@ -164,13 +200,13 @@ class HttpInvoker(_OrderedInvoker):
     """Handles over the HTTP API of a running actorflow service."""
 
     def __init__(
-        self, address: str, token: str | None = None, timeout: float = 60.0, retries: int = 3
+        self, address: str, token: str | None = None, timeout: float = 60.0, retry_timeout: float = 30.0
     ) -> None:
         import httpx
 
         super().__init__("actorflow-http")
         self.address = address.rstrip("/")
-        self.retries = retries
+        self.retry_timeout = retry_timeout
         headers = {"authorization": f"Bearer {token}"} if token else {}
 
         async def make() -> httpx.AsyncClient:
@@ -189,23 +225,37 @@ class HttpInvoker(_OrderedInvoker):
     ) -> tuple[int, Any]:
         import httpx
 
-        attempts = self.retries if retry else 1
-        for attempt in range(attempts):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.retry_timeout if retry else 0.0)
+        delay = 0.1
+        while True:
             try:
                 resp = await self._client.request(method, path, json=body, headers=headers, params=params)
             except httpx.TransportError as exc:
-                if attempt + 1 < attempts:
-                    await asyncio.sleep(0.1 * 2**attempt)
-                    continue
-                raise errors.RemoteError(f"cannot reach {self.address}: {exc}") from exc
-            if resp.status_code in (502, 503, 504) and attempt + 1 < attempts:
-                await asyncio.sleep(0.1 * 2**attempt)
-                continue
-            data = resp.json() if resp.content else None
-            if resp.status_code >= 400:
-                raise error_from_json(resp.status_code, data)
-            return resp.status_code, data
-        raise AssertionError("unreachable")
+                failure: errors.ActorflowError = errors.RemoteError(f"cannot reach {self.address}: {exc}")
+            else:
+                data = _json_or_none(resp)
+                if resp.status_code < 400 and (data is not None or not resp.content):
+                    return resp.status_code, data
+                if resp.status_code < 400:
+                    failure = errors.RemoteError(
+                        f"HTTP {resp.status_code} from {self.address} is not JSON: {resp.text[:200]!r}",
+                        resp.status_code,
+                    )
+                elif data is None:
+                    failure = errors.RemoteError(
+                        f"HTTP {resp.status_code} from {self.address} (the service failed, not the "
+                        f"method): {resp.text[:200]!r}",
+                        resp.status_code,
+                    )
+                else:
+                    failure = error_from_json(resp.status_code, data)
+                if not is_service_failure(resp.status_code, data):
+                    raise failure
+            if loop.time() + delay > deadline:
+                raise failure
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     @staticmethod
     def _path(t: str, i: str, *rest: str) -> str:

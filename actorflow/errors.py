@@ -4,8 +4,10 @@
 
     ActorflowError
     ├── ConfigError                 bad settings: storage URL, init arguments
+    ├── BadRequestError             input from a client that breaks the API's rules (also a ValueError)
     ├── InvalidIdError              a workflow, actor or step id that breaks the id rules
     ├── SerializationError          a value that cannot be stored (names the step or actor)
+    │   └── UnencodableResultError      a method's result that cannot be sent as JSON
     ├── RemoteError                 a remote actorflow service could not be reached or answered badly
     ├── StorageError                the storage backend failed (names the URL)
     │   ├── StorageUnavailableError     cannot reach the backend
@@ -25,6 +27,8 @@
         ├── ActorArgumentsError         arguments that do not fit the method (also a TypeError)
         ├── ActorStateError             state that cannot be encoded or decoded
         ├── ActorConflictError          a turn kept losing compare-and-set races
+        ├── IdempotencyKeyReusedError   a key seen before with another method or other arguments
+        ├── IdempotencyWindowFullError  the actor holds as many idempotency records as it may
         └── ActorMethodError            a method raised in a remote service (type and message)
 
 Control-flow signals that must cross user code unharmed derive from ``BaseException``
@@ -56,6 +60,11 @@ class ConfigError(ActorflowError):
     """Invalid configuration: an unknown storage scheme, conflicting init arguments."""
 
 
+class BadRequestError(ActorflowError, ValueError):
+    """Input from a client that breaks the API's rules: a body that is not strict JSON, JSON
+    nested too deeply, a field of the wrong kind. Nothing was changed."""
+
+
 class InvalidIdError(ActorflowError, ValueError):
     """An id (workflow, actor, step) that is empty, too long or has forbidden characters."""
 
@@ -67,6 +76,11 @@ class InvalidIdError(ActorflowError, ValueError):
 
 class SerializationError(ActorflowError, TypeError):
     """A value could not be serialized for storage; the message names what it belonged to."""
+
+
+class UnencodableResultError(SerializationError):
+    """A method's result cannot be sent as JSON (a remote caller asked for it). The turn that
+    produced it was not committed."""
 
 
 class RemoteError(ActorflowError):
@@ -169,6 +183,25 @@ class ActorConflictError(ActorError):
     """A turn lost the compare-and-set race too many times in a row (extreme contention)."""
 
 
+class IdempotencyKeyReusedError(ActorError):
+    """An idempotency key that an earlier call on this actor used with another method or other
+    arguments. The earlier call's effect stands; this call changed nothing."""
+
+    def __init__(self, actor_type: str, actor_id: str | None, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(actor_type, actor_id, message)
+
+
+class IdempotencyWindowFullError(ActorError):
+    """The actor holds as many unexpired idempotency records as it may keep; a new keyed call
+    must wait until older ones age out (records are never dropped early, so that a retry
+    inside the window is always recognised). Nothing was changed."""
+
+    def __init__(self, actor_type: str, actor_id: str | None, message: str, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(actor_type, actor_id, message)
+
+
 class ActorStateError(ActorError):
     """Actor state that cannot be encoded or decoded."""
 
@@ -194,13 +227,17 @@ __all__ = [
     "ActorStateError",
     "ActorTypeNotFoundError",
     "ActorflowError",
+    "BadRequestError",
     "ConfigError",
+    "IdempotencyKeyReusedError",
+    "IdempotencyWindowFullError",
     "InvalidIdError",
     "RemoteError",
     "SerializationError",
     "StorageConflictError",
     "StorageError",
     "StorageUnavailableError",
+    "UnencodableResultError",
     "WorkflowCancelledError",
     "WorkflowError",
     "WorkflowNotFoundError",

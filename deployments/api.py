@@ -2,14 +2,19 @@
 
 Safety at the edge: only JSON bodies are read and nothing from the network is unpickled; a
 configured token guards every route but ``/healthz`` (compared in constant time); bodies over
-the limit get 413 before they are read whole; only registered types and their public methods
-are callable; arguments are checked against the method's signature (422); a method that raises
-gives a JSON error with its type and message, never a traceback. Error statuses are mapped from
-the error types in one place, :func:`status_for`.
+the limit get 413 before they are read whole, and a body that does not arrive within
+``body_timeout`` seconds gets 408 (a stalled client cannot hold a replica's slot); JSON is read
+strictly (no NaN or infinities, valid Unicode, nested at most ``MAX_JSON_DEPTH`` deep) in bodies
+and queries alike; only registered types and their public methods are callable; arguments are
+checked against the method's signature (422); a result is encoded before its turn commits, so
+one that cannot be sent commits nothing; a method that raises gives a JSON error with its type
+and message, never a traceback. Error statuses are mapped from the error types in one place,
+:func:`status_for`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -27,6 +32,10 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actorflow import errors
+from actorflow._codec import strict_json_dumps, strict_json_loads
+from actorflow._ids import check_id
+from actorflow.actor._runtime import is_method_error
+from actorflow.client import ERROR_ATTRIBUTES
 from deployments.backend import Backend
 
 log = logging.getLogger("actorflow.http")
@@ -38,16 +47,19 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 DEFAULT_MAX_BODY = 1024 * 1024
+DEFAULT_BODY_TIMEOUT = 10.0
 SESSION_HEADER = "x-session-id"
 
 
 @dataclass(frozen=True)
 class ApiSettings:
     """Settings of the HTTP layer. ``token``: bearer token required on every route but
-    ``/healthz`` (``None``: no auth). ``max_body``: largest accepted request body in bytes."""
+    ``/healthz`` (``None``: no auth). ``max_body``: largest accepted request body in bytes.
+    ``body_timeout``: seconds a request's whole body may take to arrive (then 408)."""
 
     token: str | None = None
     max_body: int = DEFAULT_MAX_BODY
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
 
 
 # One table from error type to (HTTP status, error code); the first match wins.
@@ -58,8 +70,12 @@ _STATUS: list[tuple[type[BaseException], int, str]] = [
     (errors.ActorNotFoundError, 404, "actor_not_found"),
     (errors.WorkflowNotFoundError, 404, "workflow_not_found"),
     (errors.ActorArgumentsError, 422, "invalid_arguments"),
+    (errors.IdempotencyKeyReusedError, 422, "idempotency_key_reused"),
+    (errors.IdempotencyWindowFullError, 429, "idempotency_window_full"),
     (errors.InvalidIdError, 400, "invalid_id"),
+    (errors.BadRequestError, 400, "bad_request"),
     (errors.ConfigError, 400, "bad_request"),
+    (errors.UnencodableResultError, 500, "unencodable_result"),
     (errors.SerializationError, 400, "unserializable"),
     (errors.ActorConflictError, 409, "conflict"),
     (errors.StorageConflictError, 409, "conflict"),
@@ -74,11 +90,28 @@ _STATUS: list[tuple[type[BaseException], int, str]] = [
 
 
 def status_for(exc: BaseException) -> tuple[int, str]:
-    """The HTTP status and error code for an error; anything unknown is a method failure."""
+    """The HTTP status and error code for an error. An exception an actor method raised is
+    ``method_raised``, whatever its type (an actorflow error from a call the method made
+    included); the table maps the errors actorflow raises itself; anything else is
+    ``internal_error``. So the code says whether the method itself raised."""
+    if is_method_error(exc):
+        return 500, "method_raised"
     for kind, status, code in _STATUS:
         if isinstance(exc, kind):
             return status, code
-    return 500, "method_raised"
+    return 500, "internal_error"
+
+
+def encode_result(result: Any) -> bytes:
+    """A method's result as the JSON the API answers with (FastAPI's encoder, then strict JSON);
+    :class:`~actorflow.errors.UnencodableResultError` when it has no such form. The runtime
+    calls this before the turn commits."""
+    try:
+        return strict_json_dumps(jsonable_encoder(result))
+    except Exception as exc:  # TypeError, ValueError, RecursionError for a cyclic one...
+        raise errors.UnencodableResultError(
+            f"the result ({type(result).__name__}) cannot be sent as JSON: {exc}"
+        ) from None
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -92,13 +125,16 @@ def error_response(exc: BaseException) -> JSONResponse:
         # The nearest built-in ancestor lets remote clients raise something catchable the
         # same way (InsufficientFunds(ValueError) is caught by ``except ValueError``).
         extra["builtin"] = next(c.__name__ for c in type(exc).__mro__ if c.__module__ == "builtins")
-    for attr in ("actor_type", "actor_id", "method", "workflow_id"):
+    for attr in ERROR_ATTRIBUTES:
         value = getattr(exc, attr, None)
-        if value is not None:
+        if isinstance(value, (str, int, float)):  # a method's exception may carry anything
             extra[attr] = value
+    headers = None
+    if isinstance(exc, errors.IdempotencyWindowFullError):
+        headers = {"retry-after": str(int(exc.retry_after + 0.999))}
     if status >= 500 and code != "method_raised":
         log.error("request failed: %r", exc)
-    return JSONResponse(error_body(code, str(exc), **extra), status_code=status)
+    return JSONResponse(error_body(code, str(exc), **extra), status_code=status, headers=headers)
 
 
 class EdgeMiddleware:
@@ -141,25 +177,44 @@ class EdgeMiddleware:
                 )
                 return
         received = 0
+        complete = False
+        deadline: float | None = None
+        timeout = self.settings.body_timeout
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete, deadline
+            if complete:  # after the body only a disconnect can come: waiting for it is not bounded
+                return await receive()
+            if deadline is None:
+                deadline = asyncio.get_running_loop().time() + timeout
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise _BodyTimeout() from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise _BodyTooLarge()
+                complete = not message.get("more_body", False)
             return message
 
         try:
             await self.app(scope, limited_receive, send)
         except _BodyTooLarge:
             await _reply(send, 413, error_body("body_too_large", f"request body over {limit} bytes"))
+        except _BodyTimeout:
+            message = f"the request body did not arrive within {timeout} s"
+            await _reply(send, 408, error_body("request_timeout", message))
 
 
 class _BodyTooLarge(BaseException):
     """Raised from ``receive`` when a streamed body passes the limit; a control-flow signal, so
     no handler on the way up mistakes it for an application error."""
+
+
+class _BodyTimeout(BaseException):
+    """Raised from ``receive`` when the body has not all arrived by its deadline."""
 
 
 async def _reply(
@@ -178,16 +233,14 @@ def _has_body(request: Request) -> bool:
     return "transfer-encoding" in headers or headers.get("content-length", "0") != "0"
 
 
-async def _json_body(request: Request) -> Any:
+async def _json_body(request: Request, empty: Any = None) -> Any:
+    """The request body as strict JSON; ``empty`` when there is none."""
     if not _has_body(request):
-        return {}
+        return empty
     raw = await request.body()
     if not raw.strip():
-        return {}
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise errors.ConfigError(f"request body is not valid JSON: {exc}") from None
+        return empty
+    return strict_json_loads(raw, what="the request body")
 
 
 def _call_input(args: str | None, kwargs: str | None) -> dict[str, Any] | None:
@@ -198,26 +251,30 @@ def _call_input(args: str | None, kwargs: str | None) -> dict[str, Any] | None:
     fields: dict[str, Any] = {}
     for name, text in (("args", args), ("kwargs", kwargs)):
         if text is not None:
-            try:
-                fields[name] = json.loads(text)
-            except ValueError as exc:
-                raise errors.ConfigError(f"query parameter {name!r} is not valid JSON: {exc}") from None
+            fields[name] = strict_json_loads(text, what=f"query parameter {name!r}")
     return fields
 
 
 def _call_arguments(body: Any) -> tuple[list[Any], dict[str, Any]]:
     if not isinstance(body, dict):
-        raise errors.ConfigError('the body must be a JSON object like {"args": [...], "kwargs": {...}}')
+        raise errors.BadRequestError('the body must be a JSON object like {"args": [...], "kwargs": {...}}')
     unknown = set(body) - {"args", "kwargs"}
     if unknown:
-        raise errors.ConfigError(f"unknown body fields {sorted(unknown)}; expected 'args' and 'kwargs'")
+        raise errors.BadRequestError(f"unknown body fields {sorted(unknown)}; expected 'args' and 'kwargs'")
     args = body.get("args", [])
     kwargs = body.get("kwargs", {})
     if not isinstance(args, list):
-        raise errors.ConfigError("'args' must be a JSON array")
+        raise errors.BadRequestError("'args' must be a JSON array")
     if not isinstance(kwargs, dict):
-        raise errors.ConfigError("'kwargs' must be a JSON object")
+        raise errors.BadRequestError("'kwargs' must be a JSON object")
     return args, kwargs
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 0 < len(key) <= 256:
+        raise errors.BadRequestError("Idempotency-Key must be 1 to 256 characters")
+    return key
 
 
 class _ErrorMappingRoute(APIRoute):
@@ -237,7 +294,9 @@ class _ErrorMappingRoute(APIRoute):
         return mapped
 
 
-RouteCall = Callable[[str, str, str, list[Any], dict[str, Any], str | None, Request], Awaitable[Any]]
+#: How a route runs an actor call: (type, id, method, args, kwargs, idempotency key, request) to
+#: the result encoded by :func:`encode_result`.
+RouteCall = Callable[[str, str, str, list[Any], dict[str, Any], str | None, Request], Awaitable[bytes]]
 
 
 def create_api(
@@ -263,8 +322,9 @@ def create_api(
 
     async def default_call(
         t: str, i: str, m: str, args: list[Any], kwargs: dict[str, Any], key: str | None, request: Request
-    ) -> Any:
-        return await backend.call(t, i, m, args, kwargs, key)
+    ) -> bytes:
+        result: bytes = await backend.call(t, i, m, args, kwargs, key, encode=encode_result)
+        return result
 
     run_call = call or default_call
     app.router.route_class = _ErrorMappingRoute
@@ -286,7 +346,7 @@ def create_api(
     @app.post("/v1/actors/{type_name}/{actor_id}", tags=["actors"], status_code=201)
     async def create_actor(type_name: str, actor_id: str, request: Request) -> Response:
         """Create the actor with ``__init__(*args, **kwargs)`` unless it exists (201 / 200)."""
-        args, kwargs = _call_arguments(await _json_body(request))
+        args, kwargs = _call_arguments(await _json_body(request, {}))
         created = await backend.create(type_name, actor_id, args, kwargs)
         return JSONResponse(
             {"type": type_name, "id": actor_id, "created": created}, status_code=201 if created else 200
@@ -300,7 +360,7 @@ def create_api(
         request: Request,
         args: str | None = Query(None, description="the positional arguments as a JSON array"),
         kwargs: str | None = Query(None, description="the keyword arguments as a JSON object"),
-    ) -> JSONResponse:
+    ) -> Response:
         """Call a method. Body ``{"args": [...], "kwargs": {...}}``, or no body and the same two
         fields as JSON in the query (``?args=[1]``), which saves Serve a round trip from the
         replica back to its proxy to fetch the body. An ``Idempotency-Key`` header makes a
@@ -322,7 +382,7 @@ def create_api(
     async def list_actors(type_name: str, start_after: str | None = None, limit: int = 100) -> dict[str, Any]:
         """Actor ids of a type in byte order; pass ``next`` back as ``start_after`` for more."""
         if not 1 <= limit <= 1000:
-            raise errors.ConfigError("limit must be between 1 and 1000")
+            raise errors.BadRequestError("limit must be between 1 and 1000")
         ids = await backend.list_ids(type_name, start_after, limit)
         return {"ids": ids, "next": ids[-1] if len(ids) == limit else None}
 
@@ -338,11 +398,12 @@ def create_api(
         ``timer:{name}:{due}``."""
         spec = await _json_body(request)
         if not isinstance(spec, dict):
-            raise errors.ConfigError("the body must be a JSON object describing the timer")
+            raise errors.BadRequestError("the body must be a JSON object describing the timer")
         return await backend.set_timer(type_name, actor_id, name, spec)
 
     @app.get("/v1/actors/{type_name}/{actor_id}/timers/{name}", tags=["timers"])
     async def get_timer(type_name: str, actor_id: str, name: str) -> dict[str, Any]:
+        check_id("timer name", name)
         timers = (await backend.get_timers(type_name, actor_id))["timers"]
         if name not in timers:
             return JSONResponse(error_body("timer_not_found", f"no timer {name!r}"), status_code=404)  # type: ignore[return-value]
@@ -364,29 +425,22 @@ def create_api(
         type_name: str, actor_id: str, event: str, request: Request, wait: bool = False
     ) -> Response:
         """Deliver an external event (any JSON payload) to the handler the type declares for
-        it. Stored durably, then 202; with ``?wait=true``, 200 with the handler's result. An
-        ``Idempotency-Key`` is the event id: an event posted twice with one id is handled once."""
-        raw = await request.body()
-        try:
-            payload = json.loads(raw) if raw.strip() else None
-        except ValueError as exc:
-            raise errors.ConfigError(f"the event body is not valid JSON: {exc}") from None
-        key = request.headers.get("idempotency-key")
-        if key is not None and not 0 < len(key) <= 256:
-            raise errors.ConfigError("Idempotency-Key must be 1 to 256 characters")
-        result = await backend.post_event(type_name, actor_id, event, payload, key, wait)
-        if wait:
-            return JSONResponse({"result": jsonable_encoder(result)})
+        it. Stored durably, then 202; with ``?wait=true``, 200 with the handler's result (or
+        still 202 if it cannot run yet: the event stays accepted). An ``Idempotency-Key`` is
+        the event id: an event posted twice with one id is handled once."""
+        payload = await _json_body(request)
+        key = _idempotency_key(request)
+        handled, result = await backend.post_event(
+            type_name, actor_id, event, payload, key, wait, encode=encode_result if wait else None
+        )
+        if handled:
+            return _result_response(result)
         return JSONResponse({"accepted": True, "event": event}, status_code=202)
 
     @app.post("/v1/workflows/{workflow_id}/events/{key}", tags=["workflows"], status_code=202)
     async def post_workflow_event(workflow_id: str, key: str, request: Request) -> Response:
         """An event for ``wait_for_event(key)`` in a workflow, buffered if nothing waits yet."""
-        raw = await request.body()
-        try:
-            payload = json.loads(raw) if raw.strip() else None
-        except ValueError as exc:
-            raise errors.ConfigError(f"the event body is not valid JSON: {exc}") from None
+        payload = await _json_body(request)
         stored = await backend.post_workflow_event(workflow_id, key, payload)
         return JSONResponse({"accepted": True, "duplicate": not stored}, status_code=202)
 
@@ -432,21 +486,22 @@ async def _call_actor(
     args: str | None,
     kwargs: str | None,
     request: Request,
-) -> JSONResponse:
+) -> Response:
     """``POST /v1/actors/{type}/{id}/{method}``, from the query's ``args`` and ``kwargs`` (JSON
     text, either may be absent) or from the body; errors are raised for the caller to map."""
     in_query = _call_input(args, kwargs)
     if in_query is not None and _has_body(request):
-        raise errors.ConfigError("give the arguments in the body or in the query, not both")
-    call_args, call_kwargs = _call_arguments(in_query if in_query is not None else await _json_body(request))
-    key = request.headers.get("idempotency-key")
-    if key is not None and not 0 < len(key) <= 256:
-        raise errors.ConfigError("Idempotency-Key must be 1 to 256 characters")
-    result = await run_call(type_name, actor_id, method, call_args, call_kwargs, key, request)
-    try:
-        return JSONResponse({"result": jsonable_encoder(result)})
-    except (TypeError, ValueError) as exc:
-        raise errors.SerializationError(f"the result of {type_name}.{method} is not JSON: {exc}") from None
+        raise errors.BadRequestError("give the arguments in the body or in the query, not both")
+    body = in_query if in_query is not None else await _json_body(request, {})
+    call_args, call_kwargs = _call_arguments(body)
+    key = _idempotency_key(request)
+    encoded = await run_call(type_name, actor_id, method, call_args, call_kwargs, key, request)
+    return _result_response(encoded)
+
+
+def _result_response(encoded: bytes) -> Response:
+    """``{"result": ...}`` around a result :func:`encode_result` made, as FastAPI would write it."""
+    return Response(b'{"result":' + encoded + b"}", media_type="application/json")
 
 
 class _DirectCalls:

@@ -25,6 +25,7 @@ arg                      env                       meaning
 ``modules``              ``ACTORFLOW_MODULES``     modules defining actor types (comma list)
 ``actor_host_replicas``                            replicas of ActorHost (default 2)
 ``max_body``                                       request body limit in bytes (default 1 MiB)
+``body_timeout``                                   seconds a request body may take (default 10)
 =======================  ========================  ==========================================
 
 ``token`` and ``token_file`` exclude each other, as do their two variables, and either argument
@@ -45,7 +46,14 @@ from starlette.requests import Request
 
 from actorflow.cli import resolve_token
 from actorflow.storage import default_storage_url, parse_storage_url
-from deployments.api import DEFAULT_MAX_BODY, SESSION_HEADER, ApiSettings, create_api
+from deployments.api import (
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_MAX_BODY,
+    SESSION_HEADER,
+    ApiSettings,
+    create_api,
+    encode_result,
+)
 from deployments.backend import LocalBackend, load_modules
 
 APP_NAME = "actorflow"
@@ -67,7 +75,14 @@ ROUTER_CONFIG = {
 class ActorHost:
     """HTTP ingress and actor owner. Handle methods (``invoke``, ...) serve in-cluster callers."""
 
-    async def __init__(self, storage: str, modules: list[str], token: str | None, max_body: int) -> None:  # type: ignore[misc]
+    async def __init__(  # type: ignore[misc]
+        self,
+        storage: str,
+        modules: list[str],
+        token: str | None,
+        max_body: int,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    ) -> None:
         from actorflow.workflow._runtime import WorkflowRuntime
 
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -76,7 +91,7 @@ class ActorHost:
         self.workflows = await WorkflowRuntime.attach(storage)
         self.workflows.start_recovery()  # abandoned workflows resume within seconds
         self.backend = LocalBackend(self.workflows)
-        self.settings = ApiSettings(token=token, max_body=max_body)
+        self.settings = ApiSettings(token=token, max_body=max_body, body_timeout=body_timeout)
 
     def __serve_build_asgi_app__(self) -> Any:
         return create_api(self.backend, self.settings, call=self._route_call)
@@ -93,7 +108,10 @@ class ActorHost:
     ) -> Any:
         if request.headers.get(SESSION_HEADER) != f"{type_name}/{actor_id}":
             self.backend.counters["unrouted"] += 1  # ran here, perhaps not on the owner
-        return await self.backend.call(type_name, actor_id, method, args, kwargs, key)
+        encoded: bytes = await self.backend.call(
+            type_name, actor_id, method, args, kwargs, key, encode=encode_result
+        )
+        return encoded
 
     # ---------------------------------------------------------------- handle entry points
     async def invoke(
@@ -144,6 +162,7 @@ def settings_from(args: dict[str, Any]) -> dict[str, Any]:
         "modules": [m.strip() for m in modules],
         "replicas": int(args.get("actor_host_replicas", 2)),
         "max_body": int(args.get("max_body", DEFAULT_MAX_BODY)),
+        "body_timeout": float(args.get("body_timeout", DEFAULT_BODY_TIMEOUT)),
     }
 
 
@@ -153,5 +172,5 @@ def build(args: dict[str, Any] | None = None) -> Application:
     load_modules(s["modules"])  # fail here, with the module's error, rather than in every replica
     host: Any = ActorHost  # a Serve Deployment once decorated
     return host.options(num_replicas=s["replicas"]).bind(
-        s["storage"], s["modules"], s["token"], s["max_body"]
+        s["storage"], s["modules"], s["token"], s["max_body"], s["body_timeout"]
     )

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import importlib
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol, TypeVar
 
 from actorflow._aio import start_now
 from actorflow.actor import ActorRuntime, actor_runtime, lookup
+from actorflow.actor._runtime import client_key
+from actorflow.errors import ActorNotFoundError
 from actorflow.workflow._runtime import WorkflowRuntime
 
 T = TypeVar("T")
@@ -34,6 +36,8 @@ class Backend(Protocol):
         args: list[Any],
         kwargs: dict[str, Any],
         idempotency_key: str | None,
+        *,
+        encode: Callable[[Any], Any] | None = None,
     ) -> Any: ...
     async def describe(self, type_name: str, actor_id: str) -> dict[str, Any]: ...
     async def delete(self, type_name: str, actor_id: str) -> None: ...
@@ -46,8 +50,16 @@ class Backend(Protocol):
     async def cancel_timer(self, type_name: str, actor_id: str, name: str) -> bool: ...
     async def tick(self) -> dict[str, int]: ...
     async def post_event(
-        self, type_name: str, actor_id: str, event: str, payload: Any, event_id: str | None, wait: bool
-    ) -> Any: ...
+        self,
+        type_name: str,
+        actor_id: str,
+        event: str,
+        payload: Any,
+        event_id: str | None,
+        wait: bool,
+        *,
+        encode: Callable[[Any], Any] | None = None,
+    ) -> tuple[bool, Any]: ...
     async def post_workflow_event(self, workflow_id: str, key: str, payload: Any) -> bool: ...
     async def workflow(self, workflow_id: str) -> dict[str, Any]: ...
     async def resume_workflow(self, workflow_id: str) -> str: ...
@@ -99,16 +111,20 @@ class LocalBackend:
         args: list[Any],
         kwargs: dict[str, Any],
         idempotency_key: str | None,
+        *,
+        encode: Callable[[Any], Any] | None = None,
     ) -> Any:
+        """Run one actor call here. ``encode`` (the HTTP edge's) turns the result into what is
+        returned, before the turn commits (see ``ActorRuntime.call``)."""
         from actorflow._ids import check_actor_id
 
         ac = lookup(type_name)
         check_actor_id(actor_id)
         self.counters["calls"] += 1
         try:
-            return await self._run(
-                self.actors.call(ac, actor_id, method, tuple(args), kwargs, idempotency_key)
-            )
+            key = client_key(idempotency_key)
+            call = self.actors.call(ac, actor_id, method, tuple(args), kwargs, key, encode=encode)
+            return await self._run(call)
         except Exception:
             self.counters["call_errors"] += 1
             raise
@@ -120,8 +136,11 @@ class LocalBackend:
         check_actor_id(actor_id)
         snap = await self._run(self.actors._read(ac, actor_id))
         timers = await self.get_timers(type_name, actor_id)
+        failed = await self._run(self.actors.failures_of(type_name, actor_id))
         return {
             **timers,
+            "failed_events": [f for f in failed if f.get("kind") == "event"],
+            "failed_messages": [f for f in failed if f.get("kind") == "message"],
             "type": type_name,
             "id": actor_id,
             "version": snap.version,
@@ -184,27 +203,47 @@ class LocalBackend:
         return timer.public()
 
     async def get_timers(self, type_name: str, actor_id: str) -> dict[str, Any]:
-        lookup(type_name)
+        from actorflow._ids import check_actor_id
+
+        ac = lookup(type_name)
+        check_actor_id(actor_id)
+        if not await self._run(self.actors._exists(ac, actor_id)):
+            raise ActorNotFoundError(type_name, actor_id)
         timers = await self._run(self.actors.timers_of(type_name, actor_id))
         failed = await self._run(self.actors.timer_failures(type_name, actor_id))
         return {"timers": {n: t.public() for n, t in timers.items()}, "failed_timers": failed}
 
     async def cancel_timer(self, type_name: str, actor_id: str, name: str) -> bool:
+        from actorflow._ids import check_actor_id, check_id
+
         ac = lookup(type_name)
+        check_actor_id(actor_id)
+        check_id("timer name", name)
         return await self._run(self.actors.cancel_timer(ac, actor_id, name))
 
     async def tick(self) -> dict[str, int]:
         return await self._run(self.actors.fire_due())
 
     async def post_event(
-        self, type_name: str, actor_id: str, event: str, payload: Any, event_id: str | None, wait: bool
-    ) -> Any:
+        self,
+        type_name: str,
+        actor_id: str,
+        event: str,
+        payload: Any,
+        event_id: str | None,
+        wait: bool,
+        *,
+        encode: Callable[[Any], Any] | None = None,
+    ) -> tuple[bool, Any]:
+        """``(handled, result)``: see ``ActorRuntime.post_event``."""
         from actorflow._ids import check_actor_id
 
         ac = lookup(type_name)
         check_actor_id(actor_id)
         self.counters["events"] += 1
-        return await self._run(self.actors.post_event(ac, actor_id, event, payload, event_id, wait))
+        return await self._run(
+            self.actors.post_event(ac, actor_id, event, payload, event_id, wait, encode=encode)
+        )
 
     async def post_workflow_event(self, workflow_id: str, key: str, payload: Any) -> bool:
         from actorflow._ids import check_workflow_id

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from actorflow import workflow
 
 
@@ -29,6 +31,11 @@ class Tally:
         self.n = 0
 
     def incr(self) -> int:
+        self.n += 1
+        return self.n
+
+    def slow_incr(self, seconds: float) -> int:
+        time.sleep(seconds)  # long enough for a replica to be killed under it
         self.n += 1
         return self.n
 

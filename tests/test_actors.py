@@ -21,6 +21,8 @@ from actorflow.errors import (
     ActorStateError,
     ActorTypeNotFoundError,
     ConfigError,
+    IdempotencyKeyReusedError,
+    IdempotencyWindowFullError,
     InvalidIdError,
     WorkflowNotFoundError,
 )
@@ -163,30 +165,67 @@ def test_idempotency_key_returns_recorded_result_and_changes_nothing() -> None:
     assert c.add.options(idempotency_key="pay-1").run(10) == 10
     v = snapshot(c).version
     assert c.add.options(idempotency_key="pay-1").run(10) == 10
-    assert c.add.options(idempotency_key="pay-1").run(999) == 10  # same key, recorded result
     assert snapshot(c).version == v
     assert c.add.options(idempotency_key="pay/2 with spaces").run(1) == 11
     with pytest.raises(ConfigError):
         c.add.options(idempotency_key="x" * 300)
 
 
-def test_idempotency_retention_is_bounded() -> None:
+def test_a_reused_key_with_other_arguments_or_method_is_refused_and_changes_nothing() -> None:
+    c = Counter.get_or_create("reuse", 0)
+    assert c.add.options(idempotency_key="k").run(10) == 10
+    v = snapshot(c).version
+    with pytest.raises(IdempotencyKeyReusedError, match="other arguments"):
+        c.add.options(idempotency_key="k").run(999)
+    with pytest.raises(IdempotencyKeyReusedError, match="method 'add'"):
+        c.incr.options(idempotency_key="k").run()
+    assert snapshot(c).version == v and c.value.run() == 10
+    assert c.add.options(idempotency_key="k").run(10) == 10  # the true repeat still replays
+
+
+def test_idempotency_records_are_kept_for_their_whole_window() -> None:
+    """A retry after 1,100 other keyed calls is still recognised (the old bound kept 1,000)."""
+    c = Counter.get_or_create("window", 0)
+    for i in range(1101):
+        c.add.options(idempotency_key=f"w{i}").run(1)
+    assert c.add.options(idempotency_key="w0").run(1) == 1
+    assert c.value.run() == 1101
+
+
+def test_a_full_idempotency_window_refuses_new_keys_and_forgets_nothing_early() -> None:
+    """Records expire by age only; an actor holding as many as it may keep refuses new keyed
+    calls (changing nothing) instead of forgetting a record a retry may still need."""
     rt = actor_runtime(default_runtime())
-    old = rt.idempotency_records
-    rt.idempotency_records = 10
+    old = rt.idempotency_records, rt.idempotency_ttl
+    rt.idempotency_records = 150
     try:
         c = Counter.get_or_create("retention", 0)
-        for i in range(40):
-            c.add.options(idempotency_key=f"k{i}").run(1)
+        refused = None
+        for i in range(400):  # the window is counted every TRIM_EVERY keyed commits
+            try:
+                c.add.options(idempotency_key=f"w{i}").run(1)
+            except IdempotencyWindowFullError as exc:
+                refused = i
+                assert exc.retry_after >= 1.0
+                break
+        assert refused is not None and 150 <= refused <= 250
+        before = c.value.run()
+        assert before == refused
+        with pytest.raises(IdempotencyWindowFullError):
+            c.add.options(idempotency_key="one-more").run(1)
+        assert c.value.run() == before
+        assert c.add.options(idempotency_key="w0").run(1) == 1  # recorded keys still replay
+        assert c.add.run(1) == before + 1  # unkeyed calls are not limited
+        # Once the records are older than the window they go, and keyed calls work again.
+        rt.idempotency_ttl = 0.0
+        time.sleep(1.1)
+        assert c.add.options(idempotency_key="after").run(1) == before + 2
         keys = asyncio.run_coroutine_threadsafe(
             rt.storage.list_keys("act/Counter/retention/idem/"), rt.loop
         ).result()
-        assert 10 <= len(keys) <= 11  # trimmed every idempotency_records // 10 commits
-        # The newest keys are still deduplicated; the oldest were forgotten.
-        assert c.add.options(idempotency_key="k39").run(1) == 40
-        assert c.add.options(idempotency_key="k0").run(1) == 41
+        assert len(keys) <= 1
     finally:
-        rt.idempotency_records = old
+        rt.idempotency_records, rt.idempotency_ttl = old
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -231,6 +270,42 @@ def test_sub_workflow_runs_outside_the_actor_lock(tmp_path: pathlib.Path) -> Non
     Reporter.delete("r1")  # the actor owns its finished sub-workflows
     with pytest.raises(WorkflowNotFoundError):
         workflow.get_status(wid)
+
+
+@workflow.step
+def flow_report(who: str, n: int) -> str:
+    return f"{who} #{n}"
+
+
+@workflow.virtual_actor(name="Flow")
+class Flow:
+    def __init__(self, who: str = "") -> None:
+        self.who = who
+        self.runs = 0
+
+    def report(self) -> Any:
+        self.runs += 1
+        return flow_report.step(self.who, self.runs)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_deleting_an_actor_deletes_exactly_its_own_sub_workflows() -> None:
+    """Actor ids may hold ':', so ``Flow/p``'s sub-workflow ids (``Flow:p:2``) share a prefix
+    with ``Flow/p:q``'s (``Flow:p:q:2``); deleting ``p`` must leave ``p:q``'s alone, and a
+    keyed replay of ``p:q``'s call must still answer. A re-created ``p`` continues its
+    version numbers, so its sub-workflow ids never collide with the deleted actor's."""
+    p, pq = Flow.get_or_create("p", "p"), Flow.get_or_create("p:q", "pq")
+    assert p.report.run() == "p #1"
+    assert pq.report.options(idempotency_key="r1").run() == "pq #1"
+    assert workflow.get_status("Flow:p:2") == workflow.WorkflowStatus.SUCCESSFUL
+    Flow.delete("p")
+    with pytest.raises(WorkflowNotFoundError):
+        workflow.get_status("Flow:p:2")
+    assert workflow.get_output("Flow:p:q:2") == "pq #1"
+    assert pq.report.options(idempotency_key="r1").run() == "pq #1"  # replayed, not a 404
+    again = Flow.get_or_create("p", "again")
+    assert again.report.run() == "again #1"
+    assert workflow.get_output("Flow:p:4") == "again #1"  # created at 3, after the tombstone at 2
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -444,11 +519,11 @@ def test_messages_that_fail_for_infrastructure_reasons_stay_in_the_outbox(
     real_call = rt.call
     failures = []
 
-    async def flaky_call(ac: Any, actor_id: str, method: str, *rest: Any) -> Any:
+    async def flaky_call(ac: Any, actor_id: str, method: str, *rest: Any, **options: Any) -> Any:
         if method == "push" and not failures:
             failures.append(1)
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
-        return await real_call(ac, actor_id, method, *rest)
+        return await real_call(ac, actor_id, method, *rest, **options)
 
     monkeypatch.setattr(rt, "call", flaky_call)
     monkeypatch.setattr(rt, "outbox_grace", 0.0)

@@ -24,6 +24,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+BODY_TIMEOUT = 2.0
+
+
 def deploy(storage: str, replicas: int) -> None:
     from ray import serve
 
@@ -35,6 +38,7 @@ def deploy(storage: str, replicas: int) -> None:
                 "modules": ["serve_actors", "examples.bank", "examples.order"],
                 "storage": storage,
                 "actor_host_replicas": replicas,
+                "body_timeout": BODY_TIMEOUT,
             }
         ),
         name=APP_NAME,
@@ -225,3 +229,77 @@ def test_order_example_end_to_end_over_http(service: dict[str, str]) -> None:
         assert len(state("o-paid")["payments"]) == 1  # the repeated event was handled once
         assert c.get("/v1/actors/Order/o-paid/timers").json()["timers"] == {}
         assert c.get("/v1/actors/Order/o-unpaid/timers").json()["timers"] == {}
+
+
+def _kill_every_replica() -> None:
+    import ray
+
+    names = [a for a in ray.util.list_named_actors(all_namespaces=True) if "ActorHost" in a["name"]]
+    assert names, "no ActorHost replica found"
+    for a in names:
+        ray.kill(ray.get_actor(a["name"], namespace=a["namespace"]), no_restart=True)
+
+
+def test_a_keyed_python_call_survives_the_replica_killed_under_it(service: dict[str, str]) -> None:
+    """The replica running a keyed call dies mid-call (every replica does, so it cannot have
+    been another): the proxy answers with a bare 500 or 503 until Serve has replaced them, and
+    the Python client retries under the same key until it gets the call's one true result."""
+    from serve_actors import Tally
+
+    from actorflow.client import HttpInvoker
+
+    invoker = HttpInvoker(service["url"], retry_timeout=120)
+    try:
+        invoker.create(Tally, "killed-under", (), {})  # type: ignore[arg-type]
+        started = time.monotonic()
+        call = invoker.submit(Tally, "killed-under", "slow_incr", (3.0,), {}, "slow-1")  # type: ignore[arg-type]
+        time.sleep(1.0)
+        _kill_every_replica()
+        assert call.result(timeout=150) == 1
+        took = time.monotonic() - started
+        again = invoker.submit(Tally, "killed-under", "slow_incr", (3.0,), {}, "slow-1")  # type: ignore[arg-type]
+        assert again.result(timeout=60) == 1  # the same key: the recorded result, no second effect
+        state = httpx.get(f"{service['url']}/v1/actors/Tally/killed-under", timeout=30).json()
+        assert state["state"] == {"n": 1}, state
+        print(f"keyed call answered {took:.1f} s after it was sent, across the replicas' deaths")
+    finally:
+        invoker.close()
+
+
+def test_stalled_clients_get_408_and_do_not_starve_other_calls(service: dict[str, str]) -> None:
+    """140 clients announce a 100-byte body and send 10 bytes; 100 more send half their headers.
+    Each stalled body gets 408 once the body timeout passes, and a normal call made meanwhile
+    still gets its answer."""
+    host, port = service["url"].removeprefix("http://").split(":")
+    httpx.post(f"{service['url']}/v1/actors/Tally/stall", timeout=60)
+    stalled: list[socket.socket] = []
+    try:
+        for i in range(140):
+            s = socket.create_connection((host, int(port)), timeout=30)
+            s.sendall(
+                b"POST /v1/actors/Tally/stall/incr HTTP/1.1\r\nHost: x\r\n"
+                b"content-type: application/json\r\ncontent-length: 100\r\n"
+                + f"x-session-id: Tally/stall-{i}\r\n\r\n".encode()
+                + b'{"args": ['
+            )
+            stalled.append(s)
+        half_headers = []
+        for _ in range(100):
+            s = socket.create_connection((host, int(port)), timeout=30)
+            s.sendall(b"POST /v1/actors/Tally/stall/incr HTTP/1.1\r\nHost: x\r\ncontent-le")
+            half_headers.append(s)
+        start = time.monotonic()
+        r = httpx.post(f"{service['url']}/v1/actors/Tally/stall/incr", timeout=60)
+        assert r.status_code == 200 and r.json() == {"result": 1}
+        waited = time.monotonic() - start
+        statuses = []
+        for s in stalled:
+            s.settimeout(BODY_TIMEOUT + 30)
+            statuses.append(s.recv(64).split(b" ")[1])
+        assert set(statuses) == {b"408"}, statuses
+        assert waited < BODY_TIMEOUT + 20, waited
+        stalled += half_headers
+    finally:
+        for s in stalled:
+            s.close()
+    assert httpx.get(f"{service['url']}/v1/actors/Tally/stall", timeout=30).json()["state"] == {"n": 1}

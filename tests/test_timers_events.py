@@ -248,8 +248,8 @@ def test_event_posted_twice_with_one_id_is_handled_once() -> None:
 
     ac = lookup("Alarm")
     a = Alarm.get_or_create("events")
-    assert rt._call(rt.post_event(ac, "events", "payment", {"amount": 5}, "pay-1", True)) == 5
-    assert rt._call(rt.post_event(ac, "events", "payment", {"amount": 5}, "pay-1", True)) == 5
+    assert rt._call(rt.post_event(ac, "events", "payment", {"amount": 5}, "pay-1", True)) == (True, 5)
+    assert rt._call(rt.post_event(ac, "events", "payment", {"amount": 5}, "pay-1", True)) == (True, 5)
     rt._call(rt.post_event(ac, "events", "payment", {"amount": 7}, "pay-2", False))
     rt._call(rt.post_event(ac, "events", "payment", {"amount": 7}, "pay-2", False))
     wait_until(lambda: len(a.history.run()) == 2)

@@ -75,7 +75,9 @@ class VirtualActorClass:
         for attr, value in inspect.getmembers(cls):
             if attr.startswith("_") or attr in _RESERVED:
                 continue
-            if not inspect.isfunction(value):
+            # Only functions defined as instance methods: a staticmethod or classmethod would
+            # run without the actor's state (or with the class) yet commit a turn.
+            if not inspect.isfunction(inspect.getattr_static(cls, attr)):
                 continue
             try:
                 sig: inspect.Signature | None = inspect.signature(value)

@@ -4,14 +4,24 @@ A class that defines both ``__getstate__`` and ``__setstate__`` controls its sta
 the state is the instance ``__dict__``. The state is stored as JSON when it survives a JSON
 round trip unchanged (so tuples, int dict keys and NaN fall back), else cloudpickled.
 
-A snapshot is ``<json header>\\n<state bytes>``; the header carries the version (monotonic,
-the compare-and-set token), the class's schema version, the type name, the encoding and the
-creation and update times.
+A snapshot is ``<json header>\\n<state bytes>``; the header carries the version number, the
+commit token, the class's schema version, the type name, the encoding and the creation and
+update times.
+
+Versions. Each commit gives the actor the next version *number* and a fresh random *token*;
+the pair, written ``{number}:{token}`` (a :class:`Stamp`), is what the actor's version key
+holds and what every commit compares. Numbers never repeat in one storage's history, because a
+deleted actor leaves its last stamp behind as a tombstone (``{number}:{token}:deleted``) and a
+re-created one continues from it; but a storage that is rolled back (a Redis that lost its last
+second of writes, a restore from backup) hands out the same numbers again. Tokens never repeat,
+so a process that cached a snapshot from before a rollback, or from before a delete and
+re-create, can never pass the compare-and-set with it: its commit fails, and it reads again.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -44,12 +54,13 @@ def restore(cls: type[Any], state: Any, custom: bool) -> Any:
 
 
 def encode(state: Any, *, actor: str) -> tuple[str, bytes]:
-    """``("json", bytes)`` when the state is faithfully JSON, else ``("pickle", bytes)``."""
+    """``("json", bytes)`` when the state is faithfully JSON (UTF-8, no NaN or infinities, no
+    lone surrogates), else ``("pickle", bytes)``."""
     try:
-        text = json.dumps(state, separators=(",", ":"), allow_nan=False)
-        if json.loads(text) == state:
-            return "json", text.encode()
-    except (TypeError, ValueError, RecursionError):
+        data = json.dumps(state, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode()
+        if json.loads(data) == state:
+            return "json", data
+    except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
         pass
     try:
         return "pickle", cloudpickle.dumps(state)
@@ -75,6 +86,43 @@ def decode(encoding: str, data: bytes) -> Any:
     return cloudpickle.loads(data)
 
 
+def new_token() -> str:
+    """A fresh commit token: 64 random bits, hex."""
+    return secrets.token_hex(8)
+
+
+_DELETED = b"deleted"
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """What an actor's version key holds: its version number and commit token, and whether
+    the actor was deleted at that version (a tombstone). See the module docstring."""
+
+    version: int
+    token: str
+    deleted: bool = False
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Stamp:
+        parts = raw.split(b":")
+        # A bare number is the form stores written before tokens existed.
+        token = parts[1].decode() if len(parts) > 1 else ""
+        return cls(int(parts[0]), token, len(parts) > 2 and parts[2] == _DELETED)
+
+    def encode(self) -> bytes:
+        head = f"{self.version}:{self.token}".encode() if self.token else str(self.version).encode()
+        return head + b":" + _DELETED if self.deleted else head
+
+    def tombstone(self) -> Stamp:
+        return Stamp(self.version, self.token or new_token(), deleted=True)
+
+
+def is_live(raw: bytes | None) -> bool:
+    """Whether a version key's value names a live actor (not absent, not a tombstone)."""
+    return raw is not None and not Stamp.parse(raw).deleted
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """A committed actor state as stored."""
@@ -86,10 +134,17 @@ class Snapshot:
     created_at: float
     updated_at: float
     data: bytes
+    token: str = ""  # empty only in snapshots written before tokens existed
+
+    @property
+    def stamp(self) -> bytes:
+        """The version key's value while this snapshot is the actor's current one."""
+        return Stamp(self.version, self.token).encode()
 
     def pack(self) -> bytes:
         header = {
             "v": self.version,
+            "token": self.token,
             "schema": self.schema,
             "type": self.type_name,
             "encoding": self.encoding,
@@ -101,14 +156,31 @@ class Snapshot:
     @classmethod
     def unpack(cls, raw: bytes) -> Snapshot:
         h, data = _codec.unpack(raw)
-        return cls(h["v"], h["schema"], h["type"], h["encoding"], h["created_at"], h["updated_at"], data)
+        return cls(
+            h["v"],
+            h["schema"],
+            h["type"],
+            h["encoding"],
+            h["created_at"],
+            h["updated_at"],
+            data,
+            h.get("token", ""),
+        )
 
     def state(self) -> Any:
         return decode(self.encoding, self.data)
 
     def successor(self, encoding: str, data: bytes, schema: int) -> Snapshot:
+        """The snapshot a commit of this one's next state writes: the next number, a new token."""
         return Snapshot(
-            self.version + 1, schema, self.type_name, encoding, self.created_at, time.time(), data
+            self.version + 1,
+            schema,
+            self.type_name,
+            encoding,
+            self.created_at,
+            time.time(),
+            data,
+            new_token(),
         )
 
     def json_state(self) -> Any:

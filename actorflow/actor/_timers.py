@@ -38,6 +38,8 @@ from actorflow.errors import ActorError, ConfigError
 
 TIMER_INDEX = "timers"
 MIN_PERIOD = 1.0
+#: The furthest a timer may be set ahead, and its longest period: 100 years.
+MAX_SECONDS = 100 * 365 * 24 * 3600.0
 MAX_ATTEMPTS = 5
 CLAIM_SECONDS = 60.0
 CLAIM_BATCH = 100  # timers claimed per commit
@@ -101,6 +103,21 @@ class Timer:
         return self.due + (self.missed_at(now) + 1) * self.every
 
 
+def _seconds(label: str, value: Any) -> float | None:
+    """A timer field as a finite float, or ``ConfigError`` (``None`` stays ``None``)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"timer {label!r} must be a number of seconds, got {value!r}")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        raise ConfigError(f"timer {label!r} is out of range") from None
+    if not math.isfinite(seconds):
+        raise ConfigError(f"timer {label!r} must be finite")
+    return seconds
+
+
 def make_timer(
     ac: Any,
     name: str,
@@ -119,17 +136,23 @@ def make_timer(
     check_id("timer name", name)
     if "/" in name:
         raise ConfigError("timer names may not contain '/'")
-    for label, value in (("after", after), ("at", at), ("every", every)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise ConfigError(f"timer {label!r} must be a number of seconds, got {value!r}")
-        if value is not None and not math.isfinite(value):
-            raise ConfigError(f"timer {label!r} must be finite")
+    if not isinstance(method, str):
+        raise ConfigError(f"timer 'method' must be a method name (a string), got {type(method).__name__}")
+    after, at, every = _seconds("after", after), _seconds("at", at), _seconds("every", every)
     if after is not None and at is not None:
         raise ConfigError("give a timer either 'after' or 'at', not both")
-    if after is not None and after < 0:
-        raise ConfigError(f"timer 'after' must not be negative, got {after}")
-    if every is not None and every < MIN_PERIOD:
-        raise ConfigError(f"timer period 'every' must be at least {MIN_PERIOD} s, got {every}")
+    if after is not None and not 0 <= after <= MAX_SECONDS:
+        raise ConfigError(f"timer 'after' must be between 0 and {MAX_SECONDS:.0f} s, got {after}")
+    if at is not None and not 0 <= at <= time.time() + MAX_SECONDS:
+        raise ConfigError(f"timer 'at' must be an epoch time between 0 and {MAX_SECONDS:.0f} s from now")
+    if every is not None and not MIN_PERIOD <= every <= MAX_SECONDS:
+        raise ConfigError(
+            f"timer period 'every' must be between {MIN_PERIOD} and {MAX_SECONDS:.0f} s, got {every}"
+        )
+    if not isinstance(args, (list, tuple)):
+        raise ConfigError(f"timer 'args' must be a list, got {type(args).__name__}")
+    if kwargs is not None and not (isinstance(kwargs, dict) and all(isinstance(k, str) for k in kwargs)):
+        raise ConfigError(f"timer 'kwargs' must be an object of named arguments, not {type(kwargs).__name__}")
     now = time.time()
     if after is not None:
         due = now + float(after)
@@ -139,8 +162,6 @@ def make_timer(
         due = now + float(every)
     else:
         raise ConfigError("a timer needs 'after' (seconds) or 'at' (epoch time), or a period 'every'")
-    if not isinstance(args, (list, tuple)):
-        raise ConfigError("timer 'args' must be a list")
     kwargs = dict(kwargs or {})
     info = ac.method(method)
     info.check_args(ac.type_name, tuple(args), kwargs)
