@@ -2,14 +2,13 @@
 
 Every request here is refused with a 4xx (or a 5xx that says the service, not the method,
 failed) and must change nothing: the actor's version is the same afterwards and its state
-still reads.
+still reads. Each test runs on SQLite and on Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import pathlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -62,8 +61,8 @@ class Hostile:
 
 
 @pytest.fixture
-def rt(tmp_path: pathlib.Path) -> Iterator[WorkflowRuntime]:
-    runtime = WorkflowRuntime(f"sqlite://{tmp_path}/hostile.db")
+def rt(storage_url: str) -> Iterator[WorkflowRuntime]:
+    runtime = WorkflowRuntime(storage_url)  # on each backend
     try:
         yield runtime
     finally:
