@@ -108,14 +108,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     """Start a local Ray, deploy the application, and serve until interrupted."""
-    import signal
-    import threading
+    import shutil
 
     import ray
-    from ray import serve
 
-    from actorflow.storage import redact_url
-    from deployments.app import APP_NAME, build, settings_from
+    from deployments.app import build, settings_from
+    from deployments.ingress import configure, stop_haproxy
 
     build_args = {
         "modules": args.modules,
@@ -125,7 +123,35 @@ def _serve(args: argparse.Namespace) -> int:
         "actor_host_replicas": args.replicas,
     }
     settings = settings_from(build_args)
+    # Before Ray starts (its processes read it then) and before the application is built.
+    chosen = configure(args.proxy)
+    haproxy_dir = os.environ.get("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", "")
+    haproxy_dir = os.path.dirname(haproxy_dir) if args.proxy == "haproxy" else ""
     app = build(build_args)  # imports the modules and validates everything before Ray starts
+    try:
+        _run_service(args, app, settings)
+    finally:
+        # Every acknowledged call is already in storage, so there is nothing to drain.
+        ray.shutdown()
+        if haproxy_dir:
+            # Serve stops its HAProxy as Ray shuts down; one left over by a Ray that died
+            # would keep the port, so make sure.
+            stop_haproxy(haproxy_dir)
+            if "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC" in chosen:
+                shutil.rmtree(haproxy_dir, ignore_errors=True)
+    return 0
+
+
+def _run_service(args: argparse.Namespace, app: Any, settings: dict[str, Any]) -> None:
+    import signal
+    import threading
+
+    import ray
+    from ray import serve
+
+    from actorflow.storage import redact_url
+    from deployments.app import APP_NAME
+
     ray.init(include_dashboard=False, logging_level=logging.WARNING, num_cpus=args.num_cpus)
     serve.start(
         http_options={"host": args.host, "port": args.port}, logging_config={"enable_access_log": False}
@@ -137,7 +163,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     types = ", ".join(sorted(registered_types())) or "(none: pass modules that define actors)"
     # The storage URL of a Redis carries its password; the token is never printed either.
-    print(f"actorflow is serving {types} at {address} (storage {redact_url(settings['storage'])})")
+    ingress = "HAProxy" if args.proxy == "haproxy" else "Serve's classic proxy"
+    print(
+        f"actorflow is serving {types} at {address} through {ingress} "
+        f"(storage {redact_url(settings['storage'])})"
+    )
     print(f"  API docs:  {address}/docs")
     if "Account" in registered_types():
         body = '{"kwargs": {"owner": "Alice", "balance": 100}}'
@@ -152,11 +182,7 @@ def _serve(args: argparse.Namespace) -> int:
             pass
     except KeyboardInterrupt:
         pass
-    finally:
-        print("stopping...", flush=True)
-        # Every acknowledged call is already in storage, so there is nothing to drain.
-        ray.shutdown()
-    return 0
+    print("stopping...", flush=True)
 
 
 def _call(args: argparse.Namespace) -> int:
@@ -251,6 +277,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     srv.add_argument("--replicas", type=int, default=2, help="ActorHost replicas (default 2)")
     _add_token_arguments(srv, "bearer token that every route but /healthz requires")
     srv.add_argument("--num-cpus", type=int, default=None, help="CPUs for the local Ray")
+    srv.add_argument(
+        "--proxy",
+        choices=("haproxy", "classic"),
+        default=os.environ.get("ACTORFLOW_PROXY", "haproxy"),
+        help="Serve's HTTP ingress: HAProxy, routing each actor id to one replica (default, "
+        "$ACTORFLOW_PROXY), or Serve's classic Python proxy",
+    )
     srv.set_defaults(func=_serve)
     call = sub.add_parser("call", help="call an actor method on a running service")
     call.add_argument("type")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import concurrent.futures
-import json
+import os
 import threading
 import weakref
 from collections.abc import Coroutine
@@ -33,12 +33,6 @@ from actorflow.actor._handle import Invoker
 
 T = TypeVar("T")
 SESSION_HEADER = "x-session-id"
-#: Call arguments up to this many characters of JSON go in the query string instead of a body.
-QUERY_ARGS_LIMIT = 1024
-
-
-def _compact_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
 _BY_CODE: dict[str, type[errors.ActorflowError]] = {
@@ -259,26 +253,31 @@ class HttpInvoker(_OrderedInvoker):
 
     @staticmethod
     def _path(t: str, i: str, *rest: str) -> str:
-        return "/v1/actors/" + "/".join(quote(p, safe="") for p in (t, i, *rest))
+        # Ids may hold ':' and '@', which a path needs no escape for: left as they are, the path
+        # is the one curl sends, and HAProxy (which hashes the raw path) routes both alike.
+        return "/v1/actors/" + "/".join(quote(p, safe=":@") for p in (t, i, *rest))
+
+    @classmethod
+    def call_request(
+        cls, t: str, i: str, method: str, args: list[Any], kwargs: dict[str, Any], key: str | None
+    ) -> tuple[str, dict[str, str], dict[str, Any]]:
+        """How a call is sent: ``(path, headers, JSON body)``. The session header routes it in
+        Serve's classic mode; HAProxy routes by the path alone."""
+        headers = {SESSION_HEADER: f"{t}/{i}"}
+        if key is not None:
+            headers["idempotency-key"] = key
+        body: dict[str, Any] = {}
+        if args:
+            body["args"] = args
+        if kwargs:
+            body["kwargs"] = kwargs
+        return cls._path(t, i, method), headers, body
 
     async def _invoke(
         self, t: str, i: str, method: str, args: list[Any], kwargs: dict[str, Any], key: str | None
     ) -> Any:
-        headers = {SESSION_HEADER: f"{t}/{i}"}
-        if key is not None:
-            headers["idempotency-key"] = key
-        body: dict[str, Any] | None = {"args": args, "kwargs": kwargs}
-        params: dict[str, str] | None = None
-        try:
-            encoded = {"args": _compact_json(args), "kwargs": _compact_json(kwargs)}
-        except (TypeError, ValueError):
-            encoded = {}  # not JSON: the body path reports it as before
-        if encoded and sum(map(len, encoded.values())) <= QUERY_ARGS_LIMIT:
-            # Small arguments ride in the query: Serve then never fetches a body from its proxy.
-            body, params = None, {name: text for name, text in encoded.items() if text not in ("[]", "{}")}
-        _, data = await self._request(
-            "POST", self._path(t, i, method), body, headers, params=params, retry=key is not None
-        )
+        path, headers, body = self.call_request(t, i, method, args, kwargs, key)
+        _, data = await self._request("POST", path, body, headers, retry=key is not None)
         return data["result"]
 
     def create(
@@ -367,10 +366,28 @@ class ServeInvoker(_OrderedInvoker):
         self._to(ac.type_name, actor_id).delete.remote(ac.type_name, actor_id).result()
 
 
+def _local_ingress() -> str:
+    """The HTTP address of this node's Serve ingress (code running inside the Ray cluster)."""
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client()
+    if client is None:
+        raise errors.ConfigError("serve:// needs Ray Serve running in this Ray cluster")
+    return f"http://127.0.0.1:{client.http_config.port}"
+
+
 def connect(address: str, token: str | None = None) -> Invoker:
-    """An invoker for ``http(s)://host:port`` or ``serve://app_name``."""
+    """An invoker for ``http(s)://host:port`` or ``serve://app_name``.
+
+    ``serve://`` is for code inside the Ray cluster. With Serve in HAProxy mode it speaks HTTP
+    to this node's ingress, whose HAProxy routes each call to its actor's owner (Serve's own
+    handles could not: its request routers are not allowed on the ingress in that mode); in
+    classic mode it uses Serve handles, routed by the consistent-hash router.
+    """
     if address.startswith(("http://", "https://")):
         return HttpInvoker(address, token)
     if address.startswith("serve://"):
+        if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
+            return HttpInvoker(_local_ingress(), token)
         return ServeInvoker(address[len("serve://") :] or "actorflow")
     raise errors.ConfigError(f"unknown service address {address!r}; use http(s)://host:port or serve://app")

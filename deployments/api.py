@@ -21,9 +21,8 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -55,11 +54,14 @@ SESSION_HEADER = "x-session-id"
 class ApiSettings:
     """Settings of the HTTP layer. ``token``: bearer token required on every route but
     ``/healthz`` (``None``: no auth). ``max_body``: largest accepted request body in bytes.
-    ``body_timeout``: seconds a request's whole body may take to arrive (then 408)."""
+    ``body_timeout``: seconds a request's whole body may take to arrive (then 408).
+    ``replica``: a name for this server, sent back in the ``x-actorflow-replica`` header of
+    every answer (to see where requests are routed)."""
 
     token: str | None = None
     max_body: int = DEFAULT_MAX_BODY
     body_timeout: float = DEFAULT_BODY_TIMEOUT
+    replica: str | None = None  # sent back as x-actorflow-replica: which replica answered
 
 
 # One table from error type to (HTTP status, error code); the first match wins.
@@ -144,11 +146,14 @@ class EdgeMiddleware:
         self.app = app
         self.settings = settings
         self._token = settings.token.encode() if settings.token else None
+        self._replica = (b"x-actorflow-replica", settings.replica.encode()) if settings.replica else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self._replica is not None:
+            send = self._naming(send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         path = scope.get("path", "")
         if self._token is not None and path != "/healthz":
@@ -208,6 +213,18 @@ class EdgeMiddleware:
             await _reply(send, 408, error_body("request_timeout", message))
 
 
+    def _naming(self, send: Send) -> Send:
+        """``send`` that adds the replica's name to the response's headers."""
+        replica = self._replica
+
+        async def named(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), replica]}
+            await send(message)
+
+        return named
+
+
 class _BodyTooLarge(BaseException):
     """Raised from ``receive`` when a streamed body passes the limit; a control-flow signal, so
     no handler on the way up mistakes it for an application error."""
@@ -241,18 +258,6 @@ async def _json_body(request: Request, empty: Any = None) -> Any:
     if not raw.strip():
         return empty
     return strict_json_loads(raw, what="the request body")
-
-
-def _call_input(args: str | None, kwargs: str | None) -> dict[str, Any] | None:
-    """The call arguments given in the query (``args``: a JSON array, ``kwargs``: a JSON
-    object), as a body would give them; ``None`` when the query has neither."""
-    if args is None and kwargs is None:
-        return None
-    fields: dict[str, Any] = {}
-    for name, text in (("args", args), ("kwargs", kwargs)):
-        if text is not None:
-            fields[name] = strict_json_loads(text, what=f"query parameter {name!r}")
-    return fields
 
 
 def _call_arguments(body: Any) -> tuple[list[Any], dict[str, Any]]:
@@ -353,19 +358,11 @@ def create_api(
         )
 
     @app.post("/v1/actors/{type_name}/{actor_id}/{method}", tags=["actors"])
-    async def call_actor(
-        type_name: str,
-        actor_id: str,
-        method: str,
-        request: Request,
-        args: str | None = Query(None, description="the positional arguments as a JSON array"),
-        kwargs: str | None = Query(None, description="the keyword arguments as a JSON object"),
-    ) -> Response:
-        """Call a method. Body ``{"args": [...], "kwargs": {...}}``, or no body and the same two
-        fields as JSON in the query (``?args=[1]``), which saves Serve a round trip from the
-        replica back to its proxy to fetch the body. An ``Idempotency-Key`` header makes a
-        repeated request return the first response with no second effect."""
-        return await _call_actor(run_call, type_name, actor_id, method, args, kwargs, request)
+    async def call_actor(type_name: str, actor_id: str, method: str, request: Request) -> Response:
+        """Call a method. Body ``{"args": [...], "kwargs": {...}}`` (none: no arguments). An
+        ``Idempotency-Key`` header makes a repeated request return the first response with no
+        second effect."""
+        return await _call_actor(run_call, type_name, actor_id, method, request)
 
     @app.get("/v1/actors/{type_name}/{actor_id}", tags=["actors"])
     async def describe_actor(type_name: str, actor_id: str) -> dict[str, Any]:
@@ -483,17 +480,10 @@ async def _call_actor(
     type_name: str,
     actor_id: str,
     method: str,
-    args: str | None,
-    kwargs: str | None,
     request: Request,
 ) -> Response:
-    """``POST /v1/actors/{type}/{id}/{method}``, from the query's ``args`` and ``kwargs`` (JSON
-    text, either may be absent) or from the body; errors are raised for the caller to map."""
-    in_query = _call_input(args, kwargs)
-    if in_query is not None and _has_body(request):
-        raise errors.BadRequestError("give the arguments in the body or in the query, not both")
-    body = in_query if in_query is not None else await _json_body(request, {})
-    call_args, call_kwargs = _call_arguments(body)
+    """``POST /v1/actors/{type}/{id}/{method}``; errors are raised for the caller to map."""
+    call_args, call_kwargs = _call_arguments(await _json_body(request, {}))
     key = _idempotency_key(request)
     encoded = await run_call(type_name, actor_id, method, call_args, call_kwargs, key, request)
     return _result_response(encoded)
@@ -505,13 +495,13 @@ def _result_response(encoded: bytes) -> Response:
 
 
 class _DirectCalls:
-    """Answers actor method calls that carry no body without FastAPI's request handling.
+    """Answers actor method calls without FastAPI's request handling.
 
-    Matching a request to its route and binding its parameters costs FastAPI several times what
-    a call on a cached actor costs; for the one route every client call takes, that is most of
-    the replica's time. A ``POST /v1/actors/{type}/{id}/{method}`` with no body is answered here
-    by the same :func:`_call_actor` the route runs, with the same error mapping, so responses
-    are the same byte for byte. Everything else, body calls included, goes on to FastAPI.
+    Matching a request to its route and binding its parameters costs FastAPI about as much as a
+    call on a cached actor costs; for the one route every client call takes, that is a large
+    share of the replica's time. A ``POST /v1/actors/{type}/{id}/{method}`` is answered here by
+    the same :func:`_call_actor` the route runs, with the same error mapping, so responses are
+    the same byte for byte. Everything else goes on to FastAPI.
     """
 
     def __init__(self, app: ASGIApp, run_call: RouteCall) -> None:
@@ -524,15 +514,9 @@ class _DirectCalls:
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)
-        if _has_body(request):
-            await self.app(scope, receive, send)
-            return
-        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
         response: Response
         try:
-            response = await _call_actor(
-                self.run_call, *target, query.get("args"), query.get("kwargs"), request
-            )
+            response = await _call_actor(self.run_call, *target, request)
         except StarletteHTTPException as exc:  # answered as FastAPI's handler would
             response = await http_exception_handler(request, exc)
         except RequestValidationError as exc:

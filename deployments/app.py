@@ -1,14 +1,13 @@
 """The Ray Serve application: ``deployments.app:build``.
 
 One deployment, ``ActorHost``, is both the HTTP ingress (the FastAPI app of
-:mod:`deployments.api`) and the owner of actors. Serve routes each request with a consistent-hash
-router on the session id, with no fallback replicas, so a request carrying
-``x-session-id: {type}/{id}`` (the Python client sends it) lands in one hop on the replica that
-owns that actor, where its turns are serialized and its snapshot cached. A request without the
-header (plain curl) runs on whichever replica got it. It is not forwarded to the owner: a
-replica awaiting a Serve handle call to another replica of its own deployment was seen to wait
-forever for about one forwarded call in a few thousand here (Ray 2.60), and the forward doubled
-the latency of the rest.
+:mod:`deployments.api`) and the owner of actors, so a call reaches its actor in one hop.
+By default Serve runs in HAProxy mode (:mod:`deployments.ingress`): HAProxy sends every request
+for one actor id (the path up to ``/v1/actors/{type}/{id}``) to one replica, whoever the client
+is, and the replica serves it directly. In Serve's classic mode a consistent-hash router on the
+``x-session-id`` header does the same for clients that send it (the Python client does), and
+other requests run on whichever replica gets them; they are not forwarded, because a Serve
+handle call between replicas of one deployment was seen to hang now and then (Ray 2.60).
 
 Routing gives affinity only: correctness never depends on it. Every commit is a compare-and-set
 on the actor's version in storage, so during a replica crash, a scale change or a KubeRay
@@ -26,6 +25,7 @@ arg                      env                       meaning
 ``actor_host_replicas``                            replicas of ActorHost (default 2)
 ``max_body``                                       request body limit in bytes (default 1 MiB)
 ``body_timeout``                                   seconds a request body may take (default 10)
+``max_replicas_per_node``                          spread replicas over nodes (default: no limit)
 =======================  ========================  ==========================================
 
 ``token`` and ``token_file`` exclude each other, as do their two variables, and either argument
@@ -55,6 +55,7 @@ from deployments.api import (
     encode_result,
 )
 from deployments.backend import LocalBackend, load_modules
+from deployments.ingress import haproxy_enabled
 
 APP_NAME = "actorflow"
 ROUTER_CONFIG = {
@@ -67,7 +68,6 @@ ROUTER_CONFIG = {
     name="ActorHost",
     ray_actor_options={"num_cpus": 0},
     max_ongoing_requests=64,
-    request_router_config=ROUTER_CONFIG,
     graceful_shutdown_wait_loop_s=0.5,
     graceful_shutdown_timeout_s=10,
 )
@@ -91,10 +91,16 @@ class ActorHost:
         self.workflows = await WorkflowRuntime.attach(storage)
         self.workflows.start_recovery()  # abandoned workflows resume within seconds
         self.backend = LocalBackend(self.workflows)
-        self.settings = ApiSettings(token=token, max_body=max_body, body_timeout=body_timeout)
+        replica = serve.get_replica_context().replica_id.unique_id
+        self.settings = ApiSettings(
+            token=token, max_body=max_body, body_timeout=body_timeout, replica=replica
+        )
+        self.classic = not haproxy_enabled()
 
     def __serve_build_asgi_app__(self) -> Any:
-        return create_api(self.backend, self.settings, call=self._route_call)
+        # Behind HAProxy every request is routed by its path; the classic proxy routes only
+        # those that carry the session header, and the rest are counted.
+        return create_api(self.backend, self.settings, call=self._route_call if self.classic else None)
 
     async def _route_call(
         self,
@@ -163,14 +169,28 @@ def settings_from(args: dict[str, Any]) -> dict[str, Any]:
         "replicas": int(args.get("actor_host_replicas", 2)),
         "max_body": int(args.get("max_body", DEFAULT_MAX_BODY)),
         "body_timeout": float(args.get("body_timeout", DEFAULT_BODY_TIMEOUT)),
+        "max_replicas_per_node": (
+            int(args["max_replicas_per_node"]) if args.get("max_replicas_per_node") is not None else None
+        ),
     }
 
 
 def build(args: dict[str, Any] | None = None) -> Application:
-    """The application for ``serve run`` / ``serveConfigV2`` (import path ``deployments.app:build``)."""
+    """The application for ``serve run`` / ``serveConfigV2`` (import path ``deployments.app:build``).
+
+    In HAProxy mode (see :mod:`deployments.ingress`) HAProxy routes by actor id and Serve
+    allows no request router on the ingress; in classic mode ActorHost gets Serve's
+    consistent-hash router on the session header. Decided by this process's environment,
+    which must match the cluster's (the same variables before ``ray.init`` or ``ray start``).
+    """
     s = settings_from(args or {})
     load_modules(s["modules"])  # fail here, with the module's error, rather than in every replica
     host: Any = ActorHost  # a Serve Deployment once decorated
-    return host.options(num_replicas=s["replicas"]).bind(
+    options: dict[str, Any] = {"num_replicas": s["replicas"]}
+    if s["max_replicas_per_node"] is not None:
+        options["max_replicas_per_node"] = s["max_replicas_per_node"]
+    if not haproxy_enabled():
+        options["request_router_config"] = ROUTER_CONFIG
+    return host.options(**options).bind(
         s["storage"], s["modules"], s["token"], s["max_body"], s["body_timeout"]
     )

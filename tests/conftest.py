@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import pathlib
+import shutil
 import uuid
 from collections.abc import Iterator
 
@@ -33,14 +34,20 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
-    """One local Ray cluster for the whole session (2 CPUs, no dashboard)."""
+    """One local Ray cluster for the whole session (2 CPUs, no dashboard), with Serve in
+    HAProxy mode as ``actorflow serve`` runs it (one HAProxy thread, a 3 s request timeout,
+    its files in a temp dir); every HAProxy of it is stopped at the end."""
     import ray
 
+    from deployments.ingress import configure, new_config_dir, stop_haproxy
+
+    config_dir = new_config_dir()  # short: HAProxy's socket paths are limited
     if not ray.is_initialized():
         # Workers import test modules by name (functions defined in them are pickled by
         # reference), so they need this directory on their path too.
         here = str(pathlib.Path(__file__).parent)
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+        configure("haproxy", config_dir=config_dir, threads=1, request_timeout=3, drain_seconds=1.0)
         ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
         yield
@@ -49,6 +56,8 @@ def ray_session() -> Iterator[None]:
 
         _runtime.close_all()
         ray.shutdown()
+        stop_haproxy(config_dir)
+        shutil.rmtree(config_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

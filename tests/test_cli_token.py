@@ -12,6 +12,7 @@ traceback; and the token appears in no output.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -252,8 +253,9 @@ def test_token_help_warns_about_the_process_table(command: str, capsys: pytest.C
 
 
 @pytest.fixture
-def no_ray(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """Ray's start-up replaced by recorders, and SIGTERM delivered as soon as serve waits for it."""
+def no_ray(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    """Ray's start-up replaced by recorders, and SIGTERM delivered as soon as serve waits for it.
+    The environment ``serve`` sets up for Ray (its proxy mode) is put back afterwards."""
     import ray
     from ray import serve
 
@@ -271,7 +273,10 @@ def no_ray(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         return real_signal(signum, handler)
 
     monkeypatch.setattr(signal, "signal", fake_signal)
-    return calls
+    saved = dict(os.environ)
+    yield calls
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def test_serve_never_prints_the_token_or_the_redis_password(

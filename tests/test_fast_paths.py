@@ -1,8 +1,8 @@
-"""Turns that never suspend: eager starts, quick plain methods waited for in place, inline SQLite.
+"""The fast paths: eager starts, plain methods in worker threads, inline SQLite.
 
 What must hold: the fast paths change nothing but speed. A task started eagerly is a task from
-its first line; a plain method always runs in a worker thread, and the loop's bounded wait for
-it never deadlocks a method that waits for other threads calling actors, however it waits.
+its first line; a plain method always runs in a worker thread and never deadlocks, however it
+waits for other threads that call actors.
 """
 
 from __future__ import annotations
@@ -306,22 +306,6 @@ class Probe:
 @pytest.fixture
 def runtime(wf_storage: str) -> Any:
     return actor_runtime(default_runtime())
-
-
-def test_a_quick_plain_method_ends_its_turn_without_suspending(runtime: Any, wf_storage: str) -> None:
-    p = Probe.get_or_create("quick")
-    p.bump.run()  # cached from now on
-
-    async def eager() -> bool:
-        fut = start_now(runtime.call(Probe, "quick", "bump", (), {}))
-        done = fut.done()
-        await fut
-        return done
-
-    results = [asyncio.run_coroutine_threadsafe(eager(), runtime.loop).result(30) for _ in range(20)]
-    if wf_storage.startswith("sqlite"):  # a Redis commit always waits for the network
-        assert sum(results) >= 15  # the loop waited for the method in place (a busy machine may miss)
-    assert p.value.run() == 21
 
 
 @pytest.mark.parametrize("how", ["new_threads", "shared_pool", "sleep_poll", "plain_lock", "asyncio_run"])

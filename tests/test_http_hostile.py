@@ -104,15 +104,12 @@ def test_hostile_json_anywhere_is_refused_and_changes_nothing(client: TestClient
     attempts = [
         ("/v1/actors/Hostile/h/incr", {"content": f'{{"args": [{value}]}}'}),
         ("/v1/actors/Hostile/h/incr", {"content": f'{{"kwargs": {{"by": {value}}}}}'}),
-        ("/v1/actors/Hostile/h/incr", {"params": {"args": f"[{value}]"}}),
-        ("/v1/actors/Hostile/h/incr", {"params": {"kwargs": f'{{"by": {value}}}'}}),
         ("/v1/actors/Hostile/h2", {"content": f'{{"args": [{value}]}}'}),
         ("/v1/actors/Hostile/h/events/note", {"content": value}),
         ("/v1/actors/Hostile/h/events/note?wait=true", {"content": f'{{"x": {value}}}'}),
     ]
     for path, how in attempts:
-        headers = JSON if "content" in how else {}
-        r = client.post(path, headers=headers, **how)
+        r = client.post(path, headers=JSON, **how)
         assert r.status_code == 400 and r.json()["error"] == "bad_request", (path, how, r.text[:200])
     r = client.put(
         "/v1/actors/Hostile/h/timers/t", content=f'{{"after": 60, "method": "incr", "args": [{value}]}}'
@@ -174,8 +171,8 @@ def test_a_reused_idempotency_key_is_refused_and_changes_nothing(client: TestCli
     r = client.post("/v1/actors/Hostile/k/infinite", headers={"Idempotency-Key": "K"})
     assert r.status_code == 422
     assert version(client, "k") == before
-    again = client.post("/v1/actors/Hostile/k/incr", params={"args": "[5]"}, headers={"Idempotency-Key": "K"})
-    assert again.json() == {"result": 5}  # the same call, in the other form: replayed
+    again = client.post("/v1/actors/Hostile/k/incr", json={"args": [5]}, headers={"Idempotency-Key": "K"})
+    assert again.json() == {"result": 5}  # the same call: replayed
 
 
 def test_an_event_id_reused_with_another_payload_is_refused(client: TestClient) -> None:
@@ -219,8 +216,8 @@ def test_bad_timer_specs_and_ids_get_400(client: TestClient) -> None:
 
 def test_only_instance_methods_are_callable(client: TestClient) -> None:
     client.post("/v1/actors/Hostile/s")
-    for method, args in (("helper", "[1]"), ("make", "[]")):
-        r = client.post(f"/v1/actors/Hostile/s/{method}", params={"args": args})
+    for method, args in (("helper", [1]), ("make", [])):
+        r = client.post(f"/v1/actors/Hostile/s/{method}", json={"args": args})
         assert r.status_code == 404 and r.json()["error"] == "unknown_method", method
     assert version(client, "s") == 1
 

@@ -40,6 +40,8 @@ import ray
 import yaml
 from _kustomize import KustomizeError, render, render_text
 
+from deployments.ingress import balance_rule
+
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "k8s"
 CRD = Path(__file__).resolve().parents[2] / "shared" / "k8s" / "rayservices.ray.io-kuberay-v1.7.0.crd.yaml"
@@ -49,10 +51,6 @@ KUSTOMIZATIONS = sorted(str(p.parent.relative_to(REPO)) for p in K8S.rglob("kust
 
 #: What deployments.app:build accepts (storage and token must come from the Secret instead).
 BUILDER_ARGS = {"modules", "storage", "token", "token_file", "actor_host_replicas"}
-ROUTER = {
-    "request_router_class": "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter",
-    "request_router_kwargs": {"num_fallback_replicas": 0},
-}
 #: The Ray image the Dockerfile starts from: the installed Ray (pyproject pins it) on Python 3.11.
 RAY_BASE_IMAGE = f"rayproject/ray:{ray.__version__}-py311"
 
@@ -344,7 +342,8 @@ def test_serve_config_runs_the_application_with_its_routing(kustomization: str) 
     assert set(deployments) == {"ActorHost"}  # ingress and actor owner in one deployment
     assert deployments["ActorHost"]["num_replicas"] >= 2
     assert deployments["ActorHost"]["max_ongoing_requests"] == 64
-    assert deployments["ActorHost"]["request_router_config"] == ROUTER
+    # HAProxy routes by actor id; Serve allows no request router on the ingress in that mode.
+    assert "request_router_config" not in deployments["ActorHost"]
     # The head has no CPUs, so replicas that ask for some can only run on workers.
     head = rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]
     assert head["rayStartParams"]["num-cpus"] == "0"
@@ -405,6 +404,9 @@ def test_ray_pods(kustomization: str) -> None:
         assert env_from_secret(container, "ACTORFLOW_TOKEN")[0] == "actorflow"
         env = {e["name"]: e for e in container["env"]}
         assert env["RAY_USAGE_STATS_ENABLED"].get("value") == "0", where
+        # Serve's HAProxy ingress with actorflow's routing rule, on every node.
+        assert env["RAY_SERVE_ENABLE_HA_PROXY"].get("value") == "1", where
+        assert env["RAY_SERVE_HAPROXY_BALANCE_ALGORITHM"].get("value") == balance_rule(10), where
         # KubeRay rejects these next to gcsFaultToleranceOptions.
         assert not {"REDIS_PASSWORD", "RAY_REDIS_ADDRESS", "REDIS_USERNAME"} & set(env), where
         assert "redis-password" not in spec["rayStartParams"], where

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from _routing import owners, steady
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_session")]
 
@@ -175,8 +176,8 @@ def test_remote_handles_run_the_seed_block(
         from serve_actors import Tally
 
         tally = Tally.get_or_create("remote-args")
-        assert tally.measure.run("abc", times=2) == 6  # small arguments go in the query
-        assert tally.measure.run("é&?=/" * 1000) == 5000  # large ones in the body
+        assert tally.measure.run("abc", times=2) == 6
+        assert tally.measure.run("é&?=/" * 1000) == 5000  # any text, any size, in the JSON body
         assert os.environ["ACTORFLOW_ADDRESS"] == service["url"]
     finally:
         set_invoker(None)
@@ -303,3 +304,30 @@ def test_stalled_clients_get_408_and_do_not_starve_other_calls(service: dict[str
         for s in stalled:
             s.close()
     assert httpx.get(f"{service['url']}/v1/actors/Tally/stall", timeout=30).json()["state"] == {"n": 1}
+
+
+def test_every_request_for_an_actor_reaches_one_replica_before_and_after_a_scale(
+    service: dict[str, str],
+) -> None:
+    """Plain HTTP requests (no routing header, a new connection each) for one actor all reach
+    one replica, with 2 replicas and again after scaling to 3; HAProxy got the routing rule."""
+    from deployments.ingress import balance_rule
+
+    url = service["url"]
+    actors = [f"own-{i}" for i in range(30)]
+    for a in actors:
+        httpx.post(f"{url}/v1/actors/Tally/{a}", timeout=60).raise_for_status()
+    assert len(steady(url, 2)) == 2
+    before = owners(url, actors)
+    assert all(len(o) == 1 for o in before.values()), before
+    assert len(set().union(*before.values())) == 2  # both replicas own some
+    deploy(service["storage"], 3)
+    try:
+        assert len(steady(url, 3)) == 3
+        after = owners(url, actors)
+        assert all(len(o) == 1 for o in after.values()), after
+        assert len(set().union(*after.values())) == 3
+    finally:
+        deploy(service["storage"], 2)
+    configs = list(pathlib.Path(os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).parent.glob("*/haproxy.cfg"))
+    assert configs and all(balance_rule(3) in c.read_text() for c in configs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 import pytest
@@ -30,4 +31,8 @@ def test_serve_config_validates_and_builds(tmp_path: pathlib.Path, monkeypatch: 
         d["name"] for d in config["applications"][0]["deployments"]
     }
     host = config["applications"][0]["deployments"][0]
-    assert host["request_router_config"]["request_router_kwargs"] == {"num_fallback_replicas": 0}
+    assert "request_router_config" not in host  # the code adds it in classic mode only
+    [built_host] = built.deployments
+    haproxy = os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1"
+    router = built_host._deployment_config.request_router_config.request_router_class
+    assert ("ConsistentHash" in str(router)) != haproxy, router

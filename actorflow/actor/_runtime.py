@@ -4,8 +4,7 @@ One turn of a writer method:
 
 1. under a per-actor lock in this process (turns of one actor never overlap here),
 2. rebuild a fresh instance from the last snapshot this process knows,
-3. run the method (``async def`` methods on the loop; plain ones in a worker thread, which the
-   loop waits for in place for up to ``SYNC_WAIT`` before it awaits the rest),
+3. run the method (``async def`` methods on the loop; plain ones in a worker thread),
 4. commit in ONE atomic batch: the new snapshot and version, the idempotency record, the
    messages the turn sent (an outbox) and the sub-workflow it launched, on the condition that
    the version is still the one the turn started from (compare-and-set).
@@ -81,10 +80,6 @@ from actorflow.workflow._store import Lease
 log = logging.getLogger("actorflow.actor")
 
 MAX_ATTEMPTS = 200
-# Seconds the loop waits in place for a quick plain method in the worker pool. Handing its
-# result back through the loop instead makes the turn suspend, which in a Serve replica costs
-# about a millisecond (see actorflow._aio); blocking the loop this long at most is cheaper.
-SYNC_WAIT = 0.001
 OVERFLOW_THREADS = 1024  # created only as needed: at most as many as methods running at once
 OUTBOX_INDEX = "outbox"
 #: Keys deleted per commit when an actor is deleted (the first commit also writes the tombstone).
@@ -386,11 +381,6 @@ class ActorRuntime:
         self._overflow: concurrent.futures.ThreadPoolExecutor | None = None
         self._in_pool = 0
         self._in_pool_lock = threading.Lock()
-        # (type, method) -> whether its last run took at most sync_wait (then the loop waits
-        # for the next one in place).
-        self._quick: dict[tuple[str, str], bool] = {}
-        # How long the loop waits in place for a plain method before it awaits the rest (0: never).
-        self.sync_wait = SYNC_WAIT
         self._commits_since_trim: dict[str, int] = {}
         # Actors whose idempotency window was found full, with when that was last checked.
         self._full: dict[str, float] = {}
@@ -810,9 +800,8 @@ class ActorRuntime:
         """Run the method on a fresh instance restored from ``snap``.
 
         Returns the instance, the turn (the messages it sent, the timers it set) and the
-        method's result. ``async def`` methods run on the loop; plain ones in the worker pool.
-        For a plain method whose last run took at most ``sync_wait`` the loop waits in place
-        (blocking, for at most ``sync_wait``) before it awaits the rest.
+        method's result. ``async def`` methods run on the loop; plain ones in the worker pool,
+        so they may block, and the loop serves other turns meanwhile.
         """
         turn = Turn(ac.type_name, actor_id, readonly=readonly, runtime=self)
         instance = self._instance(ac, snap)
@@ -827,9 +816,6 @@ class ActorRuntime:
             finally:
                 _current_turn.reset(token)
 
-        key = (ac.type_name, info.name)
-        took = [0.0]
-
         def run() -> Any:
             _current_turn.set(turn)
             _current_firing.set(firing)
@@ -838,26 +824,9 @@ class ActorRuntime:
             except Exception as exc:
                 _mark_method_error(exc)
                 raise
-            finally:
-                took[0] = time.perf_counter() - submitted  # queueing counts: a busy pool is slow
 
-        submitted = time.perf_counter()
         job = self._submit_method(contextvars.copy_context().run, run)
-        wait = self.sync_wait
-        if wait > 0 and self._quick.get(key, True):
-            # A quick method is done before a hand-off through the loop would be: wait for it
-            # here, so the turn does not suspend. The wait is bounded, so a method that waits
-            # for other threads calling into this loop only delays them by that much.
-            try:
-                return instance, turn, job.result(timeout=wait)
-            except TimeoutError:
-                if job.done():  # done just after the wait ran out, or it raised TimeoutError itself
-                    return instance, turn, job.result()
-        try:
-            result = await asyncio.wrap_future(job)
-        finally:
-            self._quick[key] = took[0] <= wait
-        return instance, turn, result
+        return instance, turn, await asyncio.wrap_future(job)
 
     def _submit_method(self, fn: Any, *args: Any) -> concurrent.futures.Future[Any]:
         """Run a plain method in the worker pool, or in the overflow pool when every worker is
