@@ -24,21 +24,18 @@ if sys.path and sys.path[0] and __file__.startswith(sys.path[0]):
     sys.path.pop(0)
 
 import argparse
-import contextlib
 import os
-import shutil
-import socket
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from actorflow import workflow
 from actorflow.actor import actor_runtime
 from actorflow.storage import Batch
 from actorflow.workflow._runtime import WorkflowRuntime
+from bench._serve import redis_server
 
 ACTORS = 100
 
@@ -55,36 +52,6 @@ class BenchCounter:
     async def incr_async(self) -> int:
         self.count += 1
         return self.count
-
-
-@contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise SystemExit("redis-server not found (apt-get install redis-server), or pass --redis URL")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = tempfile.mkdtemp(prefix="actorflow-bench-redis-")
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", data, "--save", "", "--appendonly", "yes"],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        shutil.rmtree(data, ignore_errors=True)
 
 
 def latencies(fn: Callable[[], object], n: int) -> list[float]:
