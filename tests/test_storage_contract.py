@@ -1,8 +1,10 @@
 """The storage contract, checked against every backend alike.
 
 The ``storage`` fixture yields a freshly opened backend: a new SQLite file under ``tmp_path``,
-or a fresh key prefix (``t<uuid>:``) on the session's real ``redis-server``. Tests that need
-to reopen the same storage, or to reach it from other OS processes, use ``backend.url``.
+a fresh key prefix (``t<uuid>:``) on the session's real ``redis-server``, or a fresh named
+in-memory store (``memory://t<uuid>``). Tests that need to reopen the same storage, or to
+reach it from other OS processes, use ``backend.url`` (the memory backend, confined to one
+process by design, skips the latter).
 """
 
 from __future__ import annotations
@@ -42,15 +44,19 @@ ALL_BYTES = bytes(range(256))
 class Backend:
     kind: str
     url: str
+    #: Whether other OS processes can open the same storage by its URL.
+    shared_across_processes: bool = True
 
     async def open(self) -> Storage:
         return await open_storage(self.url)
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "memory"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param == "sqlite":
         return Backend("sqlite", f"sqlite://{tmp_path}/nested/dir/store.db")
+    if request.param == "memory":
+        return Backend("memory", f"memory://t{uuid.uuid4().hex}", shared_across_processes=False)
     server: RedisServer = request.getfixturevalue("redis_server")
     return Backend("redis", f"{server.url}?prefix=t{uuid.uuid4().hex}:")
 
@@ -252,6 +258,8 @@ WORKER = textwrap.dedent(
 async def test_concurrent_cas_increments_from_processes(
     backend: Backend, storage: Storage, tmp_path: Path
 ) -> None:
+    if not backend.shared_across_processes:
+        pytest.skip(f"{backend.kind} storage lives in one process")
     processes, per_process = 4, 50
     go = tmp_path / "go"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))

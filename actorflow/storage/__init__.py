@@ -28,9 +28,16 @@ Pick a backend with a storage URL and :func:`open_storage`. Accepted forms:
     ``client_name``, ``ssl_cert_reqs``, ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``,
     ``ssl_check_hostname``.
 
+``memory://NAME`` or ``memory:``
+    **Not durable; for tests only.** An in-memory store in the current process
+    (:class:`MemoryStorage`), gone when the process exits and invisible to other processes.
+    Every storage opened with the same ``NAME`` (taken literally, case-sensitive, no
+    ``?`` options) in one process shares one store, and its data outlives closing them;
+    ``memory://`` or ``memory:`` with no name opens a fresh private store each time.
+
 A string is a URL when it starts with ``SCHEME://`` or with one of the scheme names above and a
 colon (``sqlite:x.db`` is an error, not a directory); anything else is a bare path. Other
-schemes raise :class:`~actorflow.errors.ConfigError`.
+schemes raise :class:`~actorflow.errors.ConfigError` (``memory:x`` too: write ``memory://x``).
 
 Error messages name the storage by its URL with any password replaced by ``***``
 (:func:`redact_url`). The Redis backend (and redis-py) is imported only when a Redis URL is
@@ -47,6 +54,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from actorflow.errors import ConfigError
 from actorflow.storage._base import Batch, Storage
+from actorflow.storage.memory import MemoryStorage
 from actorflow.storage.sqlite import SQLiteStorage
 
 if TYPE_CHECKING:
@@ -54,6 +62,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Batch",
+    "MemoryStorage",
     "RedisStorage",
     "SQLiteStorage",
     "Storage",
@@ -63,7 +72,7 @@ __all__ = [
     "redact_url",
 ]
 
-StorageKind = Literal["sqlite", "redis"]
+StorageKind = Literal["sqlite", "redis", "memory"]
 
 #: The SQLite file a directory-style storage location (bare path, ``file:``) refers to.
 DB_FILE_NAME = "actorflow.db"
@@ -73,9 +82,10 @@ DEFAULT_REDIS_PREFIX = "af:"
 _ACCEPTED = (
     "accepted forms: sqlite://PATH/TO/FILE.db[?sync=full|normal], "
     "file:///DIRECTORY, a bare directory path, "
-    "redis://[:PASSWORD@]HOST[:PORT][/DB][?prefix=...], rediss://..."
+    "redis://[:PASSWORD@]HOST[:PORT][/DB][?prefix=...], rediss://..., "
+    "memory://NAME (in-process, not durable; for tests)"
 )
-_KNOWN_SCHEMES = ("sqlite", "file", "redis", "rediss")
+_KNOWN_SCHEMES = ("sqlite", "file", "redis", "rediss", "memory")
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 _REDIS_PASSTHROUGH = frozenset(
     {
@@ -97,13 +107,14 @@ _SECRET_QUERY_RE = re.compile(r"([?&][^=&#]*(?:pass|secret|token|auth)[^=&#]*=)[
 def redact_url(url: str | os.PathLike[str]) -> str:
     """``url`` with any password (and any ``password=``-like query value) replaced by ``***``.
 
-    Never raises. Filesystem paths and ``sqlite:``/``file:`` URLs are returned unchanged. For
-    other URLs the userinfo is everything before the *last* ``@``, so a password containing
-    an unescaped ``@`` or ``/`` is still hidden (at worst more than the password is masked).
+    Never raises. Filesystem paths and ``sqlite:``/``file:``/``memory:`` URLs (which hold no
+    secrets) are returned unchanged. For other URLs the userinfo is everything before the
+    *last* ``@``, so a password containing an unescaped ``@`` or ``/`` is still hidden (at
+    worst more than the password is masked).
     """
     text = os.fspath(url) if isinstance(url, os.PathLike) else str(url)
     m = _SCHEME_RE.match(text)
-    if m is None or "://" not in text or m.group(1).lower() in ("sqlite", "file"):
+    if m is None or "://" not in text or m.group(1).lower() in ("sqlite", "file", "memory"):
         return text
     head, rest = text.split("://", 1)
     at = rest.rfind("@")
@@ -182,11 +193,26 @@ def _parse_redis(url: str) -> tuple[StorageKind, dict[str, str]]:
     return "redis", {"url": client_url, "prefix": prefix, "db": db_text or "0"}
 
 
+def _parse_memory(url: str, after: str) -> tuple[StorageKind, dict[str, str]]:
+    if after and not after.startswith("//"):
+        raise _config_error(url, "expected memory://NAME, or memory: for a private store")
+    name = after[2:]
+    if "?" in name or "#" in name:
+        # Reserved, so that options can be added later without changing what a name means.
+        raise _config_error(url, "a memory URL takes no ?options or #fragment")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _config_error(url, "the name is not valid Unicode text") from None
+    return "memory", {"name": name}
+
+
 def parse_storage_url(url: str | os.PathLike[str]) -> tuple[StorageKind, dict[str, str]]:
     """Validate a storage URL without connecting or touching files; say what it opens.
 
     Returns ``("sqlite", {"path": <absolute file path>, "sync": "normal"|"full"})`` or
-    ``("redis", {"url": <URL for redis-py>, "prefix": <key prefix>, "db": <number>})``.
+    ``("redis", {"url": <URL for redis-py>, "prefix": <key prefix>, "db": <number>})`` or
+    ``("memory", {"name": <store name, "" for a private store>})``.
     The Redis ``url`` still contains the password; never log it (use :func:`redact_url`).
     Raises :class:`ConfigError`, naming the (redacted) URL and the accepted forms, for an
     unknown scheme or a malformed URL. The only file-system access is the check that a
@@ -203,6 +229,8 @@ def parse_storage_url(url: str | os.PathLike[str]) -> tuple[StorageKind, dict[st
     if m is None or not (after.startswith("//") or m.group(1).lower() in _KNOWN_SCHEMES):
         return _parse_directory(url, url, "normal")  # a bare path
     scheme = m.group(1).lower()
+    if scheme == "memory":
+        return _parse_memory(url, after)
     if not after.startswith("//"):
         raise _config_error(url, f"expected {scheme}://...")
     rest = after[2:]
@@ -259,6 +287,8 @@ async def open_storage(url: str | os.PathLike[str]) -> Storage:
     if kind == "sqlite":
         sync: Literal["normal", "full"] = "full" if details["sync"] == "full" else "normal"
         return await SQLiteStorage.open(details["path"], sync=sync, url=redact_url(text))
+    if kind == "memory":
+        return MemoryStorage(details["name"], url=text)
     from actorflow.storage.redis import RedisStorage
 
     return await RedisStorage.open(text)
