@@ -86,10 +86,31 @@ def dumps(value: Any, *, what: str) -> tuple[bytes, dict[str, bytes]]:
         raise SerializationError(f"cannot serialize {what}: {type(exc).__name__}: {exc}") from exc
 
 
+#: Modules that moved, by their old names: data stored before a move names a class or function
+#: by the module it lived in then, and must still load.
+MOVED_MODULES = {
+    "actorflow.workflow._dag": "actorflow.engine._dag",
+    "actorflow.workflow._store": "actorflow.engine._store",
+    "actorflow.workflow._executor": "actorflow.engine._executor",
+    "actorflow.workflow._events": "actorflow.engine._events",
+    "actorflow.workflow._raysupport": "actorflow.engine._steps",
+    "actorflow.workflow._compat": "actorflow.engine._raydag",
+    "actorflow.workflow._runtime": "actorflow.engine._runtime",
+}
+# Classes that moved *and* were renamed: (old module, old name) -> (new module, new name).
+MOVED_CLASSES = {
+    ("actorflow.actor._runtime", "_Message"): ("actorflow.actor._context", "Message"),
+}
+
+
 class _Unpickler(pickle.Unpickler):
     def __init__(self, file: io.BytesIO, objects: Mapping[str, bytes]) -> None:
         super().__init__(file)
         self._objects = objects
+
+    def find_class(self, module: str, name: str) -> Any:
+        module, name = MOVED_CLASSES.get((module, name), (module, name))
+        return super().find_class(MOVED_MODULES.get(module, module), name)
 
     def persistent_load(self, pid: Any) -> Any:
         tag, key = pid
@@ -97,7 +118,7 @@ class _Unpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"unknown persistent id {tag!r}")
         import ray
 
-        from actorflow.workflow._raysupport import ensure_ray
+        from actorflow._ray import ensure_ray
 
         ensure_ray()
         return ray.put(loads(self._objects[key], self._objects))

@@ -73,7 +73,7 @@ def resolve_token(
 
 def _demo(args: argparse.Namespace) -> int:
     from actorflow import workflow
-    from actorflow.workflow._runtime import default_runtime
+    from actorflow.engine import default_runtime
 
     workflow.init(args.storage)
     print(f"actorflow demo on storage {default_runtime().storage_url}")

@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 from actorflow import errors
 from actorflow.actor._class import VirtualActorClass
-from actorflow.actor._handle import Invoker
+from actorflow.actor._context import Invoker
 
 T = TypeVar("T")
 SESSION_HEADER = "x-session-id"

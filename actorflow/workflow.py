@@ -22,16 +22,26 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from actorflow.actor import ActorHandle, VirtualActorClass, send, virtual_actor
-from actorflow.actor._timers import timers
+from actorflow.actor import ActorHandle, VirtualActorClass, send, timers, virtual_actor
+from actorflow.actor._context import set_invoker
+from actorflow.engine import (
+    EventListener,
+    StepFailure,
+    StepFunction,
+    StepOptions,
+    Workflow,
+    WorkflowRuntime,
+    WorkflowStatus,
+    as_workflow,
+    continuation,
+    default_runtime,
+    options,
+    sleep,
+    step,
+    wait_for_event,
+)
+from actorflow.engine import init as init_storage
 from actorflow.errors import WorkflowTimeoutError
-from actorflow.workflow._compat import continuation, options
-from actorflow.workflow._dag import StepFunction, StepOptions, Workflow, step
-from actorflow.workflow._events import EventListener, sleep, wait_for_event
-from actorflow.workflow._raysupport import StepFailure
-from actorflow.workflow._runtime import WorkflowRuntime, default_runtime
-from actorflow.workflow._runtime import init as _init
-from actorflow.workflow._store import WorkflowStatus
 
 
 def init(
@@ -59,8 +69,6 @@ def init(
     """
     import os
 
-    from actorflow.actor._handle import set_invoker
-
     address = address or os.environ.get("ACTORFLOW_ADDRESS") or None
     if address:
         from actorflow.client import connect
@@ -69,7 +77,7 @@ def init(
     else:
         set_invoker(None)
     if storage is not None or not address:
-        _init(storage, lease_ttl=lease_ttl, recovery=recovery)
+        init_storage(storage, lease_ttl=lease_ttl, recovery=recovery)
 
 
 def run(dag: Any, workflow_id: str | None = None, metadata: dict[str, Any] | None = None) -> Any:
@@ -83,8 +91,6 @@ def run_async(dag: Any, workflow_id: str | None = None, metadata: dict[str, Any]
 
 
 def _as_workflow(dag: Any) -> Workflow[Any]:
-    from actorflow.workflow._compat import as_workflow
-
     wf = as_workflow(dag)
     if wf is None:
         raise TypeError(f"expected a workflow step or a Ray DAG (f.bind(...)), got {type(dag).__name__}")

@@ -33,8 +33,8 @@ from collections.abc import Callable
 
 from actorflow import workflow
 from actorflow.actor import actor_runtime
+from actorflow.engine import WorkflowRuntime
 from actorflow.storage import Batch
-from actorflow.workflow._runtime import WorkflowRuntime
 from bench._serve import redis_server
 
 ACTORS = 100
@@ -98,7 +98,7 @@ def measure(url: str, args: argparse.Namespace) -> None:
         raw = art.state(BenchCounter, "c0").pack()  # the snapshot a call writes
 
         def floor_write(i: int = 0) -> None:
-            rt._call(rt.storage.commit(Batch().put(f"bench/floor/{i}", raw)))
+            rt.blocking(rt.storage.commit(Batch().put(f"bench/floor/{i}", raw)))
 
         floors = [lambda i=i: floor_write(i) for i in range(ACTORS)]
         forms = {  # a plain method runs in a worker thread; an async one on the runtime's loop

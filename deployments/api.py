@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from actorflow import errors
 from actorflow._codec import strict_json_dumps, strict_json_loads
 from actorflow._ids import check_id
-from actorflow.actor._runtime import is_method_error
+from actorflow.actor._methods import is_method_error
 from actorflow.client import ERROR_ATTRIBUTES
 from deployments.backend import Backend
 

@@ -83,7 +83,7 @@ class ActorHost:
         max_body: int,
         body_timeout: float = DEFAULT_BODY_TIMEOUT,
     ) -> None:
-        from actorflow.workflow._runtime import WorkflowRuntime
+        from actorflow.engine import WorkflowRuntime
 
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         load_modules(modules)
@@ -155,7 +155,7 @@ def settings_from(args: dict[str, Any]) -> dict[str, Any]:
     """Resolve builder arguments against the environment and validate them."""
     storage = args.get("storage") or os.environ.get("ACTORFLOW_STORAGE") or default_storage_url()
     parse_storage_url(storage)
-    from actorflow.workflow._runtime import canonical_url
+    from actorflow.engine import canonical_url
 
     modules = args.get("modules")
     if modules is None:

@@ -14,10 +14,10 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol, TypeVar
 
 from actorflow._aio import start_now
-from actorflow.actor import ActorRuntime, actor_runtime, lookup
-from actorflow.actor._runtime import client_key
+from actorflow._ids import check_actor_id, check_id, check_workflow_id
+from actorflow.actor import ActorRuntime, actor_runtime, client_key, lookup
+from actorflow.engine import WorkflowRuntime, as_status
 from actorflow.errors import ActorNotFoundError
-from actorflow.workflow._runtime import WorkflowRuntime
 
 T = TypeVar("T")
 
@@ -82,6 +82,7 @@ class LocalBackend:
     def __init__(self, workflows: WorkflowRuntime, actors: ActorRuntime | None = None) -> None:
         self.workflows = workflows
         self.actors = actors or actor_runtime(workflows)
+        self.engine = workflows.engine
         self.counters: collections.Counter[str] = collections.Counter()
         self._background: set[asyncio.Future[Any]] = set()
 
@@ -94,8 +95,6 @@ class LocalBackend:
         return await asyncio.shield(asyncio.wrap_future(fut))
 
     async def create(self, type_name: str, actor_id: str, args: list[Any], kwargs: dict[str, Any]) -> bool:
-        from actorflow._ids import check_actor_id
-
         ac = lookup(type_name)
         check_actor_id(actor_id)
         ac.check_init_args(tuple(args), kwargs)
@@ -116,8 +115,6 @@ class LocalBackend:
     ) -> Any:
         """Run one actor call here. ``encode`` (the HTTP edge's) turns the result into what is
         returned, before the turn commits (see ``ActorRuntime.call``)."""
-        from actorflow._ids import check_actor_id
-
         ac = lookup(type_name)
         check_actor_id(actor_id)
         self.counters["calls"] += 1
@@ -130,13 +127,11 @@ class LocalBackend:
             raise
 
     async def describe(self, type_name: str, actor_id: str) -> dict[str, Any]:
-        from actorflow._ids import check_actor_id
-
         ac = lookup(type_name)
         check_actor_id(actor_id)
-        snap = await self._run(self.actors._read(ac, actor_id))
+        snap = await self._run(self.actors.read(ac, actor_id))
         timers = await self.get_timers(type_name, actor_id)
-        failed = await self._run(self.actors.failures_of(type_name, actor_id))
+        failed = await self._run(self.actors.outbox.failures_of(type_name, actor_id))
         return {
             **timers,
             "failed_events": [f for f in failed if f.get("kind") == "event"],
@@ -152,44 +147,41 @@ class LocalBackend:
         }
 
     async def delete(self, type_name: str, actor_id: str) -> None:
-        from actorflow._ids import check_actor_id
-
         ac = lookup(type_name)
         check_actor_id(actor_id)
-        await self._run(self.actors._delete(ac, actor_id))
+        await self._run(self.actors.lifecycle.delete(ac, actor_id))
 
     async def list_ids(self, type_name: str, start_after: str | None, limit: int) -> list[str]:
         lookup(type_name)
         return await asyncio.to_thread(self.actors.list_ids, type_name, start_after=start_after, limit=limit)
 
     async def list_workflows(self, status: str | None) -> list[tuple[str, str]]:
-        rows = await asyncio.to_thread(self.workflows.list_all, status)
+        wanted = None if status is None else {as_status(status)}
+        rows = await self._run(self.engine.list_workflows(wanted))
         return [(wid, s.value) for wid, s in rows]
 
     async def workflow(self, workflow_id: str) -> dict[str, Any]:
-        return await asyncio.to_thread(self.workflows.get_metadata, workflow_id)
+        return await self._run(self.engine.metadata(check_workflow_id(workflow_id), None))
 
     async def resume_workflow(self, workflow_id: str) -> str:
-        from actorflow._ids import check_workflow_id
-        from actorflow.workflow._raysupport import ensure_ray
+        from actorflow._ray import ensure_ray
 
         wid = check_workflow_id(workflow_id)
-        status = await asyncio.to_thread(self.workflows.get_status, wid)
+        status = await self._run(self.engine.status(wid))
         if status.value in ("RESUMABLE", "FAILED"):
             await asyncio.to_thread(ensure_ray)
             # Runs here in the background; the caller polls GET /v1/workflows/{id}.
-            task = asyncio.run_coroutine_threadsafe(self.workflows._resume(wid), self.workflows.loop)
+            task = asyncio.run_coroutine_threadsafe(self.engine.resume(wid), self.workflows.loop)
             task.add_done_callback(lambda f: f.exception())
             return "RUNNING"
         return status.value
 
     async def cancel_workflow(self, workflow_id: str) -> None:
-        await asyncio.to_thread(self.workflows.cancel, workflow_id)
+        await self._run(self.engine.cancel(check_workflow_id(workflow_id)))
 
     async def set_timer(
         self, type_name: str, actor_id: str, name: str, spec: dict[str, Any]
     ) -> dict[str, Any]:
-        from actorflow._ids import check_actor_id
         from actorflow.errors import ConfigError
 
         ac = lookup(type_name)
@@ -199,30 +191,26 @@ class LocalBackend:
             raise ConfigError(f"unknown timer fields {sorted(unknown)}")
         if "method" not in spec:
             raise ConfigError("a timer needs the 'method' to call")
-        timer = await self._run(self.actors.set_timer(ac, actor_id, name, **spec))
+        timer = await self._run(self.actors.scheduler.set_timer(ac, actor_id, name, **spec))
         return timer.public()
 
     async def get_timers(self, type_name: str, actor_id: str) -> dict[str, Any]:
-        from actorflow._ids import check_actor_id
-
         ac = lookup(type_name)
         check_actor_id(actor_id)
-        if not await self._run(self.actors._exists(ac, actor_id)):
+        if not await self._run(self.actors.lifecycle.exists(ac, actor_id)):
             raise ActorNotFoundError(type_name, actor_id)
-        timers = await self._run(self.actors.timers_of(type_name, actor_id))
-        failed = await self._run(self.actors.timer_failures(type_name, actor_id))
+        timers = await self._run(self.actors.scheduler.timers_of(type_name, actor_id))
+        failed = await self._run(self.actors.scheduler.timer_failures(type_name, actor_id))
         return {"timers": {n: t.public() for n, t in timers.items()}, "failed_timers": failed}
 
     async def cancel_timer(self, type_name: str, actor_id: str, name: str) -> bool:
-        from actorflow._ids import check_actor_id, check_id
-
         ac = lookup(type_name)
         check_actor_id(actor_id)
         check_id("timer name", name)
-        return await self._run(self.actors.cancel_timer(ac, actor_id, name))
+        return await self._run(self.actors.scheduler.cancel_timer(ac, actor_id, name))
 
     async def tick(self) -> dict[str, int]:
-        return await self._run(self.actors.fire_due())
+        return await self._run(self.actors.scheduler.fire_due())
 
     async def post_event(
         self,
@@ -236,8 +224,6 @@ class LocalBackend:
         encode: Callable[[Any], Any] | None = None,
     ) -> tuple[bool, Any]:
         """``(handled, result)``: see ``ActorRuntime.post_event``."""
-        from actorflow._ids import check_actor_id
-
         ac = lookup(type_name)
         check_actor_id(actor_id)
         self.counters["events"] += 1
@@ -246,9 +232,7 @@ class LocalBackend:
         )
 
     async def post_workflow_event(self, workflow_id: str, key: str, payload: Any) -> bool:
-        from actorflow._ids import check_workflow_id
-
-        return await self._run(self.workflows._post_event(check_workflow_id(workflow_id), key, payload))
+        return await self._run(self.engine.post_event(check_workflow_id(workflow_id), key, payload))
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -257,5 +241,5 @@ class LocalBackend:
             "actorflow_unrouted_calls_total": self.counters["unrouted"],
             "actorflow_actors_created_total": self.counters["actors_created"],
             "actorflow_events_total": self.counters["events"],
-            "actorflow_cached_actors": len(self.actors._cache),
+            "actorflow_cached_actors": len(self.actors.cache),
         }

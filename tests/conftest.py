@@ -52,7 +52,7 @@ def ray_session() -> Iterator[None]:
     try:
         yield
     finally:
-        from actorflow.workflow import _runtime
+        from actorflow.engine import _runtime
 
         _runtime.close_all()
         ray.shutdown()
@@ -81,7 +81,7 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> str:
 def wf_storage(storage_url: str) -> Iterator[str]:
     """Make ``storage_url`` the default of ``actorflow.workflow`` for one test."""
     from actorflow import workflow
-    from actorflow.workflow import _runtime
+    from actorflow.engine import _runtime
 
     workflow.init(storage_url, lease_ttl=10.0)
     try:

@@ -161,20 +161,20 @@ def test_bank_transfers_survive_sigkill(tmp_path: pathlib.Path, storage_url: str
     try:
         from actorflow import workflow
         from actorflow.actor import actor_runtime
-        from actorflow.workflow._runtime import default_runtime
+        from actorflow.engine import default_runtime
 
         workflow.init(storage_url)
         import model  # type: ignore[import-not-found]
 
         rt = actor_runtime(default_runtime())
-        rt.outbox_grace = 0.5
-        pending = rt._call(rt.outbox_size())
+        rt.config.outbox_grace = 0.5
+        pending = rt.workflows.blocking(rt.outbox.size())
         accounts = [model.Account.get(f"acct{i}") for i in range(5)]
         # The restarted client retries every transfer under its original key.
         for n, (src, dst, amount) in enumerate(TRANSFERS):
             accounts[src].transfer.options(idempotency_key=f"transfer-{n}").run(accounts[dst], amount)
         deadline = time.monotonic() + 120
-        while rt._call(rt.outbox_size()) > 0:
+        while rt.workflows.blocking(rt.outbox.size()) > 0:
             assert time.monotonic() < deadline, "messages were never delivered"
             time.sleep(0.1)
         expected = [100] * 5

@@ -13,6 +13,7 @@ import pytest
 
 from actorflow import workflow
 from actorflow.actor import actor_runtime
+from actorflow.engine import default_runtime
 from actorflow.errors import (
     ActorArgumentsError,
     ActorError,
@@ -26,7 +27,6 @@ from actorflow.errors import (
     InvalidIdError,
     WorkflowNotFoundError,
 )
-from actorflow.workflow._runtime import default_runtime
 
 pytestmark = pytest.mark.usefixtures("wf_storage")
 
@@ -196,8 +196,8 @@ def test_a_full_idempotency_window_refuses_new_keys_and_forgets_nothing_early() 
     """Records expire by age only; an actor holding as many as it may keep refuses new keyed
     calls (changing nothing) instead of forgetting a record a retry may still need."""
     rt = actor_runtime(default_runtime())
-    old = rt.idempotency_records, rt.idempotency_ttl
-    rt.idempotency_records = 150
+    old = rt.config.idempotency_records, rt.config.idempotency_ttl
+    rt.config.idempotency_records = 150
     try:
         c = Counter.get_or_create("retention", 0)
         refused = None
@@ -217,7 +217,7 @@ def test_a_full_idempotency_window_refuses_new_keys_and_forgets_nothing_early() 
         assert c.add.options(idempotency_key="w0").run(1) == 1  # recorded keys still replay
         assert c.add.run(1) == before + 1  # unkeyed calls are not limited
         # Once the records are older than the window they go, and keyed calls work again.
-        rt.idempotency_ttl = 0.0
+        rt.config.idempotency_ttl = 0.0
         time.sleep(1.1)
         assert c.add.options(idempotency_key="after").run(1) == before + 2
         keys = asyncio.run_coroutine_threadsafe(
@@ -225,7 +225,7 @@ def test_a_full_idempotency_window_refuses_new_keys_and_forgets_nothing_early() 
         ).result()
         assert len(keys) <= 1
     finally:
-        rt.idempotency_records, rt.idempotency_ttl = old
+        rt.config.idempotency_records, rt.config.idempotency_ttl = old
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -318,11 +318,11 @@ def test_actor_step_calls_the_actor_exactly_once() -> None:
     rt = default_runtime()
     asyncio.run_coroutine_threadsafe(rt.storage.delete("wf/actor-step/s/Counter.incr"), rt.loop).result()
     asyncio.run_coroutine_threadsafe(rt.storage.delete("wf/actor-step/s/add_one_twice"), rt.loop).result()
-    meta = asyncio.run_coroutine_threadsafe(rt.store.read_head("actor-step"), rt.loop).result()[0]
+    meta = asyncio.run_coroutine_threadsafe(rt.engine.store.read_head("actor-step"), rt.loop).result()[0]
     meta["status"] = "FAILED"
     from actorflow.storage import Batch
 
-    rt._call(rt.storage.commit(rt.store.put_meta(Batch(), "actor-step", meta)))
+    rt.blocking(rt.storage.commit(rt.engine.store.put_meta(Batch(), "actor-step", meta)))
     assert workflow.resume("actor-step") == 3
     assert c.value.run() == 1
 
@@ -516,7 +516,7 @@ def test_messages_that_fail_for_infrastructure_reasons_stay_in_the_outbox(
 ) -> None:
     rt = actor_runtime(default_runtime())
     sender, receiver = Inbox.get_or_create("sender"), Inbox.get_or_create("receiver")
-    real_call = rt.call
+    real_call = rt.turns.call
     failures = []
 
     async def flaky_call(ac: Any, actor_id: str, method: str, *rest: Any, **options: Any) -> Any:
@@ -525,8 +525,8 @@ def test_messages_that_fail_for_infrastructure_reasons_stay_in_the_outbox(
             raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         return await real_call(ac, actor_id, method, *rest, **options)
 
-    monkeypatch.setattr(rt, "call", flaky_call)
-    monkeypatch.setattr(rt, "outbox_grace", 0.0)
+    monkeypatch.setattr(rt.turns, "call", flaky_call)
+    monkeypatch.setattr(rt.config, "outbox_grace", 0.0)
     sender.forward.run(receiver, 7)
     deadline = time.monotonic() + 30
     while receiver.items.run() != [7]:  # the recovery loop retries it
@@ -535,20 +535,20 @@ def test_messages_that_fail_for_infrastructure_reasons_stay_in_the_outbox(
     assert failures == [1]
     time.sleep(1.5)  # another recovery pass must not deliver it twice
     assert receiver.items.run() == [7]
-    assert rt._call(rt.outbox_size()) == 0
+    assert rt.workflows.blocking(rt.outbox.size()) == 0
 
 
 def test_idle_actors_are_passivated_and_reload_from_storage() -> None:
     rt = actor_runtime(default_runtime())
     c = Counter.get_or_create("idle", 0)
     c.incr.run()
-    assert "Counter/idle" in rt._cache
-    old = rt.idle_seconds
-    rt.idle_seconds = 0.2
+    assert "Counter/idle" in rt.cache
+    old = rt.config.idle_seconds
+    rt.config.idle_seconds = 0.2
     try:
         time.sleep(0.3)
-        assert rt.passivate_idle() >= 1
-        assert "Counter/idle" not in rt._cache
+        assert rt.cache.passivate_idle() >= 1
+        assert "Counter/idle" not in rt.cache
         assert c.incr.run() == 2  # reloaded from storage, nothing lost
     finally:
-        rt.idle_seconds = old
+        rt.config.idle_seconds = old

@@ -20,8 +20,8 @@ import pytest
 from actorflow import workflow
 from actorflow._aio import start_now
 from actorflow.actor import actor_runtime
+from actorflow.engine import default_runtime
 from actorflow.storage.sqlite import SQLiteStorage
-from actorflow.workflow._runtime import default_runtime
 
 SHARED_POOL = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="test-shared")
 
@@ -418,11 +418,11 @@ def test_a_handle_call_whose_runtime_future_is_cancelled_ends_instead_of_hanging
 def test_nested_synchronous_calls_never_wait_behind_their_own_callers(tmp_path: pathlib.Path) -> None:
     """Every worker taken by a method that calls another actor and waits: the callees' turns
     must still get threads."""
-    from actorflow.actor._runtime import ActorRuntime
-    from actorflow.workflow._runtime import WorkflowRuntime
+    from actorflow.actor import ActorConfig, ActorRuntime
+    from actorflow.engine import WorkflowRuntime
 
     wf = WorkflowRuntime(f"sqlite://{tmp_path}/nested.db")
-    rt = ActorRuntime(wf, threads=2)
+    rt = ActorRuntime(wf, ActorConfig(threads=2))
     try:
         callers = [f"nest-{i}" for i in range(6)]
         for c in [*callers, "nest-callee"]:

@@ -12,8 +12,8 @@ from fastapi import HTTPException
 from fastapi.testclient import TestClient
 
 from actorflow import workflow
+from actorflow.engine import WorkflowRuntime
 from actorflow.storage import Batch
-from actorflow.workflow._runtime import WorkflowRuntime
 from deployments.api import ApiSettings, create_api, encode_result
 from deployments.backend import LocalBackend, load_modules
 
@@ -293,8 +293,8 @@ def test_workflow_routes(client: TestClient, rt: WorkflowRuntime) -> None:
 
     # Store a workflow without running it (running needs Ray): it reads RUNNING, its lease
     # being held by this live process.
-    _, batch, _ = rt._prepare(noop.step(), "wf-http", {"k": "v"})
-    assert rt._call(rt.storage.commit(batch))
+    prepared = rt.engine.prepare(noop.step(), "wf-http", {"k": "v"})
+    assert rt.blocking(rt.storage.commit(prepared.batch))
     assert client.get("/v1/workflows").json() == {"workflows": [{"id": "wf-http", "status": "RUNNING"}]}
     assert client.get("/v1/workflows", params={"status": "FAILED"}).json() == {"workflows": []}
     assert client.get("/v1/workflows", params={"status": "BOGUS"}).status_code == 400
@@ -390,8 +390,8 @@ def test_workflow_event_route(client: TestClient, rt: WorkflowRuntime) -> None:
     def noop() -> int:
         return 1
 
-    _, batch, _ = rt._prepare(noop.step(), "wf-ev", None)
-    assert rt._call(rt.storage.commit(batch))
+    prepared = rt.engine.prepare(noop.step(), "wf-ev", None)
+    assert rt.blocking(rt.storage.commit(prepared.batch))
     r = client.post("/v1/workflows/wf-ev/events/approval", json={"by": "ann"})
     assert r.status_code == 202 and r.json() == {"accepted": True, "duplicate": False}
     assert client.post("/v1/workflows/wf-ev/events/approval", json={"by": "bob"}).json()["duplicate"] is True

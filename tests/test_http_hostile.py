@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from actorflow import workflow
 from actorflow.actor import actor_runtime, lookup
-from actorflow.workflow._runtime import WorkflowRuntime
+from actorflow.engine import WorkflowRuntime
 from deployments.api import ApiSettings, create_api
 from deployments.backend import LocalBackend, load_modules
 
@@ -343,17 +343,17 @@ def test_an_event_refused_before_it_is_stored_changes_nothing(
 ) -> None:
     actors = actor_runtime(rt)
     client.post("/v1/actors/HostileClock/w")
-    old = actors.idempotency_records
-    actors.idempotency_records = 1
+    old = actors.config.idempotency_records
+    actors.config.idempotency_records = 1
     try:
         assert client.post("/v1/actors/HostileClock/w/noop", headers={"Idempotency-Key": "k1"}).is_success
-        actors._call(actors._trim("HostileClock", "w"))  # as every 100th keyed commit does: full
+        rt.blocking(actors.turns.window.trim("HostileClock", "w"))  # as every 100th keyed commit does: full
         r = client.post("/v1/actors/HostileClock/w/events/ping?wait=true", json="refused?")
         assert r.status_code == 429 and r.headers["retry-after"], r.text
         r = client.post("/v1/actors/HostileClock/w/events/nosuch", json="x")
         assert r.status_code == 404
     finally:
-        actors.idempotency_records = old
-    actors._full.clear()
-    assert actors._call(actors.outbox_size()) == 0
+        actors.config.idempotency_records = old
+    actors.turns.window.forget_full()
+    assert rt.blocking(actors.outbox.size()) == 0
     assert client.get("/v1/actors/HostileClock/w").json()["state"]["log"] == []

@@ -19,8 +19,8 @@ import pytest
 
 from actorflow import workflow
 from actorflow.actor import ActorRuntime, actor_runtime, lookup
+from actorflow.engine import WorkflowRuntime
 from actorflow.errors import ActorNotFoundError
-from actorflow.workflow._runtime import WorkflowRuntime
 
 
 @workflow.virtual_actor(name="LostTally")
@@ -50,13 +50,11 @@ class Process:
 
     def __init__(self, url: str, background: bool = True) -> None:
         self.workflows = WorkflowRuntime(url)
-        self.actors: ActorRuntime = actor_runtime(self.workflows)
-        if not background:
-            self.actors._scheduler.cancel()
-            self.actors._recovery.cancel()
+        # Not started: no timer scheduler, no outbox recovery.
+        self.actors = actor_runtime(self.workflows) if background else ActorRuntime(self.workflows)
 
     def run(self, coro: Any) -> Any:
-        return self.actors._call(coro)
+        return self.workflows.blocking(coro)
 
     def create(self, actor_id: str) -> bool:
         return self.actors.create(AC, actor_id, (), {})
@@ -76,6 +74,7 @@ class Process:
         self.actors.delete(AC, actor_id)
 
     def close(self) -> None:
+        self.actors.close()
         self.workflows.close()
 
 
@@ -273,13 +272,13 @@ def test_a_tick_claimed_before_a_delete_never_fires_on_the_recreated_actor(
     assert p1.actors.create(LOG, "x", (), {})
     p1.actors.submit(LOG, "x", "arm", ("old", 0), {}, None).result(30)
     time.sleep(0.01)
-    (claim,) = p1.run(p1.actors._claim(["LostLog/x/t"]))  # p1's scheduler takes the due tick
+    (claim,) = p1.run(p1.actors.scheduler.claim(["LostLog/x/t"]))  # p1's scheduler takes the due tick
     p2.actors.delete(LOG, "x")
     assert p2.actors.create(LOG, "x", (), {})
     p2.actors.submit(LOG, "x", "arm", ("new", 3600), {}, None).result(30)
-    assert p1.run(p1.actors._fire(claim)) == "skipped"
+    assert p1.run(p1.actors.scheduler.fire(claim)) == "skipped"
     assert p2.actors.state(LOG, "x").state() == {"log": []}
-    timers = p2.run(p2.actors.timers_of("LostLog", "x"))
+    timers = p2.run(p2.actors.scheduler.timers_of("LostLog", "x"))
     assert [t.args for t in timers.values()] == [["new"]]
 
 
@@ -308,10 +307,10 @@ def test_a_failing_event_posted_twice_runs_and_is_recorded_once(quiet: tuple[Pro
     for p in (p1, p2, p1):  # the client retries its post; another process recovers it too
         p.run(p.actors.post_event(LOG, "x", "bad", "b", "e1", False))
     (entry,) = p2.run(p2.actors.storage.list_keys("act/LostLog/x/out/"))
-    p2.run(p2.actors._deliver("LostLog", "x", entry.rsplit("/", 1)[-1]))  # p2 gets it first
+    p2.run(p2.actors.outbox.deliver("LostLog", "x", entry.rsplit("/", 1)[-1]))  # p2 gets it first
     slow.result(30)
     time.sleep(0.5)
-    failures = p1.run(p1.actors.failures_of("LostLog", "x"))
+    failures = p1.run(p1.actors.outbox.failures_of("LostLog", "x"))
     assert [(f["event_id"], f["error"]) for f in failures] == [("e1", "ValueError: no")]
     assert p1.actors.state(LOG, "x").state() == {"log": []}
 
@@ -325,7 +324,7 @@ def test_trimming_never_deletes_a_record_written_since_it_looked(
     delete that fresh record: a retry of the new call would then apply twice."""
     p1, p2 = two
     for p in (p1, p2):
-        p.actors.idempotency_ttl = 0.5
+        p.actors.config.idempotency_ttl = 0.5
     assert p1.create("t")
     assert p1.incr("t", key="K") == 1
     time.sleep(0.7)
@@ -336,7 +335,7 @@ def test_trimming_never_deletes_a_record_written_since_it_looked(
     async def commit(batch: Any) -> bool:
         if not interleaved and any("/idem/" in k for k in batch.deletes):
             if other == "trims":
-                p2.run(p2.actors._trim("LostTally", "t"))
+                p2.run(p2.actors.turns.window.trim("LostTally", "t"))
             else:
                 p2.delete("t")
                 assert p2.create("t")
@@ -345,7 +344,7 @@ def test_trimming_never_deletes_a_record_written_since_it_looked(
 
     storage.commit = commit  # type: ignore[method-assign]
     try:
-        p1.run(p1.actors._trim("LostTally", "t"))
+        p1.run(p1.actors.turns.window.trim("LostTally", "t"))
     finally:
         storage.commit = real_commit  # type: ignore[method-assign]
     new = interleaved[0]
@@ -361,9 +360,9 @@ def test_a_timer_failure_recorded_during_a_delete_leaves_nothing_behind(
     p1, p2 = quiet
     assert p1.actors.create(LOG, "x", (), {})
     p1.actors.submit(LOG, "x", "arm", ("x", 0), {}, None).result(30)
-    p1.run(p1.actors.set_timer(LOG, "x", "t", method="fail_timer", after=0))
+    p1.run(p1.actors.scheduler.set_timer(LOG, "x", "t", method="fail_timer", after=0))
     time.sleep(0.01)
-    (claim,) = p1.run(p1.actors._claim(["LostLog/x/t"]))
+    (claim,) = p1.run(p1.actors.scheduler.claim(["LostLog/x/t"]))
     claim.timer.attempts = MAX_ATTEMPTS - 1  # this firing is the tick's last attempt
     storage = p2.workflows.storage
     real_commit = storage.commit
@@ -371,7 +370,7 @@ def test_a_timer_failure_recorded_during_a_delete_leaves_nothing_behind(
 
     async def commit(batch: Any) -> bool:
         if not outcomes and b"deleted" in batch.puts.get("act/LostLog/x/v", b""):
-            outcomes.append(p1.run(p1.actors._fire(claim)))  # lands between listing and tombstone
+            outcomes.append(p1.run(p1.actors.scheduler.fire(claim)))  # lands between listing and tombstone
         return await real_commit(batch)
 
     storage.commit = commit  # type: ignore[method-assign]

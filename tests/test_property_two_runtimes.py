@@ -23,8 +23,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, rule, run_sta
 
 from actorflow import workflow
 from actorflow.actor import ActorRuntime, actor_runtime, lookup
+from actorflow.engine import WorkflowRuntime
 from actorflow.errors import ActorNotFoundError, IdempotencyKeyReusedError
-from actorflow.workflow._runtime import WorkflowRuntime
 
 
 @workflow.virtual_actor(name="PropCounter")

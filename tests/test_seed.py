@@ -108,7 +108,7 @@ def seed_data_dir() -> Iterator[None]:
     try:
         yield
     finally:
-        from actorflow.workflow import _runtime
+        from actorflow.engine import _runtime
 
         _runtime.close_all()
         shutil.rmtree(data, ignore_errors=True)

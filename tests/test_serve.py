@@ -156,7 +156,7 @@ def test_remote_handles_run_the_seed_block(
     from test_seed import VIRTUAL_ACTORS, _namespace
 
     from actorflow import workflow
-    from actorflow.actor._handle import set_invoker
+    from actorflow.actor._context import set_invoker
 
     monkeypatch.setenv("ACTORFLOW_ADDRESS", service["url"])
     data = pathlib.Path("/tmp/data")
@@ -192,7 +192,7 @@ def test_in_cluster_serve_handle(service: dict[str, str]) -> None:
     from serve_actors import Tally
 
     from actorflow import workflow
-    from actorflow.actor._handle import set_invoker
+    from actorflow.actor._context import set_invoker
 
     workflow.init(address="serve://actorflow")
     try:

@@ -26,13 +26,13 @@ import pytest
 from _redis import REDIS_SERVER, RedisServer, start_redis
 
 from actorflow import workflow
+from actorflow.engine import WorkflowRuntime, close_all, default_runtime
+from actorflow.engine._executor import Executor, LeaseLost
+from actorflow.engine._store import Lease, WorkflowStore, k_lease, k_meta, k_out, k_step
 from actorflow.errors import StorageUnavailableError
 from actorflow.storage import Batch
 from actorflow.storage.redis import RedisStorage
 from actorflow.workflow import WorkflowStatus
-from actorflow.workflow._executor import Executor, LeaseLost
-from actorflow.workflow._runtime import WorkflowRuntime, close_all, default_runtime
-from actorflow.workflow._store import Lease, WorkflowStore, k_lease, k_meta, k_out, k_step
 
 LEASE_TTL = 10.0
 OUTAGE = 3.0
@@ -96,10 +96,10 @@ def _steps(tally: pathlib.Path, gate: pathlib.Path) -> Any:
 
 def _just_renewed(rt: WorkflowRuntime, wid: str) -> float:
     """Wait until the workflow's lease is renewed; return when (``time.monotonic()``)."""
-    first = rt._call(rt.store.read_head(wid), timeout=10)[2]
+    first = rt.blocking(rt.engine.store.read_head(wid), timeout=10)[2]
     assert first is not None, "the workflow holds no lease"
     _wait_for(
-        lambda: rt._call(rt.store.read_head(wid), timeout=10)[2] != first,
+        lambda: rt.blocking(rt.engine.store.read_head(wid), timeout=10)[2] != first,
         "a lease renewal",
         timeout=RENEW_EVERY + 5,
     )

@@ -10,9 +10,8 @@ import pytest
 
 from actorflow import workflow
 from actorflow.actor import ActorRuntime, actor_runtime
+from actorflow.engine import WorkflowRuntime, _runtime, default_runtime
 from actorflow.errors import ActorEventNotFoundError, ConfigError
-from actorflow.workflow import _runtime
-from actorflow.workflow._runtime import WorkflowRuntime, default_runtime
 
 pytestmark = pytest.mark.usefixtures("wf_storage")
 
@@ -201,14 +200,14 @@ def test_two_schedulers_fire_each_tick_once(storage_url: str) -> None:
         assert len(ticks) >= 3
         assert len(ticks) == len(set(ticks)), ticks  # no tick invoked twice
         assert len(a.history.run()) == len(ticks)
-        assert other.tick_interval > 0
+        assert other.config.tick_interval > 0
     finally:
         second.close()
 
 
 def test_raising_timer_is_retried_with_backoff_then_recorded_as_failed() -> None:
     rt = actor_runtime(default_runtime())
-    rt.timer_backoff = 0.05
+    rt.config.timer_backoff = 0.05
     a = Alarm.get_or_create("flaky")
     a.failing.run(2)
     wait_until(lambda: len(a.history.run()) == 1)
@@ -216,8 +215,8 @@ def test_raising_timer_is_retried_with_backoff_then_recorded_as_failed() -> None
 
     b = Alarm.get_or_create("hopeless")
     b.failing.run(100)
-    wait_until(lambda: bool(rt._call(rt.timer_failures("Alarm", "hopeless"))), timeout=30)
-    failure = rt._call(rt.timer_failures("Alarm", "hopeless"))["flaky"]
+    wait_until(lambda: bool(rt.blocking(rt.scheduler.timer_failures("Alarm", "hopeless"))), timeout=30)
+    failure = rt.blocking(rt.scheduler.timer_failures("Alarm", "hopeless"))["flaky"]
     assert failure["attempts"] == 5 and "not yet" in failure["error"]
     assert b.timer_names.run() == []
 
@@ -238,7 +237,7 @@ def test_bad_timers_are_rejected_and_store_nothing() -> None:
     ]
     for spec in cases:
         with pytest.raises((ConfigError, AttributeError, TypeError)):
-            rt._call(rt.set_timer(ac, "bad-timers", "t", **spec))
+            rt.blocking(rt.scheduler.set_timer(ac, "bad-timers", "t", **spec))
     assert a.timer_names.run() == []
 
 
@@ -248,14 +247,14 @@ def test_event_posted_twice_with_one_id_is_handled_once() -> None:
 
     ac = lookup("Alarm")
     a = Alarm.get_or_create("events")
-    assert rt._call(rt.post_event(ac, "events", "payment", {"amount": 5}, "pay-1", True)) == (True, 5)
-    assert rt._call(rt.post_event(ac, "events", "payment", {"amount": 5}, "pay-1", True)) == (True, 5)
-    rt._call(rt.post_event(ac, "events", "payment", {"amount": 7}, "pay-2", False))
-    rt._call(rt.post_event(ac, "events", "payment", {"amount": 7}, "pay-2", False))
+    assert rt.blocking(rt.post_event(ac, "events", "payment", {"amount": 5}, "pay-1", True)) == (True, 5)
+    assert rt.blocking(rt.post_event(ac, "events", "payment", {"amount": 5}, "pay-1", True)) == (True, 5)
+    rt.blocking(rt.post_event(ac, "events", "payment", {"amount": 7}, "pay-2", False))
+    rt.blocking(rt.post_event(ac, "events", "payment", {"amount": 7}, "pay-2", False))
     wait_until(lambda: len(a.history.run()) == 2)
     time.sleep(0.3)
     assert logged() == ["payment-5", "payment-7"]
-    assert rt._call(rt.outbox_size()) == 0
+    assert rt.blocking(rt.outbox.size()) == 0
     with pytest.raises(ActorEventNotFoundError):
-        rt._call(rt.post_event(ac, "events", "refund", {}, None, False))
-    assert rt._call(rt.outbox_size()) == 0
+        rt.blocking(rt.post_event(ac, "events", "refund", {}, None, False))
+    assert rt.blocking(rt.outbox.size()) == 0

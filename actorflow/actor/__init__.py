@@ -1,23 +1,30 @@
 """Durable virtual actors: declared with ``@workflow.virtual_actor``, addressed by type and id.
 
-See :mod:`actorflow.actor._runtime` for what one turn commits and when.
+See :mod:`actorflow.actor._turns` for what one turn commits and when, and
+:mod:`actorflow.actor._runtime` for how the parts fit together.
 """
 
 from actorflow.actor._class import VirtualActorClass, lookup, registered_types, virtual_actor
+from actorflow.actor._config import ActorConfig
 from actorflow.actor._handle import ActorCall, ActorHandle, ActorMethod
-from actorflow.actor._runtime import ActorRuntime, actor_runtime, send
+from actorflow.actor._idempotency import client_key
+from actorflow.actor._inside import send, timers
+from actorflow.actor._runtime import ActorRuntime, actor_runtime
 from actorflow.actor._state import Snapshot
 
 __all__ = [
     "ActorCall",
+    "ActorConfig",
     "ActorHandle",
     "ActorMethod",
     "ActorRuntime",
     "Snapshot",
     "VirtualActorClass",
     "actor_runtime",
+    "client_key",
     "lookup",
     "registered_types",
     "send",
+    "timers",
     "virtual_actor",
 ]

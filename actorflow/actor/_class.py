@@ -6,19 +6,19 @@ import inspect
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from actorflow._ids import check_actor_id, check_id
+from actorflow.actor._context import invoker
+from actorflow.actor._handle import ActorHandle
 from actorflow.actor._state import defines_custom_state
 from actorflow.errors import (
     ActorArgumentsError,
+    ActorEventNotFoundError,
     ActorMethodNotFoundError,
     ActorTypeNotFoundError,
     ConfigError,
 )
-
-if TYPE_CHECKING:
-    from actorflow.actor._handle import ActorHandle
 
 C = TypeVar("C")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -110,8 +110,6 @@ class VirtualActorClass:
 
     def event_handler(self, event: str) -> str:
         """The method handling external event ``event``; raises ``ActorEventNotFoundError``."""
-        from actorflow.errors import ActorEventNotFoundError
-
         method = self.events.get(event)
         if method is None:
             raise ActorEventNotFoundError(self.type_name, event)
@@ -150,8 +148,6 @@ class VirtualActorClass:
         Creation is atomic: when several callers race, exactly one ``__init__`` result is
         stored and the others' arguments are ignored, as they are when the actor exists.
         """
-        from actorflow.actor._handle import ActorHandle, invoker
-
         check_actor_id(actor_id)
         self.check_init_args(args, kwargs)
         invoker().create(self, actor_id, args, kwargs)
@@ -159,27 +155,19 @@ class VirtualActorClass:
 
     def get(self, actor_id: str) -> ActorHandle:
         """A handle to an existing actor; raises ``ActorNotFoundError`` if there is none."""
-        from actorflow.actor._handle import ActorHandle, invoker
-
         check_actor_id(actor_id)
         invoker().require(self, actor_id)
         return ActorHandle(self, actor_id)
 
     def exists(self, actor_id: str) -> bool:
-        from actorflow.actor._handle import invoker
-
         return invoker().exists(self, check_actor_id(actor_id))
 
     def list_ids(self, *, start_after: str | None = None, limit: int | None = None) -> list[str]:
         """Ids of the stored actors of this type, in byte order (pages with ``start_after``)."""
-        from actorflow.actor._handle import invoker
-
         return invoker().list_ids(self.type_name, start_after=start_after, limit=limit)
 
     def delete(self, actor_id: str) -> None:
         """Delete an actor: its state, idempotency records and pending messages. Idempotent."""
-        from actorflow.actor._handle import invoker
-
         invoker().delete(self, check_actor_id(actor_id))
 
 

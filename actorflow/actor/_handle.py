@@ -4,6 +4,9 @@
 future at once (awaitable, ``.result()``); calls submitted from one thread run in submission
 order. ``handle.method.options(idempotency_key=...)`` makes a call safe to repeat.
 ``handle.method.step(*args)`` is a workflow step that calls the actor exactly once.
+
+Handles call whatever :func:`~actorflow.actor._context.invoker` gives: the runtime running
+the current method, a remote client, or this process's embedded runtime.
 """
 
 from __future__ import annotations
@@ -11,63 +14,17 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Generator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from actorflow._ids import check_actor_id
-from actorflow.actor._class import VirtualActorClass
+from actorflow.actor._context import embedded, invoker, remote
+from actorflow.engine import StepOptions, Workflow, current_step
 from actorflow.errors import ActorError, ConfigError
 
 if TYPE_CHECKING:
-    from actorflow.workflow._dag import Workflow
+    from actorflow.actor._class import VirtualActorClass
 
 MAX_IDEMPOTENCY_KEY = 256
-
-
-class Invoker(Protocol):
-    """What handles call into: the embedded runtime, or a client of a remote service."""
-
-    def create(
-        self, ac: VirtualActorClass, actor_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> bool: ...
-    def require(self, ac: VirtualActorClass, actor_id: str) -> None: ...
-    def exists(self, ac: VirtualActorClass, actor_id: str) -> bool: ...
-    def list_ids(self, type_name: str, *, start_after: str | None, limit: int | None) -> list[str]: ...
-    def delete(self, ac: VirtualActorClass, actor_id: str) -> None: ...
-    def submit(
-        self,
-        ac: VirtualActorClass,
-        actor_id: str,
-        method: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        idempotency_key: str | None,
-    ) -> concurrent.futures.Future[Any]: ...
-
-
-_invoker_override: Invoker | None = None
-
-
-def invoker() -> Invoker:
-    """The invoker handles use: a remote client after ``init(address=...)``, else embedded."""
-    from actorflow.actor._runtime import actor_runtime, current_turn
-
-    turn = current_turn()
-    if turn is not None and turn.runtime is not None:
-        return turn.runtime  # handles used inside a method reach the runtime running it
-    if _invoker_override is not None:
-        return _invoker_override
-    from actorflow.workflow._runtime import default_runtime
-
-    return actor_runtime(default_runtime())
-
-
-def set_invoker(value: Invoker | None) -> None:
-    """Route handles to ``value`` (``None``: back to the embedded runtime)."""
-    global _invoker_override
-    old, _invoker_override = _invoker_override, value
-    close = getattr(old, "close", None)
-    if old is not None and old is not value and close is not None:
-        close()
 
 
 class ActorCall(concurrent.futures.Future[Any]):
@@ -100,7 +57,7 @@ class ActorCall(concurrent.futures.Future[Any]):
         The call itself still runs where it was submitted (its ordering is unchanged); a small
         per-process Ray actor hands the outcome over to the object store.
         """
-        from actorflow.actor._promise import promise_for
+        from actorflow.actor._promise import promise_for  # Ray, loaded only for this
 
         return promise_for(self)
 
@@ -192,8 +149,6 @@ class ActorMethod:
     def step(self, *args: Any, **kwargs: Any) -> Workflow[Any]:
         """A workflow step that calls this method exactly once, however often the step is
         retried or its workflow resumed (its idempotency key comes from the workflow and step)."""
-        from actorflow.workflow._dag import StepOptions, Workflow
-
         ac = self._handle.actor_class
         ac.method(self._name).check_args(ac.type_name, args, kwargs)
         opts = StepOptions(name=f"{ac.type_name}.{self._name}", max_retries=3)
@@ -207,13 +162,9 @@ class ActorMethod:
 
 
 def _call_from_step(handle: ActorHandle, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    from actorflow.actor._runtime import actor_runtime
-    from actorflow.workflow._raysupport import current_step
-    from actorflow.workflow._runtime import runtime_for
-
     ctx = current_step()
     if ctx is None:
         raise ActorError(handle.actor_type, handle.actor_id, "actor steps run inside workflows")
-    inv = _invoker_override or actor_runtime(runtime_for(ctx.storage_url))
+    inv = remote() or embedded(ctx.storage_url)
     key = f"wf:{ctx.workflow_id}:{ctx.step_id}"
     return inv.submit(handle.actor_class, handle.actor_id, method, args, kwargs, key).result()

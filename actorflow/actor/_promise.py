@@ -43,7 +43,7 @@ def promise_for(fut: concurrent.futures.Future[Any]) -> Any:
     """An ``ObjectRef`` that resolves to ``fut``'s result (or raises its exception)."""
     import ray
 
-    from actorflow.workflow._raysupport import ensure_ray
+    from actorflow._ray import ensure_ray
 
     global _actor
     ensure_ray()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,7 +82,7 @@ def encode(state: Any, *, actor: str) -> tuple[str, bytes]:
 def decode(encoding: str, data: bytes) -> Any:
     if encoding == "json":
         return json.loads(data)
-    return cloudpickle.loads(data)
+    return _codec.loads(data)  # (which knows where moved classes went)
 
 
 def new_token() -> str:
@@ -172,17 +171,10 @@ class Snapshot:
     def state(self) -> Any:
         return decode(self.encoding, self.data)
 
-    def successor(self, encoding: str, data: bytes, schema: int) -> Snapshot:
+    def successor(self, encoding: str, data: bytes, schema: int, now: float) -> Snapshot:
         """The snapshot a commit of this one's next state writes: the next number, a new token."""
         return Snapshot(
-            self.version + 1,
-            schema,
-            self.type_name,
-            encoding,
-            self.created_at,
-            time.time(),
-            data,
-            new_token(),
+            self.version + 1, schema, self.type_name, encoding, self.created_at, now, data, new_token()
         )
 
     def json_state(self) -> Any:

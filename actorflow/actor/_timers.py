@@ -29,32 +29,22 @@ from __future__ import annotations
 import contextvars
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Collection
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from actorflow import _codec
 from actorflow._ids import check_id
-from actorflow.errors import ActorError, ConfigError
+from actorflow.actor._keys import TIMER_INDEX
+from actorflow.errors import ConfigError
+from actorflow.storage import Batch
 
-TIMER_INDEX = "timers"
 MIN_PERIOD = 1.0
 #: The furthest a timer may be set ahead, and its longest period: 100 years.
 MAX_SECONDS = 100 * 365 * 24 * 3600.0
 MAX_ATTEMPTS = 5
 CLAIM_SECONDS = 60.0
 CLAIM_BATCH = 100  # timers claimed per commit
-
-
-def k_timer(t: str, a: str, name: str) -> str:
-    return f"act/{t}/{a}/timer/{name}"
-
-
-def k_timer_failure(t: str, a: str, name: str) -> str:
-    return f"act/{t}/{a}/timerfail/{name}"
-
-
-def timer_member(t: str, a: str, name: str) -> str:
-    return f"{t}/{a}/{name}"
 
 
 @dataclass
@@ -128,11 +118,12 @@ def make_timer(
     every: float | None = None,
     args: Any = (),
     kwargs: dict[str, Any] | None = None,
+    now: float | None = None,
 ) -> Timer:
     """Validate a timer request (raises ``ConfigError``, ``ActorMethodNotFoundError`` or
     ``ActorArgumentsError``) and build it. ``after`` is seconds from now, ``at`` an epoch time;
     ``every`` (seconds, at least ``MIN_PERIOD``) makes it periodic, first due at ``after``/``at``
-    or one period from now."""
+    or one period from ``now`` (the clock's reading; default: the system's)."""
     check_id("timer name", name)
     if "/" in name:
         raise ConfigError("timer names may not contain '/'")
@@ -143,7 +134,8 @@ def make_timer(
         raise ConfigError("give a timer either 'after' or 'at', not both")
     if after is not None and not 0 <= after <= MAX_SECONDS:
         raise ConfigError(f"timer 'after' must be between 0 and {MAX_SECONDS:.0f} s, got {after}")
-    if at is not None and not 0 <= at <= time.time() + MAX_SECONDS:
+    now = time.time() if now is None else now
+    if at is not None and not 0 <= at <= now + MAX_SECONDS:
         raise ConfigError(f"timer 'at' must be an epoch time between 0 and {MAX_SECONDS:.0f} s from now")
     if every is not None and not MIN_PERIOD <= every <= MAX_SECONDS:
         raise ConfigError(
@@ -153,7 +145,6 @@ def make_timer(
         raise ConfigError(f"timer 'args' must be a list, got {type(args).__name__}")
     if kwargs is not None and not (isinstance(kwargs, dict) and all(isinstance(k, str) for k in kwargs)):
         raise ConfigError(f"timer 'kwargs' must be an object of named arguments, not {type(kwargs).__name__}")
-    now = time.time()
     if after is not None:
         due = now + float(after)
     elif at is not None:
@@ -166,7 +157,8 @@ def make_timer(
     info = ac.method(method)
     info.check_args(ac.type_name, tuple(args), kwargs)
     _codec.check_json([list(args), kwargs], what="timer arguments")
-    return Timer(name, method, list(args), kwargs, due, float(every) if every else None, next_try=due)
+    period = float(every) if every else None
+    return Timer(name, method, list(args), kwargs, due, period, next_try=due, created_at=now)
 
 
 @dataclass(frozen=True)
@@ -179,70 +171,34 @@ class Firing:
     attempt: int
 
 
-_current_firing: contextvars.ContextVar[Firing | None] = contextvars.ContextVar(
+current_firing: contextvars.ContextVar[Firing | None] = contextvars.ContextVar(
     "actorflow_firing", default=None
 )
 
 
-class _TimersApi:
-    """``workflow.timers``: set, cancel and list the current actor's timers from its methods."""
-
-    def set(
-        self,
-        name: str,
-        *,
-        method: str,
-        after: float | None = None,
-        at: float | None = None,
-        every: float | None = None,
-        args: Any = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> None:
-        """Set (or replace) the timer ``name`` of the actor running this method; committed
-        with the turn."""
-        from actorflow.actor._class import lookup
-
-        turn = _writer_turn("set timers")
-        ac = lookup(turn.actor_type)
-        turn.timers[name] = make_timer(
-            ac, name, method=method, after=after, at=at, every=every, args=args, kwargs=kwargs
-        )
-
-    def cancel(self, name: str) -> None:
-        """Cancel the timer ``name`` (no error if there is none); committed with the turn."""
-        turn = _writer_turn("cancel timers")
-        turn.timers[name] = None
-
-    def list(self) -> dict[str, dict[str, Any]]:
-        """The actor's timers as this turn will leave them, by name."""
-        from actorflow.actor._runtime import current_turn
-
-        turn = current_turn()
-        if turn is None or turn.runtime is None:
-            raise ActorError("?", None, "workflow.timers works inside actor methods")
-        stored = turn.runtime._call(turn.runtime.timers_of(turn.actor_type, turn.actor_id))
-        out = {name: t.public() for name, t in stored.items()}
-        for name, t in turn.timers.items():
-            if t is None:
-                out.pop(name, None)
-            else:
-                out[name] = t.public()
-        return out
-
-    def firing(self) -> Firing | None:
-        """When a timer called the running method: its name, tick, missed count, attempt."""
-        return _current_firing.get()
 
 
-def _writer_turn(action: str) -> Any:
-    from actorflow.actor._runtime import current_turn
+@dataclass
+class Completion:
+    """How a timer firing leaves its timer: committed in the same atomic write as the turn it
+    fires (with the idempotency record), so a tick's effect and the record that it fired can
+    never be separated. Only while the timer is still exactly as this firing claimed it."""
 
-    turn = current_turn()
-    if turn is None:
-        raise ActorError("?", None, f"workflow.timers can {action} only inside actor methods")
-    if turn.readonly:
-        raise ActorError(turn.actor_type, turn.actor_id, f"a read-only method cannot {action}")
-    return turn
+    timer: Timer
+    key: str
+    member: str
+    claimed: bytes
+    applied: bool = False  # set when a turn committed it
 
-
-timers = _TimersApi()
+    def add_to(self, batch: Batch, now: float, written: Collection[str] = ()) -> None:
+        """Add the timer's next state to ``batch``, on the condition that the claim is intact;
+        ``written``: timer names the batch sets or cancels already (those writes win)."""
+        batch.require(self.key, self.claimed)
+        if self.timer.name in written:
+            return  # the fired method set or cancelled this very timer
+        if self.timer.every:
+            nxt = self.timer.following(now)
+            after = replace(self.timer, due=nxt, next_try=nxt, attempts=0, claim=None, claim_until=0.0)
+            batch.put(self.key, after.encode()).index_add(TIMER_INDEX, self.member, nxt)
+        else:
+            batch.delete(self.key).index_remove(TIMER_INDEX, self.member)

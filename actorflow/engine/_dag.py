@@ -208,7 +208,7 @@ class Workflow(Generic[T]):
         this id exists already it is resumed instead; steps with stored outputs never run
         again. ``metadata`` must be a JSON-serializable dict.
         """
-        from actorflow.workflow._runtime import default_runtime
+        from actorflow.engine._runtime import default_runtime
 
         return default_runtime().run(self, workflow_id=workflow_id, metadata=metadata)
 
@@ -219,7 +219,7 @@ class Workflow(Generic[T]):
 
         The graph is stored before this returns.
         """
-        from actorflow.workflow._runtime import default_runtime
+        from actorflow.engine._runtime import default_runtime
 
         return default_runtime().run_async(self, workflow_id=workflow_id, metadata=metadata)
 

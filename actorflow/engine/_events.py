@@ -26,10 +26,10 @@ import time
 from typing import Any
 
 from actorflow import _codec
+from actorflow.engine._dag import Workflow, step
+from actorflow.engine._executor import ride_out
+from actorflow.engine._steps import current_step
 from actorflow.errors import ConfigError, WorkflowError
-from actorflow.workflow._dag import Workflow, step
-from actorflow.workflow._executor import ride_out
-from actorflow.workflow._raysupport import current_step
 
 
 class EventListener:
@@ -58,7 +58,7 @@ class HTTPListener(EventListener):
         failing the step would only make it retry, and the wait has no deadline of its own.
         If the runner gives up on the workflow meanwhile, it cancels this step.
         """
-        from actorflow.workflow._runtime import runtime_for
+        from actorflow.engine._runtime import runtime_for
 
         ctx = current_step()
         if ctx is None:

@@ -27,11 +27,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from actorflow import _codec
-from actorflow.errors import StorageUnavailableError, WorkflowCancelledError, WorkflowError
-from actorflow.storage import Batch, Storage
-from actorflow.workflow._dag import IdAssigner, StepRef, StepSpec, flatten, map_values
-from actorflow.workflow._raysupport import StepContext, StepFailure, portable_exception, remote_for
-from actorflow.workflow._store import (
+from actorflow.engine._dag import IdAssigner, StepRef, StepSpec, flatten, map_values
+from actorflow.engine._steps import StepContext, StepFailure, portable_exception, remote_for
+from actorflow.engine._store import (
     Lease,
     WorkflowStatus,
     WorkflowStore,
@@ -41,6 +39,8 @@ from actorflow.workflow._store import (
     k_out,
     k_step,
 )
+from actorflow.errors import StorageUnavailableError, WorkflowCancelledError, WorkflowError
+from actorflow.storage import Batch, Storage
 
 log = logging.getLogger("actorflow.workflow")
 T = TypeVar("T")

@@ -12,8 +12,8 @@ import json
 import sys
 from typing import Any
 
+from actorflow.engine._dag import StepOptions, Workflow, make_options, map_values, walk_values
 from actorflow.errors import ConfigError
-from actorflow.workflow._dag import StepOptions, Workflow, make_options, map_values, walk_values
 
 OPTIONS_LABEL = "actorflow.workflow/options"
 _WORKFLOW_OPTION_NAMES = {"task_id", "checkpoint", "catch_exceptions", "max_retries", "metadata", "name"}

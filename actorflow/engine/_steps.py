@@ -12,8 +12,6 @@ from __future__ import annotations
 import collections
 import contextvars
 import hashlib
-import logging
-import os
 import threading
 import time
 import traceback
@@ -24,25 +22,7 @@ from typing import Any
 
 import cloudpickle
 
-from actorflow.workflow._dag import StepOptions, Workflow
-
-_init_lock = threading.Lock()
-
-
-def ensure_ray() -> None:
-    """Start (or connect to, when ``RAY_ADDRESS`` is set) Ray if this process has not yet."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    with _init_lock:
-        if ray.is_initialized():
-            return
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(ignore_reinit_error=True, logging_level=logging.WARNING)
-        else:
-            ray.init(ignore_reinit_error=True, include_dashboard=False, logging_level=logging.WARNING)
+from actorflow.engine._dag import StepOptions, Workflow
 
 
 class StepFailure(Exception):
@@ -103,7 +83,7 @@ def _make_body(func: Callable[..., Any], retries: int, catch: bool) -> Callable[
                     return ("ok", (None, portable_exception(exc)), start, time.time(), attempts, tb)
                 return ("err", portable_exception(exc), start, time.time(), attempts, tb)
             break
-        from actorflow.workflow._compat import as_workflow
+        from actorflow.engine._raydag import as_workflow
 
         cont = as_workflow(out)
         if cont is not None:
@@ -166,7 +146,6 @@ __all__ = [
     "StepFailure",
     "Workflow",
     "current_step",
-    "ensure_ray",
     "portable_exception",
     "remote_for",
 ]

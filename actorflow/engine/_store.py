@@ -186,7 +186,7 @@ class WorkflowStore:
     async def load_error(self, wid: str) -> BaseException:
         raw = await self.storage.get(k_err(wid))
         if raw is None:
-            from actorflow.workflow._raysupport import StepFailure
+            from actorflow.engine._steps import StepFailure
 
             return StepFailure("Unknown", "the workflow failed but its error was not stored")
         exc = (await self.load_payload(wid, raw))[1]

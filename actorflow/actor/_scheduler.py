@@ -1,0 +1,287 @@
+"""The timer scheduler: claims due ticks, fires them in turns, retries failed ones.
+
+Every runtime runs one (every ``ActorHost`` replica included). A tick is claimed with a
+compare-and-set on its timer's record (many per commit), so of two schedulers that find it due
+only one claims it; a claim lasts ``CLAIM_SECONDS``, after which another may take a tick whose
+scheduler died. A firing calls the timer's method with the idempotency key
+``timer:{name}:{due}`` in a turn that also commits the timer's next state (its next tick, or
+its removal), so the effect and the record that the tick fired never come apart. A tick whose
+claim was lost meanwhile (the timer replaced, cancelled, deleted with its actor) is dropped.
+A method that raises is retried with backoff, then recorded as failed on the actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+from actorflow import _codec
+from actorflow.actor._class import VirtualActorClass, lookup
+from actorflow.actor._config import ActorConfig
+from actorflow.actor._keys import (
+    TIMER_INDEX,
+    k_timer,
+    k_timer_failure,
+    k_version,
+    own_prefix,
+    split_member,
+    timer_key_of,
+    timer_member,
+)
+from actorflow.actor._methods import is_method_error
+from actorflow.actor._state import is_live
+from actorflow.actor._timers import (
+    CLAIM_BATCH,
+    CLAIM_SECONDS,
+    MAX_ATTEMPTS,
+    Completion,
+    Firing,
+    Timer,
+    make_timer,
+)
+from actorflow.actor._turns import MAX_ATTEMPTS as MAX_COMMITS
+from actorflow.actor._turns import Dropped, Request, Turns
+from actorflow.errors import (
+    ActorArgumentsError,
+    ActorConflictError,
+    ActorMethodNotFoundError,
+    ActorNotFoundError,
+    ActorTypeNotFoundError,
+    StorageUnavailableError,
+)
+from actorflow.storage import Batch, Storage
+
+log = logging.getLogger("actorflow.actor")
+
+
+class Scheduler:
+    """The timers of one runtime (see the module docstring)."""
+
+    def __init__(self, storage: Storage, turns: Turns, config: ActorConfig) -> None:
+        self.storage = storage
+        self.turns = turns
+        self.config = config
+        self._background: set[asyncio.Future[Any]] = set()
+
+    # ------------------------------------------------------------------ reading and setting
+    async def timers_of(self, t: str, actor_id: str) -> dict[str, Timer]:
+        """The stored timers of one actor, by name (none for an actor that does not exist)."""
+        prefix = own_prefix(t, actor_id, "timer/")
+        keys = await self.storage.list_keys(prefix)
+        raws = await self.storage.get_many(keys)
+        return {k[len(prefix) :]: Timer.decode(r) for k, r in zip(keys, raws, strict=True) if r is not None}
+
+    async def timer_failures(self, t: str, actor_id: str) -> dict[str, Any]:
+        """The ticks of the actor's timers that failed after all their retries, by timer."""
+        prefix = own_prefix(t, actor_id, "timerfail/")
+        keys = await self.storage.list_keys(prefix)
+        raws = await self.storage.get_many(keys)
+        return {
+            k[len(prefix) :]: _codec.json_loads(r) for k, r in zip(keys, raws, strict=True) if r is not None
+        }
+
+    async def set_timer(self, ac: VirtualActorClass, actor_id: str, name: str, **spec: Any) -> Timer:
+        """Set a timer from outside the actor (HTTP). The actor must exist; validated first."""
+        timer = make_timer(ac, name, now=self.config.clock.time(), **spec)
+        t = ac.type_name
+        for _ in range(MAX_COMMITS):
+            version = await self.storage.get(k_version(t, actor_id))
+            if not is_live(version):
+                raise ActorNotFoundError(t, actor_id)
+            # Only on the live version: never on a deleted actor, whose keys must stay gone.
+            batch = Batch().require(k_version(t, actor_id), version)
+            batch.put(k_timer(t, actor_id, name), timer.encode())
+            batch.index_add(TIMER_INDEX, timer_member(t, actor_id, name), timer.next_try)
+            if await self.storage.commit(batch):
+                return timer
+        raise ActorConflictError(t, actor_id, f"actor {t}/{actor_id}: setting timer {name!r} kept failing")
+
+    async def cancel_timer(self, ac: VirtualActorClass, actor_id: str, name: str) -> bool:
+        """Cancel a timer (from outside the actor); whether there was one."""
+        t = ac.type_name
+        existed = await self.storage.get(k_timer(t, actor_id, name)) is not None
+        member = timer_member(t, actor_id, name)
+        gone = Batch().delete(k_timer(t, actor_id, name)).index_remove(TIMER_INDEX, member)
+        await self.storage.commit(gone)
+        return existed
+
+    # ------------------------------------------------------------------ passes
+    async def run_forever(self) -> None:
+        """Every ``tick_interval`` claim the due timers and start firing them, without waiting
+        for earlier firings to finish (so a busy moment delays what falls due after it no more
+        than it must). Logs what it catches, a storage outage once."""
+        limit = asyncio.Semaphore(self.config.timer_concurrency)
+        pending = 0
+
+        async def fire(claim: Completion) -> None:
+            nonlocal pending
+            try:
+                async with limit:
+                    await self.fire(claim)
+            except Exception:
+                log.exception("firing timer %s failed; it will be retried", claim.member)
+            finally:
+                pending -= 1
+
+        down = False  # storage unreachable: said once per outage, not on every pass
+        while True:
+            try:
+                # Claim no more than this process will soon fire: the rest stay unclaimed in
+                # storage, for other schedulers to take.
+                room = self.config.timer_backlog - pending
+                due = []
+                if room > 0:
+                    now = self.config.clock.time()
+                    due = await self.storage.index_range(TIMER_INDEX, max_score=now, limit=room)
+                for claim in await self.claim([member for member, _ in due]):
+                    pending += 1
+                    task = asyncio.ensure_future(fire(claim))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
+                if down:
+                    log.warning("the timer scheduler reaches storage again")
+                    down = False
+            except StorageUnavailableError as exc:
+                if not down:
+                    log.warning("the timer scheduler cannot reach storage; trying again: %s", exc)
+                    down = True
+            except Exception:
+                log.exception("the timer scheduler pass failed; trying again")
+            await asyncio.sleep(self.config.tick_interval)
+
+    async def fire_due(self, limit: int = 1000) -> dict[str, int]:
+        """One pass: claim every timer due now, fire them and wait for the firings. Returns
+        counts (fired, retried, failed; skipped: claimed elsewhere or changed meanwhile)."""
+        counts = {"fired": 0, "retried": 0, "failed": 0, "skipped": 0}
+        due = await self.storage.index_range(TIMER_INDEX, max_score=self.config.clock.time(), limit=limit)
+        claims = await self.claim([member for member, _ in due])
+        counts["skipped"] = len(due) - len(claims)
+        sem = asyncio.Semaphore(self.config.timer_concurrency)
+
+        async def one(claim: Completion) -> None:
+            async with sem:
+                counts[await self.fire(claim)] += 1
+
+        await asyncio.gather(*(one(c) for c in claims))
+        return counts
+
+    async def claim(self, members: list[str]) -> list[Completion]:
+        """Claim these due timers (index members), many per commit, each a compare-and-set on
+        the timer's record; a claim lasts ``CLAIM_SECONDS``."""
+        claims: list[Completion] = []
+        for start in range(0, len(members), CLAIM_BATCH):
+            chunk = members[start : start + CLAIM_BATCH]
+            keys = [timer_key_of(m) for m in chunk]
+            raws = await self.storage.get_many(keys)
+            for _ in range(3):
+                batch, taken = Batch(), []
+                now = self.config.clock.time()
+                for member, key, raw in zip(chunk, keys, raws, strict=True):
+                    if raw is None:  # cancelled: drop the stale index entry
+                        stale = Batch().require(key, None).index_remove(TIMER_INDEX, member)
+                        await self.storage.commit(stale)
+                        continue
+                    timer = Timer.decode(raw)
+                    if timer.claim and timer.claim_until > now:
+                        continue  # another scheduler is firing it
+                    if not timer.claim and timer.next_try > now:
+                        continue  # fired and moved on since the index was read
+                    timer.claim, timer.claim_until = uuid.uuid4().hex, now + CLAIM_SECONDS
+                    claimed = timer.encode()
+                    batch.require(key, raw).put(key, claimed)
+                    batch.index_add(TIMER_INDEX, member, timer.claim_until)
+                    taken.append(Completion(timer, key, member, claimed))
+                if not taken:
+                    break
+                if await self.storage.commit(batch):
+                    claims += taken
+                    break
+                # Another scheduler (or an actor) changed some of them: look again.
+                raws = await self.storage.get_many(keys)
+        return claims
+
+    # ------------------------------------------------------------------ one firing
+    async def fire(self, claim: Completion) -> str:
+        """Fire a claimed tick (see the module docstring); what became of it: ``fired``,
+        ``retried``, ``failed`` or ``skipped`` (the claim was lost)."""
+        timer, member = claim.timer, claim.member
+        t, actor_id, name = split_member(member)
+        now = self.config.clock.time()
+        firing = Firing(name, timer.due, timer.missed_at(now), timer.attempts + 1)
+        try:
+            ac = lookup(t)
+            kwargs = dict(timer.kwargs)
+            info = ac.method(timer.method)
+            if info.signature is not None and (
+                "missed" in info.signature.parameters
+                or any(p.kind is p.VAR_KEYWORD for p in info.signature.parameters.values())
+            ):
+                kwargs.setdefault("missed", firing.missed)
+            request = Request(f"timer:{name}:{timer.due}", None, False, firing, claim)
+            await self.turns.call(ac, actor_id, timer.method, tuple(timer.args), kwargs, request)
+            if claim.applied:
+                return "fired"  # the turn's commit advanced or removed the timer
+            failed = None  # the tick was recorded already: move the timer on below
+        except Dropped:
+            return "skipped"
+        except Exception as exc:
+            gone = (ActorNotFoundError, ActorTypeNotFoundError, ActorMethodNotFoundError)
+            if isinstance(exc, gone) and not is_method_error(exc):  # not one a nested call raised
+                drop = Batch().require(claim.key, claim.claimed).delete(claim.key)
+                await self.storage.commit(drop.index_remove(TIMER_INDEX, member))
+                return "failed"
+            retry = self._retry_after(exc, timer)
+            if retry is not None:
+                timer.claim, timer.claim_until, timer.next_try = None, 0.0, self.config.clock.time() + retry
+                await self._store_timer(claim, timer)
+                return "retried"
+            failed = {
+                "due": timer.due,
+                "attempts": timer.attempts,
+                "error": f"{type(exc).__name__}: {exc}",
+                "at": self.config.clock.time(),
+            }
+            log.warning(
+                "timer %s failed %d times; giving up on tick %s: %r", member, timer.attempts, timer.due, exc
+            )
+        await self._move_on(claim, failed)
+        return "failed" if failed is not None else "fired"
+
+    def _retry_after(self, exc: Exception, timer: Timer) -> float | None:
+        """Seconds until the tick is tried again, or ``None`` when it has had its attempts.
+        Trouble that is not the method's (storage, contention) is tried again in a second."""
+        if not is_method_error(exc) and not isinstance(exc, ActorArgumentsError):
+            return 1.0
+        timer.attempts += 1
+        if timer.attempts < MAX_ATTEMPTS:
+            return self.config.timer_backoff * 2 ** (timer.attempts - 1)
+        return None
+
+    async def _move_on(self, claim: Completion, failed: dict[str, Any] | None) -> None:
+        """The tick's turn did not carry the timer's next state (it was recorded already, or the
+        method gave up): drop a one-shot timer, move a periodic one to its next tick, as long as
+        it is still as this firing claimed it. A failure record goes with it, on the actor's
+        live version too (a deleted actor must keep nothing)."""
+        t, actor_id, name = split_member(claim.member)
+        for _ in range(MAX_COMMITS):
+            batch = Batch()
+            if failed is not None:
+                current = await self.storage.get(k_version(t, actor_id))
+                if is_live(current):
+                    batch.require(k_version(t, actor_id), current)
+                    batch.put(k_timer_failure(t, actor_id, name), _codec.json_dumps(failed))
+            claim.add_to(batch, self.config.clock.time())
+            if await self.storage.commit(batch) or await self.storage.get(claim.key) != claim.claimed:
+                return
+
+    async def _store_timer(self, claim: Completion, timer: Timer) -> None:
+        # Only if nobody replaced or cancelled the timer while it fired.
+        batch = (
+            Batch()
+            .require(claim.key, claim.claimed)
+            .put(claim.key, timer.encode())
+            .index_add(TIMER_INDEX, claim.member, timer.next_try)
+        )
+        await self.storage.commit(batch)

@@ -1,0 +1,371 @@
+"""The workflow engine's async core: start, run, resume, wait for, inspect and stop workflows
+stored in one storage.
+
+:class:`WorkflowEngine` does all of it on the event loop it is called on and never blocks; it
+is what the actor layer and the HTTP edge call. :class:`~actorflow.engine.WorkflowRuntime` wraps
+one with an event loop and blocking methods for ordinary Python code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from actorflow import _codec
+from actorflow._ids import check_id, check_workflow_id, new_workflow_id
+from actorflow._ray import ensure_ray
+from actorflow.engine._dag import IdAssigner, StepSpec, Workflow, flatten
+from actorflow.engine._events import k_event
+from actorflow.engine._executor import Executor, commit_fenced, lease_margin, ride_out
+from actorflow.engine._store import (
+    Lease,
+    WorkflowStatus,
+    WorkflowStore,
+    effective_status,
+    k_counters,
+    k_dag,
+    k_err,
+    k_index,
+    k_lease,
+    k_meta,
+    k_out,
+    k_step,
+)
+from actorflow.errors import (
+    ConfigError,
+    SerializationError,
+    WorkflowCancelledError,
+    WorkflowNotResumableError,
+    WorkflowRunningError,
+    WorkflowStepNotFoundError,
+    WorkflowTimeoutError,
+)
+from actorflow.storage import Batch, Storage
+
+T = TypeVar("T")
+log = logging.getLogger("actorflow.workflow")
+
+DEFAULT_LEASE_TTL = 30.0
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A workflow ready to be stored: its id, the batch that creates it, the runner's lease."""
+
+    wid: str
+    batch: Batch
+    lease: Lease
+
+
+class WorkflowEngine:
+    """Workflows in one storage, on the calling event loop.
+
+    ``lease_ttl`` is how long a runner may go silent before its workflow is considered
+    abandoned (RESUMABLE); on the runner's own host a dead process is noticed at once.
+    ``storage_url`` is what steps (Ray tasks, in other processes) open to reach the same storage.
+    """
+
+    def __init__(self, storage: Storage, storage_url: str, lease_ttl: float = DEFAULT_LEASE_TTL) -> None:
+        self.storage = storage
+        self.storage_url = storage_url
+        self.lease_ttl = lease_ttl
+        self.store = WorkflowStore(storage)
+        self._recovering: set[str] = set()
+
+    def prepare(
+        self, wf: Workflow[Any], workflow_id: str | None, metadata: dict[str, Any] | None
+    ) -> Prepared:
+        """Validate and serialize a new workflow before anything is stored (no I/O): the batch
+        that creates it, to commit alone (:meth:`start`) or with other writes (an actor's turn
+        that launches it), and the runner's lease, valid once that batch commits."""
+        if not isinstance(wf, Workflow):
+            raise TypeError(f"expected a Workflow (the result of f.step(...)), got {type(wf).__name__}")
+        wid = check_workflow_id(workflow_id) if workflow_id is not None else new_workflow_id()
+        if metadata is not None and not isinstance(metadata, dict):
+            raise ConfigError(f"workflow metadata must be a dict, got {type(metadata).__name__}")
+        _codec.check_json(metadata or {}, what="workflow metadata")
+        assigner = IdAssigner()
+        specs = flatten(wf, assigner)
+        batch = Batch().require(k_meta(wid), None)
+        try:
+            self.store.put_payload(batch, wid, k_dag(wid), {}, specs, f"workflow {wid!r}")
+        except SerializationError:
+            _raise_culprit(wid, specs)
+            raise
+        lease = Lease.new(self.lease_ttl)
+        batch.put(k_counters(wid), _codec.json_dumps(assigner.counters))
+        batch.put(k_lease(wid), lease.encode())
+        now = time.time()
+        meta = {
+            "status": WorkflowStatus.RUNNING.value,
+            "user_metadata": metadata or {},
+            "start_time": now,
+            "end_time": None,
+            "error": None,
+        }
+        self.store.put_meta(batch, wid, meta)
+        return Prepared(wid, batch, lease)
+
+
+    async def start(self, prepared: Prepared) -> Any:
+        """Store a prepared workflow and run it here to its end; return its output. A workflow
+        with that id that exists already is resumed (or waited for) instead."""
+        if await self.storage.commit(prepared.batch):
+            return await self.run_committed(prepared.wid, prepared.lease)
+        return await self.resume(prepared.wid)
+
+    async def run_committed(self, wid: str, lease: Lease) -> Any:
+        """Run a workflow whose creating batch has committed, holding ``lease``, to its end.
+        A storage blip on the way only delays it: the workflow is stored and must start now."""
+        deadline = lease.expires - lease_margin(self.lease_ttl)
+        load = functools.partial(self.store.load_dag, wid)
+        specs, counters = await ride_out(load, lambda: deadline, "starting a workflow")
+        return await self.execute(wid, lease, specs, counters, fresh=True)
+
+    async def execute(
+        self, wid: str, lease: Lease, specs: list[StepSpec], counters: dict[str, int], fresh: bool
+    ) -> Any:
+        """Run the workflow's steps while holding ``lease``; its output, or the failing step's
+        exception."""
+        ex = Executor(self.store, wid, lease, self.lease_ttl, self.storage_url)
+        await ex.load(specs, counters, fresh=fresh)
+        return await ex.run()
+
+
+    async def _through_blips(
+        self, op: Callable[[], Coroutine[Any, Any, T]], what: str, within: float | None = None
+    ) -> T:
+        """A storage read on the way to running or waiting for a workflow, retried through an
+        outage of up to ``lease_ttl`` seconds (or ``within``, if shorter): an outage that a
+        running executor rides out must not end those that resume or wait for it either."""
+        until = time.time() + (self.lease_ttl if within is None else min(self.lease_ttl, within))
+        return await ride_out(op, lambda: until, what)
+
+
+    async def _take_over(self, wid: str, expected_lease: bytes | None) -> Lease | None:
+        """Become the workflow's runner if its lease is still ``expected_lease``."""
+        meta, meta_raw, _ = await self._through_blips(lambda: self.store.read_head(wid), "a take-over")
+        lease = Lease.new(self.lease_ttl)
+        meta.update(status=WorkflowStatus.RUNNING.value, end_time=None, error=None)
+        batch = Batch().require(k_lease(wid), expected_lease).require(k_meta(wid), meta_raw)
+        batch.put(k_lease(wid), lease.encode())
+        self.store.put_meta(batch, wid, meta)
+        # The new lease is ours alone, so a take-over whose reply was lost is recognised as
+        # ours (commit_fenced). Retry only while that lease, if it did apply, would be valid.
+        deadline = lease.expires - lease_margin(self.lease_ttl)
+        return lease if await commit_fenced(self.storage, batch, lambda: deadline, "a take-over") else None
+
+
+    async def resume(self, wid: str, handed_lease: bytes | None = None) -> Any:
+        """Continue the workflow here (taking its lease over if it is free or ``handed_lease``)
+        and return its output; one that runs elsewhere is waited for."""
+        while True:
+            meta, _, lease_raw = await self._through_blips(lambda: self.store.read_head(wid), "a resume")
+            lease = Lease.decode(lease_raw)
+            status = effective_status(meta, lease)
+            if status is WorkflowStatus.SUCCESSFUL:
+                return await self._through_blips(lambda: self.store.load_output(wid), "a resume")
+            if status is WorkflowStatus.CANCELED:
+                raise WorkflowCancelledError(wid)
+            if status is WorkflowStatus.RUNNING and lease_raw != handed_lease:
+                return await self.wait(wid, None)
+            mine = await self._take_over(wid, lease_raw)
+            if mine is not None:
+                specs, counters = await self._through_blips(lambda: self.store.load_dag(wid), "a resume")
+                return await self.execute(wid, mine, specs, counters, fresh=False)
+            handed_lease = None
+
+
+    async def wait(self, wid: str, timeout: float | None) -> Any:
+        """The workflow's output once it ends (see ``WorkflowRuntime.get_output``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            meta, _, lease_raw = await self._through_blips(lambda: self.store.read_head(wid), "a wait", left)
+            status = effective_status(meta, Lease.decode(lease_raw))
+            if status is WorkflowStatus.SUCCESSFUL:
+                return await self._through_blips(lambda: self.store.load_output(wid), "a wait", left)
+            if status is WorkflowStatus.FAILED:
+                raise await self._through_blips(lambda: self.store.load_error(wid), "a wait", left)
+            if status is WorkflowStatus.CANCELED:
+                raise WorkflowCancelledError(wid)
+            if status is WorkflowStatus.RESUMABLE:
+                raise WorkflowNotResumableError(
+                    wid, f"workflow {wid!r} stopped without finishing (its runner died); resume it first"
+                )
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WorkflowTimeoutError(wid, f"workflow {wid!r} did not finish within {timeout} s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
+    async def status(self, wid: str) -> WorkflowStatus:
+        """The workflow's status; RUNNING whose runner is gone reads RESUMABLE.
+        Raises ``WorkflowNotFoundError`` for an unknown id."""
+        return await self.store.status(wid)
+
+    async def list_workflows(
+        self, wanted: set[WorkflowStatus] | None
+    ) -> list[tuple[str, WorkflowStatus]]:
+        """``[(workflow_id, status)]`` of every stored workflow whose status is in ``wanted``
+        (all with ``None``); RUNNING ones whose runner is gone read RESUMABLE."""
+        out: list[tuple[str, WorkflowStatus]] = []
+        after: str | None = None
+        while True:
+            keys = await self.storage.list_keys("wfs/", start_after=after, limit=1000)
+            if not keys:
+                return out
+            after = keys[-1]
+            values = await self.storage.get_many(keys)
+            running = [k[4:] for k, v in zip(keys, values, strict=True) if v == b"RUNNING"]
+            leases = dict(
+                zip(running, await self.storage.get_many([k_lease(w) for w in running]), strict=True)
+            )
+            for key, value in zip(keys, values, strict=True):
+                if value is None:
+                    continue
+                wid = key[4:]
+                status = WorkflowStatus(value.decode())
+                if status is WorkflowStatus.RUNNING:
+                    lease = Lease.decode(leases.get(wid))
+                    if lease is None or not lease.alive():
+                        status = WorkflowStatus.RESUMABLE
+                if wanted is None or status in wanted:
+                    out.append((wid, status))
+
+
+    async def list_ids(self, prefix: str, *, start_after: str | None = None, limit: int = 1000) -> list[str]:
+        """Ids of stored workflows that start with ``prefix``, in byte order, at most ``limit``
+        of them after ``start_after`` (an id)."""
+        after = k_index(start_after) if start_after is not None else None
+        keys = await self.storage.list_keys(k_index(prefix), start_after=after, limit=limit)
+        return [k[len(k_index("")) :] for k in keys]
+
+    async def metadata(self, wid: str, step: str | None) -> dict[str, Any]:
+        """What ``workflow.get_metadata`` answers, for the workflow or one of its steps."""
+        meta, _, lease_raw = await self.store.read_head(wid)
+        if step is None:
+            return {
+                "workflow_id": wid,
+                "status": effective_status(meta, Lease.decode(lease_raw)).value,
+                "user_metadata": meta.get("user_metadata") or {},
+                "stats": {"start_time": meta.get("start_time"), "end_time": meta.get("end_time")},
+                "error": meta.get("error"),
+            }
+        raw = await self.storage.get(k_step(wid, step))
+        if raw is None:
+            specs, _ = await self.store.load_dag(wid)
+            known = {s.step_id: s for s in specs}
+            if step not in known:
+                raise WorkflowStepNotFoundError(wid, step)
+            spec = known[step]
+            return {
+                "workflow_id": wid,
+                "step_id": step,
+                "name": spec.name,
+                "status": "PENDING",
+                "user_metadata": spec.options.metadata,
+                "stats": {},
+            }
+        header = _codec.unpack(raw)[0]
+        status = {"ok": "SUCCESSFUL", "cont": "SUCCESSFUL", "err": "FAILED"}[header["kind"]]
+        return {
+            "workflow_id": wid,
+            "step_id": step,
+            "name": header.get("name"),
+            "status": status,
+            "user_metadata": header.get("user_metadata") or {},
+            "stats": {
+                "start_time": header.get("start_time"),
+                "end_time": header.get("end_time"),
+                "attempts": header.get("attempts"),
+            },
+            "error": header.get("error"),
+        }
+
+
+    async def post_event(self, wid: str, key: str, payload: Any) -> bool:
+        """Store an event for ``wait_for_event(key)``; False if one was stored under that key."""
+        check_id("event key", key)
+        await self.store.read_head(wid)  # unknown workflow: WorkflowNotFoundError
+        _codec.check_json(payload, what="an event payload")
+        # The first event under a key wins; a repeat (a retried POST) changes nothing.
+        return await self.storage.commit(
+            Batch().require(k_event(wid, key), None).put(k_event(wid, key), _codec.json_dumps(payload))
+        )
+
+
+    async def recover_once(self) -> list[str]:
+        """Resume, in the background, every RESUMABLE workflow not already being resumed here."""
+        resumable = await self.list_workflows({WorkflowStatus.RESUMABLE})
+        stale = [wid for wid, _ in resumable if wid not in self._recovering]
+        if stale:
+            await asyncio.to_thread(ensure_ray)
+        for wid in stale:
+            self._recovering.add(wid)
+            task = asyncio.ensure_future(self.resume(wid))
+            task.add_done_callback(functools.partial(self._recovered, wid))
+        return stale
+
+    def _recovered(self, wid: str, task: asyncio.Future[Any]) -> None:
+        self._recovering.discard(wid)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("recovering workflow %s failed: %r", wid, task.exception())
+
+
+    async def cancel(self, wid: str) -> None:
+        """Mark the workflow CANCELED (unless it ended) and drop its lease; idempotent."""
+        while True:
+            meta, meta_raw, _ = await self.store.read_head(wid)
+            if meta["status"] in (WorkflowStatus.SUCCESSFUL.value, WorkflowStatus.CANCELED.value):
+                return
+            meta.update(status=WorkflowStatus.CANCELED.value, end_time=time.time())
+            batch = Batch().require(k_meta(wid), meta_raw).delete(k_lease(wid))
+            if await self.storage.commit(self.store.put_meta(batch, wid, meta)):
+                return
+
+
+    async def delete(self, wid: str) -> None:
+        """Delete a workflow that is not running, with all its checkpoints."""
+        meta, meta_raw, lease_raw = await self.store.read_head(wid)
+        if effective_status(meta, Lease.decode(lease_raw)) is WorkflowStatus.RUNNING:
+            raise WorkflowRunningError(wid, "delete")
+        # Everything but the head goes first, so a crash half-way leaves a visible workflow
+        # that can be deleted again, never a new workflow that inherits stale checkpoints.
+        await self.storage.delete_prefix(f"wf/{wid}/s/")
+        await self.storage.delete_prefix(f"wf/{wid}/o/")
+        rest = Batch()
+        for key in (k_dag(wid), k_counters(wid), k_out(wid), k_err(wid), k_lease(wid)):
+            rest.delete(key)
+        await self.storage.commit(rest)
+        await self.storage.commit(
+            Batch().require(k_meta(wid), meta_raw).delete(k_meta(wid)).delete(k_index(wid))
+        )
+
+
+
+def as_status(value: str | WorkflowStatus) -> WorkflowStatus:
+    try:
+        return WorkflowStatus(str(value).upper())
+    except ValueError:
+        raise ConfigError(
+            f"unknown workflow status {value!r}; one of {[s.value for s in WorkflowStatus]}"
+        ) from None
+
+
+def _raise_culprit(wid: str, specs: list[StepSpec]) -> None:
+    """Name the step whose function or arguments cannot be serialized."""
+    for s in specs:
+        for part, what in (((s.func, s.options), "step"), ((s.args, s.kwargs), "the arguments of step")):
+            try:
+                _codec.dumps(part, what="")
+            except SerializationError as exc:
+                raise SerializationError(
+                    f"cannot serialize {what} {s.step_id!r} of workflow {wid!r}: {exc}"
+                ) from exc
