@@ -45,7 +45,7 @@ from collections.abc import Sequence
 
 from actorflow.errors import StorageError
 from actorflow.storage._base import Batch, Storage
-from actorflow.storage.sqlite import check_batch, check_key, key_successor
+from actorflow.storage._checks import check_batch, check_key, key_successor
 
 __all__ = ["MemoryStorage"]
 

@@ -45,7 +45,7 @@ from redis.backoff import NoBackoff
 from actorflow.errors import ConfigError, StorageError, StorageUnavailableError
 from actorflow.storage import parse_storage_url, redact_url
 from actorflow.storage._base import Batch, Storage
-from actorflow.storage.sqlite import check_batch, check_key
+from actorflow.storage._checks import check_batch, check_key
 
 __all__ = ["RedisStorage"]
 
