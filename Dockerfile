@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# The image that k8s/ runs: Ray 2.60 on Python 3.11, with actorflow and the top-level packages
-# deployments (the Serve application, deployments.app:build) and examples installed from this
+# The image that k8s/ runs: Ray 2.60 on Python 3.11, with the actorflow wheel (whose Serve
+# application is actorflow.serve.app:build) and, on PYTHONPATH in /home/ray/app, the example
+# actor modules (examples.*) and the deployments.app:build shim of older manifests, from this
 # repository. Build it from the repository root with the tag that k8s/kustomization.yaml names:
 #
 #     docker build -t actorflow:0.1.0 .
@@ -14,8 +15,6 @@ FROM ${RAY_IMAGE} AS wheel
 WORKDIR /home/ray/src
 COPY --chown=ray:users pyproject.toml README.md ./
 COPY --chown=ray:users actorflow ./actorflow
-COPY --chown=ray:users deployments ./deployments
-COPY --chown=ray:users examples ./examples
 RUN pip wheel --no-deps --no-cache-dir --wheel-dir /home/ray/wheels .
 
 FROM ${RAY_IMAGE}
@@ -25,4 +24,10 @@ ENV RAY_USAGE_STATS_ENABLED=0
 RUN --mount=type=bind,from=wheel,source=/home/ray/wheels,target=/tmp/wheels \
     pip install --no-cache-dir /tmp/wheels/*.whl
 # Fail the build, not the first deploy, when the wheel lacks a package that serveConfigV2 imports.
-RUN python -c "import actorflow, deployments.app, examples"
+# The actor modules a serveConfigV2 names: every Ray process finds them through PYTHONPATH.
+# (Your own image copies your modules here the same way.)
+WORKDIR /home/ray/app
+COPY --chown=ray:users examples ./examples
+COPY --chown=ray:users deployments ./deployments
+ENV PYTHONPATH=/home/ray/app
+RUN python -c "import actorflow.serve.app, deployments.app, examples.bank"

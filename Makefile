@@ -27,10 +27,10 @@ lint: install
 	$(VENV)/bin/mypy
 
 bench: install
-	$(PY) bench/steps.py
-	$(PY) bench/actors.py
-	$(PY) bench/http.py
-	$(PY) bench/timers.py
+	$(PY) -m bench.steps
+	$(PY) -m bench.actors
+	$(PY) -m bench.http
+	$(PY) -m bench.timers
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

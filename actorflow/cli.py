@@ -16,59 +16,11 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from actorflow.errors import ActorflowError, ConfigError
-
-TOKEN_ENV = "ACTORFLOW_TOKEN"
-TOKEN_FILE_ENV = "ACTORFLOW_TOKEN_FILE"
-
-
-def read_token_file(path: str) -> str:
-    """The token in file ``path``: its text with surrounding whitespace stripped.
-
-    Raises :class:`ConfigError` naming the path, never the content, for a file that cannot be
-    read, is not UTF-8 text, is empty, or holds more than one line (no HTTP header carries that).
-    """
-    try:
-        with open(path, encoding="utf-8") as f:
-            token = f.read().strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read token file {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        # The decoder's message quotes a byte of the file, which is part of the secret.
-        raise ConfigError(f"token file {path} is not UTF-8 text") from None
-    if not token:
-        raise ConfigError(f"token file {path} is empty")
-    if any(ch in "\r\n\0" for ch in token):
-        raise ConfigError(f"token file {path} must hold the token alone, on one line")
-    return token
-
-
-def resolve_token(
-    token: str | None, token_file: str | None, environ: Mapping[str, str] | None = None
-) -> str | None:
-    """The bearer token from an explicit value or file, else from the environment; None: no auth.
-
-    An explicit ``token`` or ``token_file`` wins over ``$ACTORFLOW_TOKEN`` and
-    ``$ACTORFLOW_TOKEN_FILE``. Giving both of a pair (both arguments, or both variables) is a
-    :class:`ConfigError`, as is a token file that :func:`read_token_file` refuses. Empty values
-    count as not given.
-    """
-    env = os.environ if environ is None else environ
-    if token and token_file:
-        raise ConfigError("give the token or a token file, not both")
-    if token:
-        return token
-    if token_file:
-        return read_token_file(token_file)
-    env_token, env_file = env.get(TOKEN_ENV), env.get(TOKEN_FILE_ENV)
-    if env_token and env_file:
-        raise ConfigError(f"${TOKEN_ENV} and ${TOKEN_FILE_ENV} are both set; set one")
-    if env_file:
-        return read_token_file(env_file)
-    return env_token or None
+from actorflow.errors import ActorflowError
+from actorflow.serve.settings import TOKEN_ENV, TOKEN_FILE_ENV, resolve_token
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -112,11 +64,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     import ray
 
-    from deployments.app import build, settings_from
-    from deployments.ingress import configure, stop_haproxy
+    from actorflow.serve.app import build
+    from actorflow.serve.ingress import configure, stop_haproxy
+    from actorflow.serve.settings import settings_from
 
+    modules = [_module_name(m) for m in args.modules]
+    _find_modules_here()
     build_args = {
-        "modules": args.modules,
+        "modules": modules,
         "storage": args.storage,
         "token": args.token,
         "token_file": args.token_file,
@@ -142,6 +97,25 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _module_name(arg: str) -> str:
+    """``my_actors.py`` (a file in the working directory) names module ``my_actors``."""
+    if arg.endswith(".py") and os.path.isfile(arg):
+        return os.path.splitext(os.path.normpath(arg))[0].replace(os.sep, ".")
+    return arg
+
+
+def _find_modules_here() -> None:
+    """Let the modules to serve come from the working directory, as ``python -m`` does: put it
+    first on this process's module path and on ``PYTHONPATH``, which the Ray processes started
+    from here (every replica) inherit."""
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if here not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([here, *paths])
+
+
 def _run_service(args: argparse.Namespace, app: Any, settings: dict[str, Any]) -> None:
     import signal
     import threading
@@ -149,8 +123,8 @@ def _run_service(args: argparse.Namespace, app: Any, settings: dict[str, Any]) -
     import ray
     from ray import serve
 
+    from actorflow.serve.app import APP_NAME
     from actorflow.storage import redact_url
-    from deployments.app import APP_NAME
 
     ray.init(include_dashboard=False, logging_level=logging.WARNING, num_cpus=args.num_cpus)
     serve.start(
@@ -189,7 +163,7 @@ def _call(args: argparse.Namespace) -> int:
     """Call one actor method on a running service and print the JSON result."""
     import httpx
 
-    from actorflow.client import error_from_json
+    from actorflow._wire import error_from_json
 
     try:
         call_args = json.loads(args.args_json) if args.args_json else []

@@ -18,7 +18,6 @@ raises :class:`~actorflow.errors.RemoteError` with the HTTP status.
 from __future__ import annotations
 
 import asyncio
-import builtins
 import concurrent.futures
 import os
 import threading
@@ -27,36 +26,13 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from actorflow import errors
+from actorflow import _wire, errors
+from actorflow._wire import error_from_json, is_service_failure
 from actorflow.actor._class import VirtualActorClass
 from actorflow.actor._context import Invoker
 
 T = TypeVar("T")
-SESSION_HEADER = "x-session-id"
-
-
-_BY_CODE: dict[str, type[errors.ActorflowError]] = {
-    "idempotency_key_reused": errors.IdempotencyKeyReusedError,
-    "idempotency_window_full": errors.IdempotencyWindowFullError,
-    "unencodable_result": errors.UnencodableResultError,
-    "unknown_actor_type": errors.ActorTypeNotFoundError,
-    "unknown_method": errors.ActorMethodNotFoundError,
-    "actor_not_found": errors.ActorNotFoundError,
-    "workflow_not_found": errors.WorkflowNotFoundError,
-    "invalid_arguments": errors.ActorArgumentsError,
-    "invalid_id": errors.InvalidIdError,
-    "bad_request": errors.ConfigError,
-    "unserializable": errors.SerializationError,
-    "conflict": errors.ActorConflictError,
-    "state_error": errors.ActorStateError,
-    "workflow_running": errors.WorkflowRunningError,
-    "workflow_cancelled": errors.WorkflowCancelledError,
-}
-_remote_method_types: dict[str, type[errors.ActorMethodError]] = {}
-#: Attributes of an error that its JSON answer carries (see ``deployments.api.error_response``).
-ERROR_ATTRIBUTES = ("actor_type", "actor_id", "method", "workflow_id", "key", "retry_after")
-#: Error codes that report a failure of the service rather than an answer to the request.
-SERVICE_FAILURES = frozenset({"internal_error", "storage_unavailable"})
+SESSION_HEADER = _wire.SESSION_HEADER
 
 
 def _json_or_none(resp: Any) -> Any:
@@ -68,58 +44,6 @@ def _json_or_none(resp: Any) -> Any:
         return resp.json()
     except ValueError:
         return None
-
-
-def is_service_failure(status: int, body: Any) -> bool:
-    """Whether an HTTP answer says the service failed (worth retrying a keyed call) rather
-    than answered: 502/503/504, a 5xx that is not an actorflow error (e.g. Serve's bare
-    ``Internal Server Error`` when a replica dies mid-request), or an internal error."""
-    if status in (502, 503, 504):
-        return True
-    if status < 500:
-        return False
-    return not isinstance(body, dict) or "error" not in body or body["error"] in SERVICE_FAILURES
-
-
-def error_from_json(status: int, body: Any) -> errors.ActorflowError:
-    """Rebuild the exception a service reported (see ``deployments.api.status_for``)."""
-    if not isinstance(body, dict) or "error" not in body:
-        return errors.RemoteError(f"unexpected HTTP {status} answer: {str(body)[:200]}", status)
-    code = body["error"]
-    message = str(body.get("message", ""))
-    attrs = {k: body[k] for k in ERROR_ATTRIBUTES if k in body}
-    if code == "method_raised":
-        remote = str(body.get("type", "Exception"))
-        builtin = str(body.get("builtin", remote))
-        err = _method_error_type(builtin)(
-            attrs.get("actor_type", "?"), attrs.get("actor_id"), remote, message
-        )
-        err.args = (message,)  # read like the original exception's message
-        return err
-    cls = _BY_CODE.get(code)
-    if cls is None:
-        return errors.RemoteError(f"HTTP {status} {code}: {message}", status)
-    return errors._rebuild(cls, message, attrs)
-
-
-def _method_error_type(remote: str) -> type[errors.ActorMethodError]:
-    """``ActorMethodError``, also deriving from the built-in exception named ``remote`` if any."""
-    cls = _remote_method_types.get(remote)
-    if cls is None:
-        base = getattr(builtins, remote, None)
-        if (
-            isinstance(base, type)
-            and issubclass(base, Exception)
-            and not issubclass(base, errors.ActorflowError)
-        ):
-            try:
-                cls = type(f"Remote{remote}", (errors.ActorMethodError, base), {})
-            except TypeError:  # layout conflicts (e.g. OSError subclasses)
-                cls = errors.ActorMethodError
-        else:
-            cls = errors.ActorMethodError
-        _remote_method_types[remote] = cls
-    return cls
 
 
 class _LoopThread:
@@ -265,7 +189,7 @@ class HttpInvoker(_OrderedInvoker):
         Serve's classic mode; HAProxy routes by the path alone."""
         headers = {SESSION_HEADER: f"{t}/{i}"}
         if key is not None:
-            headers["idempotency-key"] = key
+            headers[_wire.IDEMPOTENCY_HEADER] = key
         body: dict[str, Any] = {}
         if args:
             body["args"] = args

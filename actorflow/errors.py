@@ -31,11 +31,15 @@
         ├── IdempotencyWindowFullError  the actor holds as many idempotency records as it may
         └── ActorMethodError            a method raised in a remote service (type and message)
 
-Control-flow signals that must cross user code unharmed derive from ``BaseException``
-(see ``actorflow.workflow._signals``), so a user's ``except Exception`` cannot swallow them.
+Control-flow signals that must cross user code unharmed derive from ``BaseException`` (such
+as ``LeaseLost`` in :mod:`actorflow.engine._executor`), so a user's ``except Exception`` cannot
+swallow them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TypeVar
 
 
 class ActorflowError(Exception):
@@ -46,14 +50,23 @@ class ActorflowError(Exception):
     """
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild, (type(self), str(self), dict(self.__dict__)))
+        return (rebuild, (type(self), str(self), dict(self.__dict__)))
 
 
-def _rebuild(cls: type[ActorflowError], message: str, attrs: dict[str, object]) -> ActorflowError:
+def rebuild(cls: type[E], message: str, attrs: Mapping[str, object]) -> E:
+    """An error of type ``cls`` with ``message`` and attributes ``attrs``, made without calling
+    its constructor (whose signature varies): how errors are unpickled, and how a client
+    rebuilds one a service reported."""
     exc = cls.__new__(cls)
     BaseException.__init__(exc, message)
     exc.__dict__.update(attrs)
     return exc
+
+
+_rebuild = rebuild  # the name pickles made before it was public refer to
+
+
+E = TypeVar("E", bound=ActorflowError)
 
 
 class ConfigError(ActorflowError):

@@ -21,15 +21,18 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def local_serve(proxy: str = "haproxy") -> Iterator[str]:
-    """Start Ray and Serve in ``proxy`` mode (``deployments.ingress``; access log off, as on both
+    """Start Ray and Serve in ``proxy`` mode (``actorflow.serve.ingress``; access log off, as on both
     sides of every comparison); yield the base URL; shut both down (and HAProxy) afterwards."""
-    from deployments.ingress import configure, new_config_dir, stop_haproxy
+    from actorflow.serve.ingress import configure, new_config_dir, stop_haproxy
 
     config_dir = new_config_dir()
     configure(proxy, config_dir=config_dir)  # type: ignore[arg-type]
     import ray
     from ray import serve
 
+    # Replicas import the benchmark's actor modules (bench.*) from the repository.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
     port = free_port()
     ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, logging_level="ERROR")
     try:

@@ -11,21 +11,17 @@ another, and the throughput of several threads calling 100 actors, for
 
 with their ratios. Both run in this process on the same runtime, interleaved, medians over runs.
 
-    python bench/actors.py [--calls 500] [--seconds 3] [--threads 8] [--redis URL]
+    python -m bench.actors [--calls 500] [--seconds 3] [--threads 8] [--redis URL]
 """
 
 from __future__ import annotations
 
-import sys
-
 # bench/ holds http.py: keep this folder off the import path, where it would shadow the
 # standard library's http package.
-if sys.path and sys.path[0] and __file__.startswith(sys.path[0]):
-    sys.path.pop(0)
-
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import threading
 import time

@@ -11,24 +11,18 @@ of 32 keep-alive connections spread over 1,000 actors: absolute figures and rati
 The forms: "body" is what curl and most HTTP clients send (``{"args": [1]}`` as a JSON body);
 "python" is whatever the Python client sends for the same call (``HttpInvoker.call_request``).
 
-    python bench/http.py                       # HAProxy mode, SQLite and Redis
-    python bench/http.py --proxy classic       # Serve's classic proxy
-    python bench/http.py --storage sqlite      # one storage
+    python -m bench.http                       # HAProxy mode, SQLite and Redis
+    python -m bench.http --proxy classic       # Serve's classic proxy
+    python -m bench.http --storage sqlite      # one storage
 """
 
 from __future__ import annotations
-
-import sys
-
-# This file is named http.py: keep its folder off the import path, or it would shadow the
-# standard library's http package.
-if sys.path and sys.path[0] and __file__.startswith(sys.path[0]):
-    sys.path.pop(0)
 
 import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from typing import Any
@@ -50,7 +44,7 @@ def floor_deployment(haproxy: bool) -> Any:
     from fastapi import FastAPI
     from ray import serve
 
-    from deployments.app import ROUTER_CONFIG
+    from actorflow.serve.app import ROUTER_CONFIG
 
     api = FastAPI()
 
@@ -114,7 +108,7 @@ def create_actors(base: str, actors: list[str]) -> None:
 def measure(base: str, storage: str, args: argparse.Namespace, haproxy: bool) -> list[str]:
     from ray import serve
 
-    from deployments.app import build
+    from actorflow.serve.app import build
 
     no_access_log = {"enable_access_log": False}
     app = build({"modules": ["examples.bank"], "storage": storage, "actor_host_replicas": REPLICAS})

@@ -4,24 +4,20 @@ For a chain (each step consumes the previous output) and a fan-out (N independen
 one step that sums them) of N trivial steps, prints the median time per step over several
 runs for actorflow and for plain Ray tasks doing the same work, and their ratio.
 
-    python bench/steps.py                 # N = 1,000, 3 runs each, SQLite in a temp dir
-    python bench/steps.py --n 100000      # one 100,000-step fan-out: wall time, peak memory
-    python bench/steps.py --storage redis://127.0.0.1:6379/0
+    python -m bench.steps                 # N = 1,000, 3 runs each, SQLite in a temp dir
+    python -m bench.steps --n 100000      # one 100,000-step fan-out: wall time, peak memory
+    python -m bench.steps --storage redis://127.0.0.1:6379/0
 """
 
 from __future__ import annotations
 
-import sys
-
 # bench/ holds http.py: keep this folder off the import path, where it would shadow the
 # standard library's http package.
-if sys.path and sys.path[0] and __file__.startswith(sys.path[0]):
-    sys.path.pop(0)
-
 import argparse
 import os
 import resource
 import statistics
+import sys
 import tempfile
 import time
 import uuid

@@ -6,22 +6,18 @@ second a few seconds ahead, and records in each actor's state when each timer fi
 lateness (fired - due: median, p99, max) and how many timers fired, were lost (never fired) or
 doubled (fired more than once).
 
-    python bench/timers.py [--timers 1000] [--storage URL]
+    python -m bench.timers [--timers 1000] [--storage URL]
 """
 
 from __future__ import annotations
 
-import sys
-
 # bench/ holds http.py: keep this folder off the import path, where it would shadow the
 # standard library's http package.
-if sys.path and sys.path[0] and __file__.startswith(sys.path[0]):
-    sys.path.pop(0)
-
 import argparse
 import asyncio
 import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -30,8 +26,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import httpx
 from ray import serve
 
+from actorflow.serve.app import build
 from bench._serve import local_serve
-from deployments.app import build
 
 ACTORS = 100
 

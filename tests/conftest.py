@@ -39,22 +39,23 @@ def ray_session() -> Iterator[None]:
     its files in a temp dir); every HAProxy of it is stopped at the end."""
     import ray
 
-    from deployments.ingress import configure, new_config_dir, stop_haproxy
+    from actorflow.serve.ingress import configure, new_config_dir, stop_haproxy
 
     config_dir = new_config_dir()  # short: HAProxy's socket paths are limited
     if not ray.is_initialized():
         # Workers import test modules by name (functions defined in them are pickled by
-        # reference), so they need this directory on their path too.
-        here = str(pathlib.Path(__file__).parent)
-        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+        # reference), and the repository's examples, so they need both directories on their path.
+        here = pathlib.Path(__file__).parent
+        paths = (str(here), str(here.parent), os.environ.get("PYTHONPATH"))
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         configure("haproxy", config_dir=config_dir, threads=1, request_timeout=3, drain_seconds=1.0)
         ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
         yield
     finally:
-        from actorflow.engine import _runtime
+        from actorflow.engine import close_all
 
-        _runtime.close_all()
+        close_all()
         ray.shutdown()
         stop_haproxy(config_dir)
         shutil.rmtree(config_dir, ignore_errors=True)

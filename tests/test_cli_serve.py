@@ -1,5 +1,6 @@
-"""``actorflow serve`` as a user runs it, in both of Serve's proxy modes: a child process with a
-Ray of its own, plain HTTP requests from several clients, then Ctrl-C. Nothing of it may be left
+"""``actorflow serve`` as a user runs it, in both of Serve's proxy modes: the installed command,
+in a folder holding only the user's module, a child process with a Ray of its own, plain HTTP
+requests from several clients, then Ctrl-C. Nothing of it may be left
 running afterwards (a HAProxy outliving its Ray would keep the port)."""
 
 from __future__ import annotations
@@ -50,25 +51,20 @@ def test_serve_in_each_proxy_mode_then_ctrl_c_leaves_nothing_running(
 ) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    # A user's first own module, in a folder of its own, served from there by the installed
+    # command: nothing else puts that folder on the module path.
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "my_actors.py").write_text((HERE / "serve_actors.py").read_text())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_SERVE_", "RAY_ADDRESS"))}
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
+    env.pop("PYTHONPATH", None)
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     log = tmp_path / "serve.log"
     before = haproxy_pids()
-    cmd = [
-        sys.executable,
-        "-m",
-        "actorflow.cli",
-        "--storage",
-        f"sqlite://{tmp_path}/serve.db",
-        "serve",
-        "serve_actors",
-        "--port",
-        str(port),
-        "--proxy",
-        proxy,
-    ]
-    with log.open("w") as out, child(cmd, env=env, stdout=out, stderr=subprocess.STDOUT) as proc:
+    command = pathlib.Path(sys.executable).with_name("actorflow")
+    cmd = [str(command), "--storage", f"sqlite://{tmp_path}/serve.db", "serve", "my_actors"]
+    cmd += ["--port", str(port), "--proxy", proxy]
+    with log.open("w") as out, child(cmd, env=env, cwd=project, stdout=out, stderr=subprocess.STDOUT) as proc:
         ready = "Ctrl-C stops it."  # printed once the application is deployed
         wait_while_alive(proc, lambda: ready in log.read_text(), "the service to be ready", timeout=150)
         actors = [f"t{i}" for i in range(4)]

@@ -22,8 +22,9 @@ from typing import Any
 
 import pytest
 
-from actorflow.cli import main, read_token_file, resolve_token
+from actorflow.cli import main
 from actorflow.errors import ConfigError
+from actorflow.serve.settings import read_token_file, resolve_token
 
 TOKEN = "tok-3f9a7c1e5b2d4806"
 
@@ -105,7 +106,7 @@ def test_bad_token_file_is_a_config_error(tmp_path: Path, content: str | bytes |
 def test_builder_takes_token_file_argument_and_variable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from deployments.app import settings_from
+    from actorflow.serve.app import settings_from
 
     storage = f"sqlite:///{tmp_path}/x.db"
     path = token_file(tmp_path, TOKEN + "\n")

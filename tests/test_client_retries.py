@@ -8,14 +8,13 @@ decoding error.
 
 from __future__ import annotations
 
-import http.server
 import json
 import socket
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from _scripted import Script, scripted_server
 
 from actorflow import workflow
 from actorflow.client import HttpInvoker
@@ -32,46 +31,10 @@ class Target:
         return self.n
 
 
-class Script:
-    """What the server answers, one entry per request: (status, content type, body)."""
-
-    def __init__(self) -> None:
-        self.answers: list[tuple[int, str, bytes]] = []
-        self.requests: list[tuple[str, dict[str, str]]] = []
-        self.lock = threading.Lock()
-
-
 @pytest.fixture
 def server() -> Iterator[tuple[str, Script]]:
-    script = Script()
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers.get("content-length") or 0)
-            self.rfile.read(length)
-            with script.lock:
-                script.requests.append((self.path, dict(self.headers)))
-                status, ctype, body = (
-                    script.answers.pop(0) if script.answers else (200, "application/json", b'{"result":1}')
-                )
-            self.send_response(status)
-            self.send_header("content-type", ctype)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", script
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=10)
+    with scripted_server() as running:
+        yield running
 
 
 DEAD_REPLICA = (500, "text/plain; charset=utf-8", b"Internal Server Error")

@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 
 from actorflow import workflow
 from actorflow.engine import WorkflowRuntime
+from actorflow.serve.api import ApiSettings, create_api, encode_result
+from actorflow.serve.backend import LocalBackend, load_modules
 from actorflow.storage import Batch
-from deployments.api import ApiSettings, create_api, encode_result
-from deployments.backend import LocalBackend, load_modules
 
 TOKEN = "s3cret-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}

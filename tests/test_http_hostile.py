@@ -19,8 +19,8 @@ from fastapi.testclient import TestClient
 from actorflow import workflow
 from actorflow.actor import actor_runtime, lookup
 from actorflow.engine import WorkflowRuntime
-from deployments.api import ApiSettings, create_api
-from deployments.backend import LocalBackend, load_modules
+from actorflow.serve.api import ApiSettings, create_api
+from actorflow.serve.backend import LocalBackend, load_modules
 
 
 @workflow.virtual_actor(name="Hostile")
@@ -317,7 +317,7 @@ class Clock:
 
 
 def test_a_client_key_cannot_stand_in_for_a_timer_tick(client: TestClient, rt: WorkflowRuntime) -> None:
-    """Keys the runtime makes (``timer:{name}:{due}``, ``event:...``) live apart from those
+    """Keys the runtime makes (``timer:{name}:{setting}:{due}``, ``event:...``) live apart from those
     clients choose, so a call keyed like a tick does not make the tick skip its method."""
     client.post("/v1/actors/HostileClock/c")
     client.post("/v1/actors/HostileClock/c/arm")

@@ -40,7 +40,7 @@ import ray
 import yaml
 from _kustomize import KustomizeError, render, render_text
 
-from deployments.ingress import balance_rule
+from actorflow.serve.ingress import balance_rule
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "k8s"
@@ -49,7 +49,7 @@ CRD = Path(__file__).resolve().parents[2] / "shared" / "k8s" / "rayservices.ray.
 KUBE_VERSIONS = ("1.30", kubernetes_validate.latest_version())
 KUSTOMIZATIONS = sorted(str(p.parent.relative_to(REPO)) for p in K8S.rglob("kustomization.yaml"))
 
-#: What deployments.app:build accepts (storage and token must come from the Secret instead).
+#: What actorflow.serve.app:build accepts (storage and token must come from the Secret instead).
 BUILDER_ARGS = {"modules", "storage", "token", "token_file", "actor_host_replicas"}
 #: The Ray image the Dockerfile starts from: the installed Ray (pyproject pins it) on Python 3.11.
 RAY_BASE_IMAGE = f"rayproject/ray:{ray.__version__}-py311"
@@ -332,7 +332,7 @@ def test_serve_config_runs_the_application_with_its_routing(kustomization: str) 
     rayservice = one(objects_of(kustomization), "RayService")
     config = serve_config(rayservice)
     [app] = config["applications"]
-    assert app["import_path"] == "deployments.app:build"
+    assert app["import_path"] == "actorflow.serve.app:build"
     assert app["route_prefix"] == "/"
     assert set(app.get("args", {})) <= BUILDER_ARGS
     assert not {"storage", "token"} & set(app.get("args", {})), "secrets belong in the Secret"
@@ -816,11 +816,15 @@ def test_dockerfile_builds_what_the_manifests_run() -> None:
         assert (REPO / source).exists(), f"Dockerfile copies {source}, which does not exist"
         assert f"!{source}" in patterns, f".dockerignore keeps {source} out of the build"
 
-    # pip install . must package deployments/ and examples/ too: serveConfigV2 imports them.
+    # The wheel ships actorflow alone; the modules serveConfigV2 names beside it (examples, the
+    # deployments shim) are copied into a directory on PYTHONPATH.
     found = pyproject["tool"]["setuptools"]["packages"]["find"]
-    for package in ("actorflow", "deployments", "examples"):
-        assert any(fnmatch.fnmatch(package, p) for p in found.get("include", ["*"])), package
-        assert not any(fnmatch.fnmatch(package, p) for p in found.get("exclude", [])), package
+    for package in ("actorflow", "actorflow.serve", "deployments", "examples", "bench", "tests"):
+        packaged = any(fnmatch.fnmatch(package, p) for p in found.get("include", ["*"]))
+        assert packaged == package.startswith("actorflow"), package
+    assert "ENV PYTHONPATH=/home/ray/app" in dockerfile
+    copied = [line.split()[-1] for line in dockerfile.splitlines() if line.startswith("COPY ")]
+    assert {"./examples", "./deployments"} <= set(copied)
 
 
 # -- broken copies are caught --------------------------------------------------------------------

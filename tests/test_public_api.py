@@ -46,7 +46,7 @@ def test_workflow_exports_are_pinned() -> None:
 
 
 def test_every_error_is_rooted_drawn_and_mapped_to_a_status() -> None:
-    from deployments.api import status_for
+    from actorflow.serve.api import status_for
 
     classes = [getattr(errors, name) for name in errors.__all__]
     assert all(issubclass(c, errors.ActorflowError) for c in classes)
@@ -57,6 +57,6 @@ def test_every_error_is_rooted_drawn_and_mapped_to_a_status() -> None:
     }
     for c in classes:
         assert c.__name__ in (errors.__doc__ or ""), f"{c.__name__} is missing from the tree in errors.py"
-        exc = errors._rebuild(c, "x", {})
+        exc = errors.rebuild(c, "x", {})
         status, code = status_for(exc)
         assert code != "method_raised" and 400 <= status < 600, c

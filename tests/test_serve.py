@@ -31,7 +31,7 @@ BODY_TIMEOUT = 2.0
 def deploy(storage: str, replicas: int) -> None:
     from ray import serve
 
-    from deployments.app import APP_NAME, build
+    from actorflow.serve.app import APP_NAME, build
 
     serve.run(
         build(
@@ -109,8 +109,21 @@ def assert_exact(url: str, results: dict[str, list[int]]) -> None:
     for actor, values in results.items():
         # Every increment applied once: the answers are exactly 1..n and the state is n.
         assert sorted(values) == list(range(1, len(values) + 1)), actor
-        state = httpx.get(f"{url}/v1/actors/Tally/{actor}", timeout=30).json()
-        assert state["state"] == {"n": len(values)}, actor
+        assert described(url, actor)["state"] == {"n": len(values)}, actor
+
+
+def described(url: str, actor: str) -> Any:
+    """``GET`` the actor, retried (it is a read) while a replaced replica's connections fail."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            r = httpx.get(f"{url}/v1/actors/Tally/{actor}", timeout=30)
+            if r.status_code == 200:
+                return r.json()
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"no answer describing {actor}"
+        time.sleep(0.2)
 
 
 def test_32_clients_on_5_actors_end_with_exact_counts(service: dict[str, str]) -> None:
@@ -311,7 +324,7 @@ def test_every_request_for_an_actor_reaches_one_replica_before_and_after_a_scale
 ) -> None:
     """Plain HTTP requests (no routing header, a new connection each) for one actor all reach
     one replica, with 2 replicas and again after scaling to 3; HAProxy got the routing rule."""
-    from deployments.ingress import balance_rule
+    from actorflow.serve.ingress import balance_rule
 
     url = service["url"]
     actors = [f"own-{i}" for i in range(30)]

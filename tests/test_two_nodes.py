@@ -41,7 +41,7 @@ def alive_nodes() -> int:
 @pytest.fixture
 def second_node(ray_address: str) -> Iterator[int]:
     """A second node of the session's cluster; yields its Serve HTTP port."""
-    from deployments.ingress import haproxy_env
+    from actorflow.serve.ingress import haproxy_env
 
     port = free_port()
     env = dict(os.environ)
@@ -77,7 +77,7 @@ def second_node(ray_address: str) -> Iterator[int]:
 def test_two_nodes_route_every_actor_to_its_owner(second_node: int, redis_server: Any) -> None:
     from ray import serve
 
-    from deployments.app import APP_NAME, build
+    from actorflow.serve.app import APP_NAME, build
 
     head_port = free_port()
     serve.start(

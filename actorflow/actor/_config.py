@@ -10,8 +10,10 @@ from actorflow.errors import ConfigError
 
 @dataclass
 class ActorConfig:
-    """How an :class:`~actorflow.actor.ActorRuntime` behaves. Read by its parts when they need a
-    value, so a change takes effect at once (tests tune them; a service sets them at start).
+    """How an :class:`~actorflow.actor.ActorRuntime` behaves. Checked when made. Its parts read
+    most values when they need them, so changing one on a running runtime takes effect at once
+    (tests tune them); ``threads`` is read when the runtime is made and ``timer_concurrency``
+    when its scheduler starts, and a value changed later is not checked again.
 
     Cache: ``cache_size`` snapshots kept in memory (least recently used go first); an actor
     unused for ``idle_seconds`` is dropped from memory (passivated).

@@ -16,6 +16,7 @@ import concurrent.futures
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
+from actorflow import _wire
 from actorflow._ids import check_actor_id
 from actorflow.actor._context import embedded, invoker, remote
 from actorflow.engine import StepOptions, Workflow, current_step
@@ -23,9 +24,6 @@ from actorflow.errors import ActorError, ConfigError
 
 if TYPE_CHECKING:
     from actorflow.actor._class import VirtualActorClass
-
-MAX_IDEMPOTENCY_KEY = 256
-
 
 class ActorCall(concurrent.futures.Future[Any]):
     """The pending result of ``run_async``: ``await call`` or ``call.result(timeout)``."""
@@ -126,11 +124,9 @@ class ActorMethod:
     def options(self, *, idempotency_key: str | None = None) -> ActorMethod:
         """This method with an idempotency key: repeating a call with the same key returns the
         recorded result and changes nothing (records are kept for a bounded count and age)."""
-        if idempotency_key is not None:
-            if not isinstance(idempotency_key, str) or not idempotency_key:
-                raise ConfigError("idempotency_key must be a non-empty string")
-            if len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
-                raise ConfigError(f"idempotency_key longer than {MAX_IDEMPOTENCY_KEY} characters")
+        problem = _wire.idempotency_key_problem(idempotency_key) if idempotency_key is not None else None
+        if problem is not None:
+            raise ConfigError(f"idempotency_key: {problem}")
         return ActorMethod(self._handle, self._name, idempotency_key)
 
     def run_async(self, *args: Any, **kwargs: Any) -> ActorCall:

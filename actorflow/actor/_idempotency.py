@@ -12,12 +12,13 @@ rest, and while an actor holds ``idempotency_records`` of them new keys are refu
 every ``TRIM_EVERY`` commits per process, so the bound can be passed by that many per process.
 
 Keys callers choose are recorded as ``u:{key}`` (:func:`client_key`), apart from the
-runtime's own (``timer:{name}:{due}``, ``event:...``, ``msg:...``): a call keyed like a tick
+runtime's own (``timer:{name}:{setting}:{due}``, ``event:...``, ``msg:...``): a call keyed like a tick
 would otherwise stand in for it.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 from typing import Any
@@ -91,7 +92,9 @@ class Window:
     def __init__(self, storage: Storage, config: ActorConfig) -> None:
         self.storage = storage
         self.config = config
-        self._commits_since_trim: dict[str, int] = {}
+        # Keyed commits since each actor's last trim, for the most recent ``cache_size`` actors
+        # (an actor that drops out starts counting again: it is trimmed a little later).
+        self._commits_since_trim: collections.OrderedDict[str, int] = collections.OrderedDict()
         # Actors whose window was found full, with when that was last checked (monotonic).
         self._full: dict[str, float] = {}
 
@@ -106,8 +109,10 @@ class Window:
     async def committed(self, t: str, actor_id: str) -> None:
         """After a keyed commit: every ``TRIM_EVERY`` of them, trim the actor's records."""
         name = f"{t}/{actor_id}"
-        n = self._commits_since_trim.get(name, 0) + 1
+        n = self._commits_since_trim.pop(name, 0) + 1
         self._commits_since_trim[name] = n
+        while len(self._commits_since_trim) > self.config.cache_size:
+            self._commits_since_trim.popitem(last=False)
         if n >= TRIM_EVERY:
             self._commits_since_trim[name] = 0
             await self.trim(t, actor_id)

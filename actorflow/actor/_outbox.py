@@ -81,6 +81,19 @@ class Outbox:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    async def settled(self, timeout: float | None = None) -> bool:
+        """Wait until the deliveries this process started in the background (and any they led
+        to) have finished, for at most ``timeout`` seconds; whether they all did. For tests
+        and orderly shutdown: nothing depends on it for correctness."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while self._background:
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                return False
+            await asyncio.wait(list(self._background), timeout=left)
+        return True
+
     async def deliver(
         self,
         sender_type: str,

@@ -88,7 +88,10 @@ class ActorRuntime:
                 await self.outbox.recover()
             except Exception as exc:  # storage trouble: tried again next pass
                 log.warning("outbox recovery pass failed; trying again: %r", exc)
-            self.cache.passivate_idle()
+            try:
+                self.cache.passivate_idle()
+            except Exception:  # a bug: keep the loop alive, and say so
+                log.exception("passivating idle actors failed")
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
 
     def close(self) -> None:

@@ -4,7 +4,7 @@ Every runtime runs one (every ``ActorHost`` replica included). A tick is claimed
 compare-and-set on its timer's record (many per commit), so of two schedulers that find it due
 only one claims it; a claim lasts ``CLAIM_SECONDS``, after which another may take a tick whose
 scheduler died. A firing calls the timer's method with the idempotency key
-``timer:{name}:{due}`` in a turn that also commits the timer's next state (its next tick, or
+``timer:{name}:{setting}:{due}`` in a turn that also commits the timer's next state (its next tick, or
 its removal), so the effect and the record that the tick fired never come apart. A tick whose
 claim was lost meanwhile (the timer replaced, cancelled, deleted with its actor) is dropped.
 A method that raises is retried with backoff, then recorded as failed on the actor.
@@ -219,7 +219,7 @@ class Scheduler:
                 or any(p.kind is p.VAR_KEYWORD for p in info.signature.parameters.values())
             ):
                 kwargs.setdefault("missed", firing.missed)
-            request = Request(f"timer:{name}:{timer.due}", None, False, firing, claim)
+            request = Request(timer.tick_key(), None, False, firing, claim)
             await self.turns.call(ac, actor_id, timer.method, tuple(timer.args), kwargs, request)
             if claim.applied:
                 return "fired"  # the turn's commit advanced or removed the timer

@@ -8,7 +8,7 @@ restarts of everything.
 Firing: a scheduler pass (a background task of every actor runtime; ``POST /v1/timers/tick``
 for an external clock) takes the due timers, claims them with a compare-and-set on each one's
 record (many in one commit; of two schedulers only one claims a tick), and calls the timer's
-method with the idempotency key ``timer:{name}:{due}``: delivery is at least once, the effect
+method with the idempotency key ``timer:{name}:{setting}:{due}``: delivery is at least once, the effect
 exactly once. The turn that runs the method also commits the timer's next state (its next tick,
 or its removal), in the same atomic write as the effect and the idempotency record.
 
@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextvars
 import math
 import time
+import uuid
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -63,6 +64,16 @@ class Timer:
     claim_until: float = 0.0
     next_try: float = 0.0
     created_at: float = field(default_factory=time.time)
+    # Names this setting of the timer: one set again under its name (even for the same due
+    # time, after its tick fired) gets a new one, so its ticks are not taken for the old ones.
+    # None for timers stored before it existed.
+    setting: str | None = None
+
+    def tick_key(self) -> str:
+        """The idempotency key of the tick being fired: ``timer:{name}:{setting}:{due}``."""
+        if self.setting is None:
+            return f"timer:{self.name}:{self.due}"
+        return f"timer:{self.name}:{self.setting}:{self.due}"
 
     def encode(self) -> bytes:
         return _codec.json_dumps(asdict(self))
@@ -158,7 +169,8 @@ def make_timer(
     info.check_args(ac.type_name, tuple(args), kwargs)
     _codec.check_json([list(args), kwargs], what="timer arguments")
     period = float(every) if every else None
-    return Timer(name, method, list(args), kwargs, due, period, next_try=due, created_at=now)
+    setting = uuid.uuid4().hex[:16]
+    return Timer(name, method, list(args), kwargs, due, period, next_try=due, created_at=now, setting=setting)
 
 
 @dataclass(frozen=True)

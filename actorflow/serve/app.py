@@ -1,8 +1,8 @@
-"""The Ray Serve application: ``deployments.app:build``.
+"""The Ray Serve application: ``actorflow.serve.app:build`` (``deployments.app:build`` before).
 
 One deployment, ``ActorHost``, is both the HTTP ingress (the FastAPI app of
-:mod:`deployments.api`) and the owner of actors, so a call reaches its actor in one hop.
-By default Serve runs in HAProxy mode (:mod:`deployments.ingress`): HAProxy sends every request
+:mod:`actorflow.serve.api`) and the owner of actors, so a call reaches its actor in one hop.
+By default Serve runs in HAProxy mode (:mod:`actorflow.serve.ingress`): HAProxy sends every request
 for one actor id (the path up to ``/v1/actors/{type}/{id}``) to one replica, whoever the client
 is, and the replica serves it directly. In Serve's classic mode a consistent-hash router on the
 ``x-session-id`` header does the same for clients that send it (the Python client does), and
@@ -44,18 +44,11 @@ from ray import serve
 from ray.serve import Application
 from starlette.requests import Request
 
-from actorflow.cli import resolve_token
-from actorflow.storage import default_storage_url, parse_storage_url
-from deployments.api import (
-    DEFAULT_BODY_TIMEOUT,
-    DEFAULT_MAX_BODY,
-    SESSION_HEADER,
-    ApiSettings,
-    create_api,
-    encode_result,
-)
-from deployments.backend import LocalBackend, load_modules
-from deployments.ingress import haproxy_enabled
+from actorflow import _wire
+from actorflow.serve.api import ApiSettings, create_api, encode_result
+from actorflow.serve.backend import LocalBackend, load_modules
+from actorflow.serve.ingress import haproxy_enabled
+from actorflow.serve.settings import DEFAULT_BODY_TIMEOUT, settings_from
 
 APP_NAME = "actorflow"
 ROUTER_CONFIG = {
@@ -112,7 +105,7 @@ class ActorHost:
         key: str | None,
         request: Request,
     ) -> Any:
-        if request.headers.get(SESSION_HEADER) != f"{type_name}/{actor_id}":
+        if request.headers.get(_wire.SESSION_HEADER) != f"{type_name}/{actor_id}":
             self.backend.counters["unrouted"] += 1  # ran here, perhaps not on the owner
         encoded: bytes = await self.backend.call(
             type_name, actor_id, method, args, kwargs, key, encode=encode_result
@@ -151,34 +144,10 @@ class ActorHost:
         return await self.backend.list_ids(type_name, start_after, limit)
 
 
-def settings_from(args: dict[str, Any]) -> dict[str, Any]:
-    """Resolve builder arguments against the environment and validate them."""
-    storage = args.get("storage") or os.environ.get("ACTORFLOW_STORAGE") or default_storage_url()
-    parse_storage_url(storage)
-    from actorflow.engine import canonical_url
-
-    modules = args.get("modules")
-    if modules is None:
-        modules = [m for m in os.environ.get("ACTORFLOW_MODULES", "").split(",") if m.strip()]
-    if isinstance(modules, str):
-        modules = [modules]
-    return {
-        "storage": canonical_url(storage),
-        "token": resolve_token(args.get("token"), args.get("token_file")),
-        "modules": [m.strip() for m in modules],
-        "replicas": int(args.get("actor_host_replicas", 2)),
-        "max_body": int(args.get("max_body", DEFAULT_MAX_BODY)),
-        "body_timeout": float(args.get("body_timeout", DEFAULT_BODY_TIMEOUT)),
-        "max_replicas_per_node": (
-            int(args["max_replicas_per_node"]) if args.get("max_replicas_per_node") is not None else None
-        ),
-    }
-
-
 def build(args: dict[str, Any] | None = None) -> Application:
-    """The application for ``serve run`` / ``serveConfigV2`` (import path ``deployments.app:build``).
+    """The application for ``serve run`` / ``serveConfigV2`` (import path ``actorflow.serve.app:build``).
 
-    In HAProxy mode (see :mod:`deployments.ingress`) HAProxy routes by actor id and Serve
+    In HAProxy mode (see :mod:`actorflow.serve.ingress`) HAProxy routes by actor id and Serve
     allows no request router on the ingress; in classic mode ActorHost gets Serve's
     consistent-hash router on the session header. Decided by this process's environment,
     which must match the cluster's (the same variables before ``ray.init`` or ``ray start``).

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import importlib
+import logging
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol, TypeVar
 
@@ -20,6 +22,7 @@ from actorflow.engine import WorkflowRuntime, as_status
 from actorflow.errors import ActorNotFoundError
 
 T = TypeVar("T")
+log = logging.getLogger("actorflow.http")
 
 
 class Backend(Protocol):
@@ -172,7 +175,7 @@ class LocalBackend:
             await asyncio.to_thread(ensure_ray)
             # Runs here in the background; the caller polls GET /v1/workflows/{id}.
             task = asyncio.run_coroutine_threadsafe(self.engine.resume(wid), self.workflows.loop)
-            task.add_done_callback(lambda f: f.exception())
+            task.add_done_callback(functools.partial(_log_resume, wid))
             return "RUNNING"
         return status.value
 
@@ -243,3 +246,10 @@ class LocalBackend:
             "actorflow_events_total": self.counters["events"],
             "actorflow_cached_actors": len(self.actors.cache),
         }
+
+
+def _log_resume(wid: str, done: Any) -> None:
+    """What a resume started by ``POST /v1/workflows/{id}/resume`` ended in, for the log (its
+    caller is gone; the workflow's status says the same)."""
+    if not done.cancelled() and done.exception() is not None:
+        log.warning("resuming workflow %s failed: %r", wid, done.exception())

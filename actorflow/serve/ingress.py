@@ -174,13 +174,13 @@ def stop_haproxy(config_dir: str | os.PathLike[str], timeout: float = 5.0) -> in
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m deployments.ingress [--classic]``: print the ``export`` lines that run Serve
+    """``python -m actorflow.serve.ingress [--classic]``: print the ``export`` lines that run Serve
     the way ``actorflow serve`` does, for ``eval "$(...)"`` before ``ray start`` or
     ``serve run deployments/serve_config.yaml``."""
     import argparse
     import shlex
 
-    parser = argparse.ArgumentParser(prog="python -m deployments.ingress", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m actorflow.serve.ingress", description=main.__doc__)
     parser.add_argument("--classic", action="store_true", help="Serve's classic proxy instead of HAProxy")
     parser.add_argument("--request-timeout", type=int, default=DEFAULT_REQUEST_TIMEOUT)
     args = parser.parse_args(argv)
