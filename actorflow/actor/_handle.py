@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING, Any
 from actorflow import _wire
 from actorflow._ids import check_actor_id
 from actorflow.actor._context import embedded, invoker, remote
+from actorflow.actor._keys import step_call_key
 from actorflow.engine import StepOptions, Workflow, current_step
 from actorflow.errors import ActorError, ConfigError
 
 if TYPE_CHECKING:
     from actorflow.actor._class import VirtualActorClass
+
 
 class ActorCall(concurrent.futures.Future[Any]):
     """The pending result of ``run_async``: ``await call`` or ``call.result(timeout)``."""
@@ -162,5 +164,5 @@ def _call_from_step(handle: ActorHandle, method: str, args: tuple[Any, ...], kwa
     if ctx is None:
         raise ActorError(handle.actor_type, handle.actor_id, "actor steps run inside workflows")
     inv = remote() or embedded(ctx.storage_url)
-    key = f"wf:{ctx.workflow_id}:{ctx.step_id}"
+    key = step_call_key(ctx.workflow_id, ctx.step_id)
     return inv.submit(handle.actor_class, handle.actor_id, method, args, kwargs, key).result()

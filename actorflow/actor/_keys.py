@@ -19,6 +19,12 @@ index ``timers``                 every timer, by when to look at it; ``{t}/{a}/{
 ``t`` is a type name (no ``/`` or ``:``), ``a`` an actor id (no ``/``), so the members
 ``{t}/{a}/{rest}`` split unambiguously. Sub-workflows an actor launches have workflow ids
 ``{t}:{a}:{n}`` (:func:`workflow_id`), kept by the workflow engine.
+
+The runtime also names the idempotency keys of the calls it makes itself, so that a retried
+delivery is answered from its record: ``msg:{t}/{a}/{msg}`` for a ``send`` without a key,
+``event:{name}:{event_id}`` for an event, ``timer:{name}:{setting}:{due}`` for a timer tick
+(``timer:{name}:{due}`` for timers stored before settings existed), ``wf:{wid}:{step}`` for
+a call from a workflow step.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ OUTBOX_INDEX = "outbox"
 TIMER_INDEX = "timers"
 #: Folders of an actor's own keys besides its version, snapshot and listing: what deleting it
 #: removes (for ``out/``, only entries addressed to the actor itself).
-OWN_DIRS = ("idem/", "timer/", "timerfail/", "failed/", "out/")
+IDEM_DIR, TIMER_DIR, TIMERFAIL_DIR, FAILED_DIR, OUT_DIR = "idem/", "timer/", "timerfail/", "failed/", "out/"
+OWN_DIRS = (IDEM_DIR, TIMER_DIR, TIMERFAIL_DIR, FAILED_DIR, OUT_DIR)
 
 
 def k_version(t: str, a: str) -> str:
@@ -112,3 +119,24 @@ def version_of(t: str, a: str, wid: str) -> int | None:
     when ``wid`` is not one of its ids."""
     rest = wid[len(workflow_prefix(t, a)) :] if wid.startswith(workflow_prefix(t, a)) else ""
     return int(rest) if rest.isdigit() else None
+
+
+def message_key(member: str) -> str:
+    """The idempotency key of an outbox message sent without one (``member`` of ``outbox``)."""
+    return f"msg:{member}"
+
+
+def event_key(event: str, event_id: str) -> str:
+    return f"event:{event}:{event_id}"
+
+
+def tick_key(name: str, setting: str | None, due: float) -> str:
+    """The idempotency key of one tick of a timer; ``setting`` changes each time it is set."""
+    if setting is None:
+        return f"timer:{name}:{due}"
+    return f"timer:{name}:{setting}:{due}"
+
+
+def step_call_key(wid: str, step_id: str) -> str:
+    """The idempotency key of an actor call made by a workflow step (one per step)."""
+    return f"wf:{wid}:{step_id}"

@@ -22,8 +22,10 @@ from actorflow.actor._class import VirtualActorClass
 from actorflow.actor._config import ActorConfig
 from actorflow.actor._context import Message
 from actorflow.actor._keys import (
+    OUT_DIR,
     OUTBOX_INDEX,
     OWN_DIRS,
+    TIMER_DIR,
     TIMER_INDEX,
     idem_index,
     k_idem,
@@ -156,7 +158,7 @@ class Lifecycle:
                 if not keys:
                     break
                 after = keys[-1]
-                if folder == "out/":
+                if folder == OUT_DIR:
                     keys = await self._inbox_only(t, actor_id, keys)
                 out += [self._owned(t, actor_id, folder, k, k[len(prefix) :]) for k in keys]
             if len(out) >= limit:
@@ -165,9 +167,9 @@ class Lifecycle:
 
     @staticmethod
     def _owned(t: str, actor_id: str, folder: str, key: str, name: str) -> Owned:
-        if folder == "timer/":
+        if folder == TIMER_DIR:
             return Owned(key, TIMER_INDEX, timer_member(t, actor_id, name))
-        if folder == "out/":
+        if folder == OUT_DIR:
             return Owned(key, OUTBOX_INDEX, outbox_member(t, actor_id, name))
         return Owned(key)
 

@@ -24,11 +24,14 @@ from actorflow.actor._config import ActorConfig
 from actorflow.actor._context import Message
 from actorflow.actor._idempotency import fingerprint
 from actorflow.actor._keys import (
+    FAILED_DIR,
     OUTBOX_INDEX,
+    event_key,
     k_failed,
     k_idem,
     k_outbox,
     k_version,
+    message_key,
     outbox_member,
     own_prefix,
 )
@@ -129,7 +132,7 @@ class Outbox:
             own = (msg.target_type, msg.target_id) == (sender_type, sender_id)
             inbox = Inbox(key, raw, member) if own else None
             fp = fingerprint(msg.method, msg.args, msg.kwargs)
-            request = Request(msg.idem or f"msg:{member}", fp, encode=encode, inbox=inbox)
+            request = Request(msg.idem or message_key(member), fp, encode=encode, inbox=inbox)
             target = lookup(msg.target_type)
             try:
                 call = self.turns.call(target, msg.target_id, msg.method, msg.args, msg.kwargs, request)
@@ -201,7 +204,7 @@ class Outbox:
             if await self.storage.commit(batch):
                 break
             await asyncio.sleep(random.uniform(0, 0.01))  # the receiver committed meanwhile
-        kept = await self.storage.list_keys(own_prefix(t, actor_id, "failed/"))
+        kept = await self.storage.list_keys(own_prefix(t, actor_id, FAILED_DIR))
         if len(kept) > FAILED_KEPT:
             old = Batch()
             for k in kept[: len(kept) - FAILED_KEPT]:
@@ -211,7 +214,7 @@ class Outbox:
     async def failures_of(self, t: str, actor_id: str) -> list[dict[str, Any]]:
         """The actor's failed deliveries (events and messages whose handler raised), newest
         first, at most ``FAILED_KEPT``."""
-        keys = await self.storage.list_keys(own_prefix(t, actor_id, "failed/"))
+        keys = await self.storage.list_keys(own_prefix(t, actor_id, FAILED_DIR))
         raws = await self.storage.get_many(keys)
         return [_codec.json_loads(r) for r in reversed(raws) if r is not None]
 
@@ -258,7 +261,7 @@ class Outbox:
         _codec.check_json(payload, what="an event payload")
         event_id = event_id or uuid.uuid4().hex
         msg_id = "ev-" + hashlib.sha1(f"{event}\0{event_id}".encode()).hexdigest()[:24]
-        request = Request(f"event:{event}:{event_id}", fingerprint(method, (payload,), {}))
+        request = Request(event_key(event, event_id), fingerprint(method, (payload,), {}))
         stored = await self._store_event(ac, actor_id, method, event, event_id, msg_id, payload, request)
         if isinstance(stored, Outcome):  # handled already: the recorded answer, nothing new
             return (True, await self.turns.finish(stored, encode)) if wait else (False, None)

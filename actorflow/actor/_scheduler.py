@@ -21,7 +21,9 @@ from actorflow import _codec
 from actorflow.actor._class import VirtualActorClass, lookup
 from actorflow.actor._config import ActorConfig
 from actorflow.actor._keys import (
+    TIMER_DIR,
     TIMER_INDEX,
+    TIMERFAIL_DIR,
     k_timer,
     k_timer_failure,
     k_version,
@@ -68,14 +70,14 @@ class Scheduler:
     # ------------------------------------------------------------------ reading and setting
     async def timers_of(self, t: str, actor_id: str) -> dict[str, Timer]:
         """The stored timers of one actor, by name (none for an actor that does not exist)."""
-        prefix = own_prefix(t, actor_id, "timer/")
+        prefix = own_prefix(t, actor_id, TIMER_DIR)
         keys = await self.storage.list_keys(prefix)
         raws = await self.storage.get_many(keys)
         return {k[len(prefix) :]: Timer.decode(r) for k, r in zip(keys, raws, strict=True) if r is not None}
 
     async def timer_failures(self, t: str, actor_id: str) -> dict[str, Any]:
         """The ticks of the actor's timers that failed after all their retries, by timer."""
-        prefix = own_prefix(t, actor_id, "timerfail/")
+        prefix = own_prefix(t, actor_id, TIMERFAIL_DIR)
         keys = await self.storage.list_keys(prefix)
         raws = await self.storage.get_many(keys)
         return {

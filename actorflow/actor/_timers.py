@@ -36,7 +36,7 @@ from typing import Any
 
 from actorflow import _codec
 from actorflow._ids import check_id
-from actorflow.actor._keys import TIMER_INDEX
+from actorflow.actor._keys import TIMER_INDEX, tick_key
 from actorflow.errors import ConfigError
 from actorflow.storage import Batch
 
@@ -71,9 +71,7 @@ class Timer:
 
     def tick_key(self) -> str:
         """The idempotency key of the tick being fired: ``timer:{name}:{setting}:{due}``."""
-        if self.setting is None:
-            return f"timer:{self.name}:{self.due}"
-        return f"timer:{self.name}:{self.setting}:{self.due}"
+        return tick_key(self.name, self.setting, self.due)
 
     def encode(self) -> bytes:
         return _codec.json_dumps(asdict(self))
@@ -186,8 +184,6 @@ class Firing:
 current_firing: contextvars.ContextVar[Firing | None] = contextvars.ContextVar(
     "actorflow_firing", default=None
 )
-
-
 
 
 @dataclass

@@ -20,9 +20,9 @@ from actorflow import _codec
 from actorflow._ids import check_id, check_workflow_id, new_workflow_id
 from actorflow._ray import ensure_ray
 from actorflow.engine._dag import IdAssigner, StepSpec, Workflow, flatten
-from actorflow.engine._events import k_event
 from actorflow.engine._executor import Executor, commit_fenced, lease_margin, ride_out
 from actorflow.engine._store import (
+    INDEX_PREFIX,
     Lease,
     WorkflowStatus,
     WorkflowStore,
@@ -30,11 +30,14 @@ from actorflow.engine._store import (
     k_counters,
     k_dag,
     k_err,
+    k_event,
     k_index,
     k_lease,
     k_meta,
     k_out,
     k_step,
+    object_prefix,
+    step_prefix,
 )
 from actorflow.errors import (
     ConfigError,
@@ -111,7 +114,6 @@ class WorkflowEngine:
         self.store.put_meta(batch, wid, meta)
         return Prepared(wid, batch, lease)
 
-
     async def start(self, prepared: Prepared) -> Any:
         """Store a prepared workflow and run it here to its end; return its output. A workflow
         with that id that exists already is resumed (or waited for) instead."""
@@ -136,7 +138,6 @@ class WorkflowEngine:
         await ex.load(specs, counters, fresh=fresh)
         return await ex.run()
 
-
     async def _through_blips(
         self, op: Callable[[], Coroutine[Any, Any, T]], what: str, within: float | None = None
     ) -> T:
@@ -145,7 +146,6 @@ class WorkflowEngine:
         running executor rides out must not end those that resume or wait for it either."""
         until = time.time() + (self.lease_ttl if within is None else min(self.lease_ttl, within))
         return await ride_out(op, lambda: until, what)
-
 
     async def _take_over(self, wid: str, expected_lease: bytes | None) -> Lease | None:
         """Become the workflow's runner if its lease is still ``expected_lease``."""
@@ -159,7 +159,6 @@ class WorkflowEngine:
         # ours (commit_fenced). Retry only while that lease, if it did apply, would be valid.
         deadline = lease.expires - lease_margin(self.lease_ttl)
         return lease if await commit_fenced(self.storage, batch, lambda: deadline, "a take-over") else None
-
 
     async def resume(self, wid: str, handed_lease: bytes | None = None) -> Any:
         """Continue the workflow here (taking its lease over if it is free or ``handed_lease``)
@@ -179,7 +178,6 @@ class WorkflowEngine:
                 specs, counters = await self._through_blips(lambda: self.store.load_dag(wid), "a resume")
                 return await self.execute(wid, mine, specs, counters, fresh=False)
             handed_lease = None
-
 
     async def wait(self, wid: str, timeout: float | None) -> Any:
         """The workflow's output once it ends (see ``WorkflowRuntime.get_output``)."""
@@ -204,21 +202,18 @@ class WorkflowEngine:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.2)
 
-
     async def status(self, wid: str) -> WorkflowStatus:
         """The workflow's status; RUNNING whose runner is gone reads RESUMABLE.
         Raises ``WorkflowNotFoundError`` for an unknown id."""
         return await self.store.status(wid)
 
-    async def list_workflows(
-        self, wanted: set[WorkflowStatus] | None
-    ) -> list[tuple[str, WorkflowStatus]]:
+    async def list_workflows(self, wanted: set[WorkflowStatus] | None) -> list[tuple[str, WorkflowStatus]]:
         """``[(workflow_id, status)]`` of every stored workflow whose status is in ``wanted``
         (all with ``None``); RUNNING ones whose runner is gone read RESUMABLE."""
         out: list[tuple[str, WorkflowStatus]] = []
         after: str | None = None
         while True:
-            keys = await self.storage.list_keys("wfs/", start_after=after, limit=1000)
+            keys = await self.storage.list_keys(INDEX_PREFIX, start_after=after, limit=1000)
             if not keys:
                 return out
             after = keys[-1]
@@ -238,7 +233,6 @@ class WorkflowEngine:
                         status = WorkflowStatus.RESUMABLE
                 if wanted is None or status in wanted:
                     out.append((wid, status))
-
 
     async def list_ids(self, prefix: str, *, start_after: str | None = None, limit: int = 1000) -> list[str]:
         """Ids of stored workflows that start with ``prefix``, in byte order, at most ``limit``
@@ -289,7 +283,6 @@ class WorkflowEngine:
             "error": header.get("error"),
         }
 
-
     async def post_event(self, wid: str, key: str, payload: Any) -> bool:
         """Store an event for ``wait_for_event(key)``; False if one was stored under that key."""
         check_id("event key", key)
@@ -299,7 +292,6 @@ class WorkflowEngine:
         return await self.storage.commit(
             Batch().require(k_event(wid, key), None).put(k_event(wid, key), _codec.json_dumps(payload))
         )
-
 
     async def recover_once(self) -> list[str]:
         """Resume, in the background, every RESUMABLE workflow not already being resumed here."""
@@ -318,7 +310,6 @@ class WorkflowEngine:
         if not task.cancelled() and task.exception() is not None:
             log.warning("recovering workflow %s failed: %r", wid, task.exception())
 
-
     async def cancel(self, wid: str) -> None:
         """Mark the workflow CANCELED (unless it ended) and drop its lease; idempotent."""
         while True:
@@ -330,7 +321,6 @@ class WorkflowEngine:
             if await self.storage.commit(self.store.put_meta(batch, wid, meta)):
                 return
 
-
     async def delete(self, wid: str) -> None:
         """Delete a workflow that is not running, with all its checkpoints."""
         meta, meta_raw, lease_raw = await self.store.read_head(wid)
@@ -338,8 +328,8 @@ class WorkflowEngine:
             raise WorkflowRunningError(wid, "delete")
         # Everything but the head goes first, so a crash half-way leaves a visible workflow
         # that can be deleted again, never a new workflow that inherits stale checkpoints.
-        await self.storage.delete_prefix(f"wf/{wid}/s/")
-        await self.storage.delete_prefix(f"wf/{wid}/o/")
+        await self.storage.delete_prefix(step_prefix(wid))
+        await self.storage.delete_prefix(object_prefix(wid))
         rest = Batch()
         for key in (k_dag(wid), k_counters(wid), k_out(wid), k_err(wid), k_lease(wid)):
             rest.delete(key)
@@ -347,7 +337,6 @@ class WorkflowEngine:
         await self.storage.commit(
             Batch().require(k_meta(wid), meta_raw).delete(k_meta(wid)).delete(k_index(wid))
         )
-
 
 
 def as_status(value: str | WorkflowStatus) -> WorkflowStatus:

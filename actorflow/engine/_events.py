@@ -29,6 +29,7 @@ from actorflow import _codec
 from actorflow.engine._dag import Workflow, step
 from actorflow.engine._executor import ride_out
 from actorflow.engine._steps import current_step
+from actorflow.engine._store import k_event
 from actorflow.errors import ConfigError, WorkflowError
 
 
@@ -42,10 +43,6 @@ class EventListener:
 
     async def event_checkpointed(self, event: Any) -> None:
         """Called after the event is stored as the step's output (e.g. to ack a queue)."""
-
-
-def k_event(wid: str, key: str) -> str:
-    return f"wf/{wid}/ev/{key}"
 
 
 class HTTPListener(EventListener):

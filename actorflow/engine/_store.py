@@ -11,6 +11,7 @@ Key layout (all under ``wf/{workflow_id}/`` except the listing index)::
     wf/{wid}/o/{hash}         contents of checkpointed ObjectRefs
     wf/{wid}/out              the workflow's output (header + pickle)
     wf/{wid}/err              the exception that failed it (pickle)
+    wf/{wid}/ev/{key}         an event posted to it under a key (JSON), until a step takes it
 
 Every write a runner makes requires the lease to still hold its token (fencing), so a runner
 that lost its lease (cancelled, or taken over after it was presumed dead) cannot write.
@@ -48,12 +49,15 @@ class WorkflowStatus(enum.StrEnum):
     CANCELED = "CANCELED"
 
 
+INDEX_PREFIX = "wfs/"
+
+
 def k_meta(wid: str) -> str:
     return f"wf/{wid}/meta"
 
 
 def k_index(wid: str) -> str:
-    return f"wfs/{wid}"
+    return f"{INDEX_PREFIX}{wid}"
 
 
 def k_lease(wid: str) -> str:
@@ -68,12 +72,20 @@ def k_counters(wid: str) -> str:
     return f"wf/{wid}/counters"
 
 
+def step_prefix(wid: str) -> str:
+    return f"wf/{wid}/s/"
+
+
 def k_step(wid: str, sid: str) -> str:
-    return f"wf/{wid}/s/{sid}"
+    return f"{step_prefix(wid)}{sid}"
+
+
+def object_prefix(wid: str) -> str:
+    return f"wf/{wid}/o/"
 
 
 def k_object(wid: str, key: str) -> str:
-    return f"wf/{wid}/o/{key}"
+    return f"{object_prefix(wid)}{key}"
 
 
 def k_out(wid: str) -> str:
@@ -82,6 +94,10 @@ def k_out(wid: str) -> str:
 
 def k_err(wid: str) -> str:
     return f"wf/{wid}/err"
+
+
+def k_event(wid: str, key: str) -> str:
+    return f"wf/{wid}/ev/{key}"
 
 
 _HOST = socket.gethostname()
@@ -202,7 +218,7 @@ class WorkflowStore:
         return specs, counters
 
     async def step_ids(self, wid: str) -> set[str]:
-        prefix = f"wf/{wid}/s/"
+        prefix = step_prefix(wid)
         out: set[str] = set()
         after: str | None = None
         while True:

@@ -27,6 +27,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+
 @dataclass(frozen=True)
 class ApiSettings:
     """Settings of the HTTP layer. ``token``: bearer token required on every route but
@@ -114,7 +115,6 @@ class EdgeMiddleware:
         except _BodyTimeout:
             message = f"the request body did not arrive within {timeout} s"
             await reply(send, 408, error_body("request_timeout", message))
-
 
     def _naming(self, send: Send) -> Send:
         """``send`` that adds the replica's name to the response's headers."""

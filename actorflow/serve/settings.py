@@ -71,7 +71,6 @@ def resolve_token(
     return env_token or None
 
 
-
 def settings_from(args: dict[str, Any]) -> dict[str, Any]:
     """Resolve builder arguments against the environment and validate them."""
     storage = args.get("storage") or os.environ.get("ACTORFLOW_STORAGE") or default_storage_url()
