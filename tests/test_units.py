@@ -562,3 +562,32 @@ def test_a_trim_drops_exactly_the_records_older_than_the_ttl(env: Env) -> None:
     assert env.call(COUNTER, "trim", "add", 1, key="old0") == 6
     assert env.call(COUNTER, "trim", "add", 1, key="new0") == 4  # still recorded: replayed
     assert env.state(COUNTER, "trim")["count"] == 6
+
+
+@pytest.mark.parametrize(
+    ("new_module", "old_module", "new_name", "old_name"),
+    [
+        ("actorflow.actor._context", "actorflow.actor._runtime", "Message", "_Message"),
+        ("actorflow.engine._dag", "actorflow.workflow._dag", "StepOptions", "StepOptions"),
+    ],
+)
+def test_pickles_written_before_the_split_still_load(
+    new_module: str, old_module: str, new_name: str, old_name: str
+) -> None:
+    """Outbox entries and workflow checkpoints stored before a class moved name their old home
+    in the pickle (protocol 0 spells it out as text, as the old code's pickles did)."""
+    import importlib
+    import pickle
+
+    from actorflow import _codec
+
+    cls = getattr(importlib.import_module(new_module), new_name)
+    value = (
+        cls("T", "a", "m", (1,), {}, idem="k")
+        if new_name == "Message"
+        else cls(max_retries=2, catch_exceptions=True)
+    )
+    data = pickle.dumps(value, protocol=0)
+    old = data.replace(f"{new_module}\n{new_name}\n".encode(), f"{old_module}\n{old_name}\n".encode())
+    assert old != data
+    assert _codec.loads(old) == value
