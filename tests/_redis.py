@@ -58,7 +58,9 @@ class RedisServer:
         port: int,
         directory: Path,
         password: str | None = None,
+        extra: tuple[str, ...] = (),
     ) -> None:
+        self.extra = extra
         self.proc = proc
         self.port = port
         self.pid = proc.pid
@@ -106,7 +108,7 @@ class RedisServer:
         return once it answers PING. Raises ``RuntimeError`` with its log if it does not."""
         if self.running():
             raise RuntimeError(f"redis-server pid {self.pid} is still running")
-        self.proc = _launch(self.port, self.directory, self.password)
+        self.proc = _launch(self.port, self.directory, self.password, self.extra)
         self.pid = self.proc.pid
         if not _wait_for_ping(self, timeout):
             log = self.log
@@ -125,7 +127,9 @@ class RedisServer:
         self.stop()
 
 
-def _launch(port: int, directory: Path, password: str | None) -> subprocess.Popen[bytes]:
+def _launch(
+    port: int, directory: Path, password: str | None, extra: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
     """Spawn ``redis-server`` on ``port`` with its files in ``directory`` (log appended)."""
     log = open(directory / "redis.log", "ab")
     try:
@@ -145,6 +149,7 @@ def _launch(port: int, directory: Path, password: str | None) -> subprocess.Pope
                 "--daemonize",
                 "no",
                 *(["--requirepass", password] if password else []),
+                *extra,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -169,10 +174,12 @@ def start_redis(
     *,
     timeout: float = 15.0,
     password: str | None = None,
+    extra: tuple[str, ...] = (),
 ) -> RedisServer:
     """Start ``redis-server`` with its files in ``tmpdir``; return once it answers PING.
 
     With ``password``, the server requires it (``--requirepass``) and ``.url`` includes it.
+    ``extra`` are more ``redis-server`` arguments (``("--replicaof", "127.0.0.1", "6380")``).
 
     Retries on another port if the chosen one was taken meanwhile. Raises ``RuntimeError``
     (with the server's log) if it does not come up within ``timeout`` seconds.
@@ -183,7 +190,7 @@ def start_redis(
     for _attempt in range(3):
         port = free_port()
         (directory / "redis.log").write_bytes(b"")  # the log of this attempt only
-        server = RedisServer(_launch(port, directory, password), port, directory, password)
+        server = RedisServer(_launch(port, directory, password, extra), port, directory, password, extra)
         if _wait_for_ping(server, timeout):
             return server
         last_log = server.log

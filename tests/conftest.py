@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -30,6 +31,33 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A primary with one replica for the whole session; yields the primary's URL with
+    ``wait_replicas=1`` (add ``&prefix=...``). Both are stopped, by pid, at the end."""
+    if not os.access(REDIS_SERVER, os.X_OK):
+        pytest.skip(f"redis-server not found at {REDIS_SERVER}")
+    primary = start_redis(tmp_path_factory.mktemp("redis-primary"), extra=("--repl-diskless-sync-delay", "0"))
+    try:
+        replica = start_redis(
+            tmp_path_factory.mktemp("redis-replica"), extra=("--replicaof", "127.0.0.1", str(primary.port))
+        )
+        try:
+            import redis
+
+            deadline = time.monotonic() + 30
+            with redis.Redis(port=primary.port) as client:
+                while not (client.incr("ready") and client.execute_command("WAIT", 1, 100) == 1):
+                    if time.monotonic() > deadline:
+                        pytest.fail(f"the replica did not connect:\n{replica.log}")
+                    time.sleep(0.05)
+            yield f"{primary.url}?wait_replicas=1&wait_timeout=5"
+        finally:
+            replica.stop()
+    finally:
+        primary.stop()
 
 
 @pytest.fixture(scope="session")

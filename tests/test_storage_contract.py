@@ -51,12 +51,15 @@ class Backend:
         return await open_storage(self.url)
 
 
-@pytest.fixture(params=["sqlite", "redis", "memory"])
+@pytest.fixture(params=["sqlite", "redis", "redis-replicated", "memory"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param == "sqlite":
         return Backend("sqlite", f"sqlite://{tmp_path}/nested/dir/store.db")
     if request.param == "memory":
         return Backend("memory", f"memory://t{uuid.uuid4().hex}", shared_across_processes=False)
+    if request.param == "redis-replicated":  # every operation waits for the replica
+        url: str = request.getfixturevalue("redis_replicated")
+        return Backend("redis", f"{url}&prefix=t{uuid.uuid4().hex}:")
     server: RedisServer = request.getfixturevalue("redis_server")
     return Backend("redis", f"{server.url}?prefix=t{uuid.uuid4().hex}:")
 
@@ -548,7 +551,13 @@ def test_parse_storage_url_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert kind == "redis"
     assert details["prefix"] == "x:" and details["db"] == "3"
     assert details["url"] == "redis://:pw@example.com:6380/3?socket_timeout=5"
-    assert parse_storage_url("rediss://h")[1] == {"url": "rediss://h/0", "prefix": "af:", "db": "0"}
+    assert parse_storage_url("rediss://h")[1] == {
+        "url": "rediss://h/0",
+        "prefix": "af:",
+        "db": "0",
+        "wait_replicas": "0",
+        "wait_timeout": "1",
+    }
     (tmp_path / "plainfile").write_text("x")
     with pytest.raises(ConfigError):
         parse_storage_url(str(tmp_path / "plainfile"))  # a bare path is a directory

@@ -23,7 +23,11 @@ Pick a backend with a storage URL and :func:`open_storage`. Accepted forms:
 ``redis://[[USER]:PASSWORD@]HOST[:PORT][/DB][?OPTIONS]`` and ``rediss://...`` (TLS)
     A Redis server (default ``localhost:6379``, database 0). Options: ``prefix=`` (the key
     prefix, default ``af:``; several actorflow deployments can share one database with
-    different prefixes) and the redis-py connection options ``socket_timeout``,
+    different prefixes); ``wait_replicas=N`` (default 0) with ``wait_timeout=SECONDS``
+    (default 1): every commit and every read waits until N replicas hold what it wrote or
+    read (Redis ``WAIT``), and fails with ``StorageUnavailableError`` if they do not within
+    the timeout (see :mod:`actorflow.storage.redis`); and the redis-py connection options
+    ``socket_timeout``,
     ``socket_connect_timeout``, ``health_check_interval``, ``max_connections``,
     ``client_name``, ``ssl_cert_reqs``, ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``,
     ``ssl_check_hostname``.
@@ -46,6 +50,7 @@ opened.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -78,11 +83,13 @@ StorageKind = Literal["sqlite", "redis", "memory"]
 DB_FILE_NAME = "actorflow.db"
 #: Key prefix of the Redis backend unless the URL says ``?prefix=``.
 DEFAULT_REDIS_PREFIX = "af:"
+#: Seconds the Redis backend waits for any reply unless the URL sets ``socket_timeout``.
+REDIS_REPLY_TIMEOUT = 10.0
 
 _ACCEPTED = (
     "accepted forms: sqlite://PATH/TO/FILE.db[?sync=full|normal], "
     "file:///DIRECTORY, a bare directory path, "
-    "redis://[:PASSWORD@]HOST[:PORT][/DB][?prefix=...], rediss://..., "
+    "redis://[:PASSWORD@]HOST[:PORT][/DB][?prefix=...&wait_replicas=N&wait_timeout=S], rediss://..., "
     "memory://NAME (in-process, not durable; for tests)"
 )
 _KNOWN_SCHEMES = ("sqlite", "file", "redis", "rediss", "memory")
@@ -171,26 +178,50 @@ def _parse_redis(url: str) -> tuple[StorageKind, dict[str, str]]:
     db_text = unquote(parts.path).strip("/")
     if db_text and not db_text.isdigit():
         raise _config_error(url, f"the database must be a number, not {db_text!r}")
-    prefix = DEFAULT_REDIS_PREFIX
+    own = {"prefix": DEFAULT_REDIS_PREFIX, "wait_replicas": "0", "wait_timeout": "1"}
     passthrough: list[tuple[str, str]] = []
     seen: set[str] = set()
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name in seen:
             raise _config_error(url, f"option {name!r} given twice")
         seen.add(name)
-        if name == "prefix":
-            if not value:
-                raise _config_error(url, "prefix must not be empty")
-            prefix = value
+        if name in own:
+            own[name] = value
         elif name in _REDIS_PASSTHROUGH:
             passthrough.append((name, value))
         else:
-            allowed = ", ".join(sorted(_REDIS_PASSTHROUGH | {"prefix"}))
+            allowed = ", ".join(sorted(_REDIS_PASSTHROUGH | set(own)))
             raise _config_error(url, f"unknown Redis option {name!r} (allowed: {allowed})")
+    if not own["prefix"]:
+        raise _config_error(url, "prefix must not be empty")
+    _check_wait(url, own["wait_replicas"], own["wait_timeout"], dict(passthrough))
     client_url = urlunsplit(
         (parts.scheme.lower(), parts.netloc, f"/{db_text or 0}", urlencode(passthrough), "")
     )
-    return "redis", {"url": client_url, "prefix": prefix, "db": db_text or "0"}
+    return "redis", {"url": client_url, "db": db_text or "0", **own}
+
+
+def _check_wait(url: str, replicas: str, timeout: str, passthrough: dict[str, str]) -> None:
+    """Validate ``wait_replicas`` (a whole number >= 0) and ``wait_timeout`` (seconds, more
+    than 0 and less than the reply timeout, so that a waiting commit is not cut off first)."""
+    if not replicas.isdigit() or int(replicas) > 100:
+        raise _config_error(url, f"wait_replicas must be a whole number from 0 to 100, not {replicas!r}")
+    try:
+        seconds = float(timeout)
+    except ValueError:
+        seconds = math.nan
+    try:
+        reply_timeout = float(passthrough.get("socket_timeout") or REDIS_REPLY_TIMEOUT)
+    except ValueError:
+        raise _config_error(
+            url, f"socket_timeout must be seconds, not {passthrough['socket_timeout']!r}"
+        ) from None
+    if not (0 < seconds < reply_timeout):
+        raise _config_error(
+            url,
+            f"wait_timeout must be seconds above 0 and below socket_timeout ({reply_timeout:g}), "
+            f"not {timeout!r}",
+        )
 
 
 def _parse_memory(url: str, after: str) -> tuple[StorageKind, dict[str, str]]:
@@ -211,7 +242,8 @@ def parse_storage_url(url: str | os.PathLike[str]) -> tuple[StorageKind, dict[st
     """Validate a storage URL without connecting or touching files; say what it opens.
 
     Returns ``("sqlite", {"path": <absolute file path>, "sync": "normal"|"full"})`` or
-    ``("redis", {"url": <URL for redis-py>, "prefix": <key prefix>, "db": <number>})`` or
+    ``("redis", {"url": <URL for redis-py>, "prefix": <key prefix>, "db": <number>,
+    "wait_replicas": <number>, "wait_timeout": <seconds>})`` or
     ``("memory", {"name": <store name, "" for a private store>})``.
     The Redis ``url`` still contains the password; never log it (use :func:`redact_url`).
     Raises :class:`ConfigError`, naming the (redacted) URL and the accepted forms, for an

@@ -17,8 +17,23 @@ every expectation byte for byte and then applies all writes, so it is atomic wit
 every other client of the server. Keys and values are UTF-8 / raw bytes; listing order is
 byte order, as for the SQLite backend.
 
-Durability is the server's: a committed batch survives any *client* crash; surviving a
-server crash needs the server's AOF (``appendonly yes``, ideally ``appendfsync always``).
+Durability is the server's: a committed batch survives any *client* crash. What survives the
+server is the operator's choice:
+
+* AOF on the server (``appendonly yes``): with ``appendfsync always`` a commit is on disk
+  before it is acknowledged and survives a crash or power loss of that server (with the
+  default ``everysec``, the last second can be lost). It does not survive losing the disk,
+  nor a failover to a replica that had not received the commit yet.
+* ``?wait_replicas=N&wait_timeout=S``: every commit is acknowledged only once N replicas hold
+  it (Redis ``WAIT`` after the commit), so it survives the primary's loss and a failover to
+  any of those replicas (a replica's memory, or its own AOF, holds it). Reads wait the same
+  way for what they returned, so an answer built on a read (an idempotent replay, a re-read
+  after a commit whose reply was lost) is never acknowledged while only the primary holds
+  its data. If the replicas do not confirm within S seconds, the operation raises
+  :class:`StorageUnavailableError` (a commit has then applied on the primary, unconfirmed: a
+  keyed retry is answered once the replicas catch up). It costs one ``INCR`` and one ``WAIT``
+  per operation: replication is ordered, so a marker written after a commit or a read and
+  confirmed by the replicas proves they hold everything before it.
 
 A :class:`RedisStorage` belongs to the event loop it is first used on (redis.asyncio binds
 its connections to that loop); using it from another loop raises :class:`StorageError`.
@@ -43,7 +58,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from actorflow.errors import ConfigError, StorageError, StorageUnavailableError
-from actorflow.storage import parse_storage_url, redact_url
+from actorflow.storage import REDIS_REPLY_TIMEOUT, parse_storage_url, redact_url
 from actorflow.storage._base import Batch, Storage
 from actorflow.storage._checks import check_batch, check_key
 
@@ -56,7 +71,7 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 #: Seconds to wait for any reply unless the URL sets ``socket_timeout``: a server that stops
 #: answering (frozen, partitioned away) then fails a command with StorageUnavailableError
 #: instead of hanging it for good. No command actorflow sends blocks on the server's side.
-DEFAULT_SOCKET_TIMEOUT = 10.0
+DEFAULT_SOCKET_TIMEOUT = REDIS_REPLY_TIMEOUT
 #: Delays before re-trying an idempotent read after a connection error.
 _READ_RETRY_DELAYS = (0.05, 0.25)
 #: Keys handed to one run of the delete script by :meth:`RedisStorage.delete_prefix`.
@@ -173,6 +188,9 @@ class RedisStorage(Storage):
             )
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"invalid Redis URL {self.url!r}: {exc}") from None
+        self.wait_replicas = int(details["wait_replicas"])
+        self.wait_timeout = float(details["wait_timeout"])
+        self._marker = self._p + b"sync"
         self._commit_script = self._client.register_script(_COMMIT_LUA)
         self._delete_script = self._client.register_script(_DELETE_LUA)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -233,21 +251,43 @@ class RedisStorage(Storage):
         except redis.exceptions.RedisError as exc:
             raise StorageError(f"Redis error during {what}: {type(exc).__name__}: {exc}", self.url) from exc
 
+    async def _replicated(self, what: str, unconfirmed: str) -> None:
+        """With ``wait_replicas``, return once that many replicas hold everything written so
+        far: write a marker and ``WAIT`` for it on the same connection (replication is
+        ordered). Raises :class:`StorageUnavailableError` if they do not within the timeout."""
+        if not self.wait_replicas:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        pipe.incr(self._marker)
+        pipe.execute_command("WAIT", self.wait_replicas, max(1, round(self.wait_timeout * 1000)))
+        _, acked = await pipe.execute()
+        if int(acked) < self.wait_replicas:
+            raise StorageUnavailableError(
+                f"only {int(acked)} of the {self.wait_replicas} replicas (wait_replicas) confirmed "
+                f"the {what} within {self.wait_timeout:g} s: {unconfirmed}",
+                self.url,
+            )
+
     async def _read(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run an idempotent operation, retrying it briefly after connection errors."""
+        """Run an idempotent operation, retrying it briefly after connection errors (with
+        ``wait_replicas``, return only once the replicas hold what it saw)."""
         self._check_usable()
         with self._translated(what):
-            for delay in _READ_RETRY_DELAYS:
+            for delay in (*_READ_RETRY_DELAYS, None):
                 try:
-                    return await fn()
+                    result = await fn()
+                    await self._replicated(what, "what it read is not returned")
+                    return result
                 except (
                     redis.exceptions.AuthenticationError,
                     redis.exceptions.AuthorizationError,
                 ):
                     raise
                 except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                    if delay is None:
+                        raise
                     await asyncio.sleep(delay)
-            return await fn()
+            raise AssertionError("unreachable")
 
     # -- Storage API ------------------------------------------------------------------------
 
@@ -315,6 +355,11 @@ class RedisStorage(Storage):
             args.append(member.encode("utf-8"))
         with self._translated("commit", unknown_outcome=True):
             result = await self._commit_script(keys=keys, args=args)
+            if int(result) == 1:
+                await self._replicated(
+                    "commit",
+                    "it applied on the primary but is not acknowledged (it could be lost in a failover)",
+                )
         return int(result) == 1
 
     async def list_keys(

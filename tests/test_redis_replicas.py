@@ -1,0 +1,234 @@
+"""``wait_replicas``: a Redis commit is acknowledged only once replicas hold it.
+
+A primary and a replica (real ``redis-server`` processes on free ports, data in temp dirs).
+The promise is tested by breaking it on purpose: while a writer commits, the replica is cut
+off from the primary (``REPLICAOF NO ONE``, as a partition followed by a failover would),
+then the primary is killed (SIGKILL). Every commit that was acknowledged must be on the
+replica that took over. The same run without the option shows what it prevents: commits
+acknowledged after the cut are gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from _redis import RedisServer, start_redis
+
+from actorflow import workflow
+from actorflow.actor import ActorConfig, ActorRuntime, lookup
+from actorflow.engine import WorkflowRuntime
+from actorflow.errors import ConfigError, StorageUnavailableError
+from actorflow.storage import Batch, parse_storage_url
+from actorflow.storage.redis import RedisStorage
+
+pytestmark = pytest.mark.timeout(120)
+#: A primary starts a replica's first sync 5 s after it asks unless told otherwise.
+NO_SYNC_DELAY = ("--repl-diskless-sync-delay", "0")
+
+
+def _wait_for(check: object, what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _info(port: int) -> dict[str, object]:
+    with redis.Redis(port=port) as client:
+        return client.info("replication")
+
+
+def _confirms(port: int) -> bool:
+    """Whether one replica confirms a write to the primary on ``port`` within 0.1 s."""
+    with redis.Redis(port=port) as client:
+        client.incr("ready")
+        return int(client.execute_command("WAIT", 1, 100)) == 1
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer]]:
+    primary = start_redis(tmp_path / "primary", extra=NO_SYNC_DELAY)
+    replica = start_redis(tmp_path / "replica", extra=("--replicaof", "127.0.0.1", str(primary.port)))
+    try:
+        _wait_for(lambda: _info(replica.port).get("master_link_status") == "up", "the replica link")
+        _wait_for(lambda: _confirms(primary.port), "the replica to confirm writes")
+        yield primary, replica
+    finally:
+        for server in (replica, primary):
+            if server.running():
+                os.kill(server.pid, signal.SIGCONT)
+            server.stop()
+
+
+@pytest.mark.parametrize(
+    ("query", "problem"),
+    [
+        ("wait_replicas=-1", "wait_replicas must be a whole number"),
+        ("wait_replicas=one", "wait_replicas must be a whole number"),
+        ("wait_replicas=101", "wait_replicas must be a whole number"),
+        ("wait_replicas=1&wait_timeout=0", "wait_timeout must be seconds above 0"),
+        ("wait_replicas=1&wait_timeout=nan", "wait_timeout must be seconds above 0"),
+        ("wait_replicas=1&wait_timeout=soon", "wait_timeout must be seconds above 0"),
+        ("wait_replicas=1&wait_timeout=10", r"below socket_timeout \(10\)"),
+        ("wait_replicas=1&wait_timeout=3&socket_timeout=2", r"below socket_timeout \(2\)"),
+        ("wait_replicas=1&wait_replicas=2", "given twice"),
+    ],
+)
+def test_bad_wait_options_are_refused_with_a_clear_message(query: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        parse_storage_url(f"redis://127.0.0.1:1/0?{query}")
+
+
+def test_wait_options_are_read_and_not_passed_to_redis_py() -> None:
+    _, details = parse_storage_url("redis://127.0.0.1:1/0?wait_replicas=2&wait_timeout=0.5&socket_timeout=3")
+    assert (details["wait_replicas"], details["wait_timeout"]) == ("2", "0.5")
+    assert "wait" not in details["url"] and "socket_timeout=3" in details["url"]
+    storage = RedisStorage("redis://127.0.0.1:1/0?wait_replicas=2&wait_timeout=0.5")
+    assert (storage.wait_replicas, storage.wait_timeout) == (2, 0.5)
+
+
+async def _commits_until_killed(
+    url: str, primary: RedisServer, replica: RedisServer
+) -> tuple[list[str], int]:
+    """Commit keys one after another; cut the replica off after 0.3 s and promote it, kill
+    the primary 0.7 s later. Return the keys whose commit was acknowledged and how many
+    raised."""
+    storage = await RedisStorage.open(url)
+    acked: list[str] = []
+    refused = 0
+    start = time.monotonic()
+    cut = False
+    try:
+        for n in range(100_000):
+            elapsed = time.monotonic() - start
+            if not cut and elapsed > 0.3:
+                with redis.Redis(port=replica.port) as client:
+                    client.execute_command("REPLICAOF", "NO", "ONE")
+                cut = True
+            if elapsed > 1.0:
+                primary.kill()
+                break
+            key = f"k/{n:06d}"
+            try:
+                if await storage.commit(Batch().require(key, None).put(key, b"v")):
+                    acked.append(key)
+            except StorageUnavailableError:
+                refused += 1
+    finally:
+        await storage.close()
+    return acked, refused
+
+
+def _survivors(replica: RedisServer) -> set[str]:
+    with redis.Redis(port=replica.port) as client:
+        return {k.decode()[len("af:k:") :] for k in client.scan_iter(match="af:k:*", count=1000)}
+
+
+def test_no_acknowledged_commit_is_lost_when_the_primary_dies(pair: tuple[RedisServer, RedisServer]) -> None:
+    primary, replica = pair
+    acked, refused = asyncio.run(
+        _commits_until_killed(f"{primary.url}?wait_replicas=1&wait_timeout=0.2", primary, replica)
+    )
+    survivors = _survivors(replica)
+    lost = [k for k in acked if k not in survivors]
+    assert len(acked) > 20, "the writer should have committed before the cut"
+    assert refused >= 1, "commits after the cut must not be acknowledged"
+    assert lost == [], f"{len(lost)} of {len(acked)} acknowledged commits were lost"
+
+
+def test_without_the_option_acknowledged_commits_are_lost(pair: tuple[RedisServer, RedisServer]) -> None:
+    """The control: the same run without ``wait_replicas`` acknowledges commits that only the
+    primary held, and the failover loses them. (This is what the option is for.)"""
+    primary, replica = pair
+    acked, refused = asyncio.run(_commits_until_killed(primary.url, primary, replica))
+    survivors = _survivors(replica)
+    lost = [k for k in acked if k not in survivors]
+    assert refused == 0
+    assert len(lost) > 20, f"expected the cut-off replica to miss commits; lost {len(lost)}"
+
+
+async def _reads_and_recovery(url: str, replica: RedisServer) -> None:
+    storage = await RedisStorage.open(url)
+    try:
+        assert await storage.commit(Batch().put("a/x", b"1"))
+        os.kill(replica.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(StorageUnavailableError, match="is not acknowledged"):
+                await storage.commit(Batch().put("a/y", b"2"))
+            with pytest.raises(StorageUnavailableError, match="what it read is not returned"):
+                await storage.get("a/y")
+            with pytest.raises(StorageUnavailableError, match="0 of the 1 replicas"):
+                await storage.list_keys("a/")
+        finally:
+            os.kill(replica.pid, signal.SIGCONT)
+        # The replica catches up: the unconfirmed commit had applied on the primary, and is
+        # now confirmed by any read of it.
+        assert await storage.get("a/y") == b"2"
+        assert await storage.list_keys("a/") == ["a/x", "a/y"]
+        assert await storage.commit(Batch().require("a/y", b"2").put("a/y", b"3"))
+    finally:
+        await storage.close()
+
+
+def test_reads_wait_too_and_everything_recovers_with_the_replica(
+    pair: tuple[RedisServer, RedisServer],
+) -> None:
+    primary, replica = pair
+    asyncio.run(_reads_and_recovery(f"{primary.url}?wait_replicas=1&wait_timeout=0.3", replica))
+
+
+def test_a_server_without_enough_replicas_is_refused_at_open(tmp_path: Path) -> None:
+    with start_redis(tmp_path) as server:
+        url = f"{server.url}?wait_replicas=1&wait_timeout=0.2"
+        with pytest.raises(StorageUnavailableError, match="0 of the 1 replicas"):
+            asyncio.run(RedisStorage.open(url))
+
+
+@workflow.virtual_actor(name="ReplicatedCounter")
+class ReplicatedCounter:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def add(self, n: int) -> int:
+        self.count += n
+        return self.count
+
+
+def test_an_actor_call_is_acknowledged_once_replicated_and_a_keyed_retry_lands_once(
+    pair: tuple[RedisServer, RedisServer],
+) -> None:
+    """The call path on top: a call whose commit the replica cannot confirm fails with
+    StorageUnavailableError (a 503 over HTTP); its keyed retry, once the replica is back,
+    answers the call's result, and the increment happened once."""
+    primary, replica = pair
+    wf = WorkflowRuntime(f"{primary.url}?wait_replicas=1&wait_timeout=0.3")
+    rt = ActorRuntime(wf, ActorConfig())
+    ac = lookup("ReplicatedCounter")
+
+    def add(key: str) -> int:
+        return int(rt.blocking(rt.call(ac, "c", "add", (1,), {}, key), 30))
+
+    try:
+        rt.create(ac, "c", (), {})
+        assert add("first") == 1
+        os.kill(replica.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(StorageUnavailableError):
+                add("second")
+        finally:
+            os.kill(replica.pid, signal.SIGCONT)
+        assert add("second") == 2
+        assert add("second") == 2
+        assert add("third") == 3
+    finally:
+        rt.close()
+        wf.close()
