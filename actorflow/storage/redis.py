@@ -248,6 +248,12 @@ class RedisStorage(Storage):
             raise StorageUnavailableError(
                 f"cannot reach Redis during {what}{note}: {type(exc).__name__}: {exc}", self.url
             ) from exc
+        except redis.exceptions.NoPermissionError as exc:
+            raise StorageError(
+                f"the Redis user may not run the {what} on keys under the prefix {self.prefix!r} "
+                f"(its ACL allows other commands or keys): {exc}",
+                self.url,
+            ) from exc
         except redis.exceptions.RedisError as exc:
             raise StorageError(f"Redis error during {what}: {type(exc).__name__}: {exc}", self.url) from exc
 
