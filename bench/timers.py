@@ -97,7 +97,7 @@ def main() -> int:
         if lateness:
             print(
                 f"lateness: median {statistics.median(lateness) * 1e3:.0f} ms, p99 {p99 * 1e3:.0f} ms, "
-                f"max {lateness[-1] * 1e3:.0f} ms (goal: p99 < 250 ms)"
+                f"max {lateness[-1] * 1e3:.0f} ms (goal: p99 < 100 ms)"
             )
         print(f"fired {len(fired)}, lost {lost}, doubled {doubled}")
     return 0
