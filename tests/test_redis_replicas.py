@@ -78,8 +78,11 @@ def pair(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer]]:
         ("wait_replicas=1&wait_timeout=0", "wait_timeout must be seconds above 0"),
         ("wait_replicas=1&wait_timeout=nan", "wait_timeout must be seconds above 0"),
         ("wait_replicas=1&wait_timeout=soon", "wait_timeout must be seconds above 0"),
-        ("wait_replicas=1&wait_timeout=10", r"below socket_timeout \(10\)"),
-        ("wait_replicas=1&wait_timeout=3&socket_timeout=2", r"below socket_timeout \(2\)"),
+        ("wait_replicas=%C2%B2", "wait_replicas must be a whole number"),
+        ("wait_replicas=1&wait_timeout=9.5", r"at least 1 s below socket_timeout \(10\)"),
+        ("wait_replicas=1&wait_timeout=3&socket_timeout=2", r"at least 1 s below socket_timeout \(2\)"),
+        ("wait_replicas=1&socket_timeout=1.5", r"not '1 \(the default\)'"),
+        ("wait_replicas=1&socket_timeout=nan", "socket_timeout must be seconds above 0"),
         ("wait_replicas=1&wait_replicas=2", "given twice"),
     ],
 )
@@ -89,6 +92,9 @@ def test_bad_wait_options_are_refused_with_a_clear_message(query: str, problem: 
 
 
 def test_wait_options_are_read_and_not_passed_to_redis_py() -> None:
+    assert (
+        parse_storage_url("redis://h/0?socket_timeout=0.5")[1]["wait_replicas"] == "0"
+    )  # no wait: any timeout
     _, details = parse_storage_url("redis://127.0.0.1:1/0?wait_replicas=2&wait_timeout=0.5&socket_timeout=3")
     assert (details["wait_replicas"], details["wait_timeout"]) == ("2", "0.5")
     assert "wait" not in details["url"] and "socket_timeout=3" in details["url"]
@@ -99,24 +105,26 @@ def test_wait_options_are_read_and_not_passed_to_redis_py() -> None:
 async def _commits_until_killed(
     url: str, primary: RedisServer, replica: RedisServer
 ) -> tuple[list[str], int]:
-    """Commit keys one after another; cut the replica off after 0.3 s and promote it, kill
-    the primary 0.7 s later. Return the keys whose commit was acknowledged and how many
-    raised."""
+    """Commit keys one after another; cut the replica off (and promote it) after 0.3 s, and
+    kill the primary once at least 3 commits were tried after the cut and 0.2 s have passed.
+    Return the keys whose commit was acknowledged and how many raised."""
     storage = await RedisStorage.open(url)
     acked: list[str] = []
     refused = 0
     start = time.monotonic()
-    cut = False
+    cut_at: float | None = None
+    after_cut = 0
     try:
         for n in range(100_000):
             elapsed = time.monotonic() - start
-            if not cut and elapsed > 0.3:
+            if cut_at is None and elapsed > 0.3:
                 with redis.Redis(port=replica.port) as client:
                     client.execute_command("REPLICAOF", "NO", "ONE")
-                cut = True
-            if elapsed > 1.0:
+                cut_at = time.monotonic()
+            if cut_at is not None and after_cut >= 3 and time.monotonic() - cut_at > 0.2:
                 primary.kill()
                 break
+            after_cut += cut_at is not None
             key = f"k/{n:06d}"
             try:
                 if await storage.commit(Batch().require(key, None).put(key, b"v")):
@@ -156,12 +164,26 @@ def test_without_the_option_acknowledged_commits_are_lost(pair: tuple[RedisServe
     assert len(lost) > 20, f"expected the cut-off replica to miss commits; lost {len(lost)}"
 
 
-async def _reads_and_recovery(url: str, replica: RedisServer) -> None:
+def _freeze(server: RedisServer) -> None:
+    """SIGSTOP the server and return once the kernel shows it stopped."""
+    os.kill(server.pid, signal.SIGSTOP)
+    _wait_for(
+        lambda: Path(f"/proc/{server.pid}/stat").read_text().split(") ")[1].startswith(("T", "t")), "SIGSTOP"
+    )
+
+
+async def _reads_and_recovery(url: str, replica: RedisServer, primary_port: int) -> None:
     storage = await RedisStorage.open(url)
     try:
         assert await storage.commit(Batch().put("a/x", b"1"))
-        os.kill(replica.pid, signal.SIGSTOP)
+        _freeze(replica)
         try:
+            with pytest.raises(
+                StorageUnavailableError, match="expectation failed on state not yet confirmed"
+            ):
+                await storage.commit(Batch().require("a/x", b"other").put("a/x", b"3"))
+            with pytest.raises(StorageUnavailableError, match="deletion applied on the primary"):
+                await storage.delete_prefix("a/x")
             with pytest.raises(StorageUnavailableError, match="is not acknowledged"):
                 await storage.commit(Batch().put("a/y", b"2"))
             with pytest.raises(StorageUnavailableError, match="what it read is not returned"):
@@ -170,10 +192,11 @@ async def _reads_and_recovery(url: str, replica: RedisServer) -> None:
                 await storage.list_keys("a/")
         finally:
             os.kill(replica.pid, signal.SIGCONT)
-        # The replica catches up: the unconfirmed commit had applied on the primary, and is
-        # now confirmed by any read of it.
+        _wait_for(lambda: _confirms(primary_port), "the replica to catch up")
+        # The replica caught up: the unconfirmed commit and deletion had applied on the
+        # primary, and any read of them now confirms them.
         assert await storage.get("a/y") == b"2"
-        assert await storage.list_keys("a/") == ["a/x", "a/y"]
+        assert await storage.list_keys("a/") == ["a/y"]
         assert await storage.commit(Batch().require("a/y", b"2").put("a/y", b"3"))
     finally:
         await storage.close()
@@ -183,7 +206,7 @@ def test_reads_wait_too_and_everything_recovers_with_the_replica(
     pair: tuple[RedisServer, RedisServer],
 ) -> None:
     primary, replica = pair
-    asyncio.run(_reads_and_recovery(f"{primary.url}?wait_replicas=1&wait_timeout=0.3", replica))
+    asyncio.run(_reads_and_recovery(f"{primary.url}?wait_replicas=1&wait_timeout=0.3", replica, primary.port))
 
 
 def test_a_server_without_enough_replicas_is_refused_at_open(tmp_path: Path) -> None:
@@ -220,15 +243,32 @@ def test_an_actor_call_is_acknowledged_once_replicated_and_a_keyed_retry_lands_o
     try:
         rt.create(ac, "c", (), {})
         assert add("first") == 1
-        os.kill(replica.pid, signal.SIGSTOP)
+        _freeze(replica)
         try:
             with pytest.raises(StorageUnavailableError):
                 add("second")
         finally:
             os.kill(replica.pid, signal.SIGCONT)
+        _wait_for(lambda: _confirms(primary.port), "the replica to catch up")
         assert add("second") == 2
         assert add("second") == 2
         assert add("third") == 3
     finally:
         rt.close()
         wf.close()
+
+
+async def _commit_once(url: str) -> bool:
+    storage = await RedisStorage.open(url)
+    try:
+        return await storage.commit(Batch().put("x/y", b"1"))
+    finally:
+        await storage.close()
+
+
+def test_a_demoted_primary_is_unavailable_not_an_error(pair: tuple[RedisServer, RedisServer]) -> None:
+    """Writing to a replica (what a client meets on an old primary during a failover) is a
+    503 the caller may retry, not a 500."""
+    _, replica = pair
+    with pytest.raises(StorageUnavailableError, match="Redis refuses writes during commit"):
+        asyncio.run(_commit_once(replica.url))

@@ -85,6 +85,8 @@ DB_FILE_NAME = "actorflow.db"
 DEFAULT_REDIS_PREFIX = "af:"
 #: Seconds the Redis backend waits for any reply unless the URL sets ``socket_timeout``.
 REDIS_REPLY_TIMEOUT = 10.0
+#: Seconds a ``wait_replicas`` Redis waits for its replicas unless the URL sets ``wait_timeout``.
+DEFAULT_WAIT_TIMEOUT = 1.0
 
 _ACCEPTED = (
     "accepted forms: sqlite://PATH/TO/FILE.db[?sync=full|normal], "
@@ -178,7 +180,7 @@ def _parse_redis(url: str) -> tuple[StorageKind, dict[str, str]]:
     db_text = unquote(parts.path).strip("/")
     if db_text and not db_text.isdigit():
         raise _config_error(url, f"the database must be a number, not {db_text!r}")
-    own = {"prefix": DEFAULT_REDIS_PREFIX, "wait_replicas": "0", "wait_timeout": "1"}
+    own = {"prefix": DEFAULT_REDIS_PREFIX, "wait_replicas": "0", "wait_timeout": ""}
     passthrough: list[tuple[str, str]] = []
     seen: set[str] = set()
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
@@ -194,33 +196,39 @@ def _parse_redis(url: str) -> tuple[StorageKind, dict[str, str]]:
             raise _config_error(url, f"unknown Redis option {name!r} (allowed: {allowed})")
     if not own["prefix"]:
         raise _config_error(url, "prefix must not be empty")
-    _check_wait(url, own["wait_replicas"], own["wait_timeout"], dict(passthrough))
+    given = "wait_timeout" in seen
+    _check_wait(url, own["wait_replicas"], own["wait_timeout"] if given else None, dict(passthrough))
+    own["wait_timeout"] = own["wait_timeout"] if given else f"{DEFAULT_WAIT_TIMEOUT:g}"
     client_url = urlunsplit(
         (parts.scheme.lower(), parts.netloc, f"/{db_text or 0}", urlencode(passthrough), "")
     )
     return "redis", {"url": client_url, "db": db_text or "0", **own}
 
 
-def _check_wait(url: str, replicas: str, timeout: str, passthrough: dict[str, str]) -> None:
-    """Validate ``wait_replicas`` (a whole number >= 0) and ``wait_timeout`` (seconds, more
-    than 0 and less than the reply timeout, so that a waiting commit is not cut off first)."""
-    if not replicas.isdigit() or int(replicas) > 100:
+def _seconds(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def _check_wait(url: str, replicas: str, timeout: str | None, passthrough: dict[str, str]) -> None:
+    """Validate ``wait_replicas`` (a whole number from 0 to 100) and, when it waits or is given,
+    ``wait_timeout`` (seconds, above 0 and at least 1 s below the reply timeout, so that a
+    waiting command is never cut off by the socket first)."""
+    if not re.fullmatch(r"[0-9]{1,3}", replicas) or int(replicas) > 100:
         raise _config_error(url, f"wait_replicas must be a whole number from 0 to 100, not {replicas!r}")
-    try:
-        seconds = float(timeout)
-    except ValueError:
-        seconds = math.nan
-    try:
-        reply_timeout = float(passthrough.get("socket_timeout") or REDIS_REPLY_TIMEOUT)
-    except ValueError:
-        raise _config_error(
-            url, f"socket_timeout must be seconds, not {passthrough['socket_timeout']!r}"
-        ) from None
-    if not (0 < seconds < reply_timeout):
+    if timeout is None and int(replicas) == 0:
+        return
+    reply_text = passthrough.get("socket_timeout") or str(REDIS_REPLY_TIMEOUT)
+    reply_timeout, seconds = _seconds(reply_text), _seconds(timeout or str(DEFAULT_WAIT_TIMEOUT))
+    if math.isnan(reply_timeout) or reply_timeout <= 0:
+        raise _config_error(url, f"socket_timeout must be seconds above 0, not {reply_text!r}")
+    if not (0 < seconds and seconds + 1 <= reply_timeout):
         raise _config_error(
             url,
-            f"wait_timeout must be seconds above 0 and below socket_timeout ({reply_timeout:g}), "
-            f"not {timeout!r}",
+            f"wait_timeout must be seconds above 0 and at least 1 s below socket_timeout "
+            f"({reply_timeout:g}), not {timeout or f'{DEFAULT_WAIT_TIMEOUT:g} (the default)'!r}",
         )
 
 

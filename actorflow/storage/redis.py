@@ -254,7 +254,19 @@ class RedisStorage(Storage):
                 f"(its ACL allows other commands or keys): {exc}",
                 self.url,
             ) from exc
+        except (redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError) as exc:
+            # A demoted primary (a failover under way) or a full one: the server's state, not
+            # the request's fault, so the caller may try again later.
+            note = " (the commit may or may not have applied)" if unknown_outcome else ""
+            raise StorageUnavailableError(
+                f"Redis refuses writes during {what}{note}: {type(exc).__name__}: {exc}", self.url
+            ) from exc
         except redis.exceptions.RedisError as exc:
+            if str(exc).startswith("NOREPLICAS"):  # min-replicas-to-write not met
+                note = " (the commit may or may not have applied)" if unknown_outcome else ""
+                raise StorageUnavailableError(
+                    f"Redis has too few replicas for writes during {what}{note}: {exc}", self.url
+                ) from exc
             raise StorageError(f"Redis error during {what}: {type(exc).__name__}: {exc}", self.url) from exc
 
     async def _replicated(self, what: str, unconfirmed: str) -> None:
@@ -274,7 +286,7 @@ class RedisStorage(Storage):
                 self.url,
             )
 
-    async def _read(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+    async def _read(self, what: str, fn: Callable[[], Awaitable[T]], *, confirm: bool = True) -> T:
         """Run an idempotent operation, retrying it briefly after connection errors (with
         ``wait_replicas``, return only once the replicas hold what it saw)."""
         self._check_usable()
@@ -282,7 +294,8 @@ class RedisStorage(Storage):
             for delay in (*_READ_RETRY_DELAYS, None):
                 try:
                     result = await fn()
-                    await self._replicated(what, "what it read is not returned")
+                    if confirm:
+                        await self._replicated(what, "what it read is not returned")
                     return result
                 except (
                     redis.exceptions.AuthenticationError,
@@ -366,6 +379,8 @@ class RedisStorage(Storage):
                     "commit",
                     "it applied on the primary but is not acknowledged (it could be lost in a failover)",
                 )
+            else:  # what failed the expectation may be another client's unconfirmed write
+                await self._replicated("commit", "its expectation failed on state not yet confirmed")
         return int(result) == 1
 
     async def list_keys(
@@ -410,7 +425,8 @@ class RedisStorage(Storage):
             args.append(plain)
         # Deleting is idempotent, so a retry after a lost reply is harmless (the count may
         # then be low).
-        return int(await self._read("delete_prefix", lambda: self._delete_script(keys=keys, args=args)))
+        run = lambda: self._delete_script(keys=keys, args=args)  # noqa: E731
+        return int(await self._read("delete_prefix", run, confirm=False))
 
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every key that starts with ``prefix`` (a raw string prefix, at any depth).
@@ -444,6 +460,7 @@ class RedisStorage(Storage):
                     if not members:
                         break
                     total += await self._delete_raw([self._kkey(_b(m)) for m in members])
+            await self._replicated("delete_prefix", "the deletion applied on the primary, unconfirmed")
         return total
 
     async def index_range(
