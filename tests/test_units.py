@@ -407,6 +407,20 @@ def test_a_call_resets_the_idle_clock(env: Env) -> None:
 
 
 # --------------------------------------------------------------------------------- outbox
+
+def test_a_read_only_call_resets_the_idle_clock_too(env: Env) -> None:
+    """A read-mostly actor stays cached while it is read (reads refresh its snapshot in place
+    when nothing changed, so they must count as use)."""
+    idle = env.rt.config.idle_seconds
+    env.create(COUNTER, "reader", 0)
+    env.call(COUNTER, "reader", "incr")
+    env.clock.advance(idle * 0.75)
+    assert env.call(COUNTER, "reader", "value") == 1
+    env.clock.advance(idle * 0.75)
+    assert env.rt.cache.passivate_idle() == 0 and "UnitCounter/reader" in env.rt.cache
+    env.clock.advance(idle * 0.5)
+    assert env.rt.cache.passivate_idle() == 1
+
 def test_a_sent_message_is_delivered_exactly_once(env: Env) -> None:
     env.create(INBOX, "s")
     env.create(INBOX, "s-to")

@@ -70,9 +70,11 @@ class SnapshotCache:
         return snap
 
     def remember(self, key: str, snap: Snapshot, *, fresh: bool = True) -> None:
-        cached = self._entries.get(key)
+        cached, now = self._entries.get(key), self.config.clock.monotonic()
         if fresh or cached is None or cached.snapshot.version < snap.version:
-            self._entries[key] = Cached(snap, self.config.clock.monotonic())
+            self._entries[key] = Cached(snap, now)
+        else:
+            cached.last_used = now  # read again unchanged (a read-only call): still in use
         self._entries.move_to_end(key)
         while len(self._entries) > self.config.cache_size:
             self._entries.popitem(last=False)
