@@ -198,3 +198,37 @@ def start_redis(
         if "Address already in use" not in last_log:
             break
     raise RuntimeError(f"redis-server did not start:\n{last_log}")
+
+
+def confirms(primary: RedisServer, replicas: int = 1) -> bool:
+    """Whether ``replicas`` replicas confirm a fresh write to ``primary`` within 0.1 s (WAIT)."""
+    import redis
+
+    with redis.Redis(port=primary.port, password=primary.password) as client:
+        client.incr("ready")
+        return int(client.execute_command("WAIT", replicas, 100)) >= replicas
+
+
+def start_replicated(
+    tmpdir: str | os.PathLike[str], *, timeout: float = 30.0
+) -> tuple[RedisServer, RedisServer]:
+    """Start a primary and one replica of it (files in ``tmpdir``/primary and /replica) and
+    return ``(primary, replica)`` once the replica confirms writes. Raises ``RuntimeError``
+    (with the replica's log), having stopped both, if it does not within ``timeout`` s."""
+    directory = Path(tmpdir)
+    # Without this the primary waits 5 s before it starts a replica's first sync.
+    primary = start_redis(directory / "primary", extra=("--repl-diskless-sync-delay", "0"))
+    try:
+        replica = start_redis(directory / "replica", extra=("--replicaof", "127.0.0.1", str(primary.port)))
+    except BaseException:
+        primary.stop()
+        raise
+    deadline = time.monotonic() + timeout
+    while not confirms(primary):
+        if time.monotonic() > deadline:
+            log = replica.log
+            replica.stop()
+            primary.stop()
+            raise RuntimeError(f"the replica did not catch up with the primary:\n{log}")
+        time.sleep(0.05)
+    return primary, replica

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -13,7 +12,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from _redis import REDIS_SERVER, RedisServer, start_redis
+from _redis import REDIS_SERVER, RedisServer, start_redis, start_replicated
 
 
 @pytest.fixture(scope="session")
@@ -39,24 +38,11 @@ def redis_replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     ``wait_replicas=1`` (add ``&prefix=...``). Both are stopped, by pid, at the end."""
     if not os.access(REDIS_SERVER, os.X_OK):
         pytest.skip(f"redis-server not found at {REDIS_SERVER}")
-    primary = start_redis(tmp_path_factory.mktemp("redis-primary"), extra=("--repl-diskless-sync-delay", "0"))
+    primary, replica = start_replicated(tmp_path_factory.mktemp("redis-replicated"))
     try:
-        replica = start_redis(
-            tmp_path_factory.mktemp("redis-replica"), extra=("--replicaof", "127.0.0.1", str(primary.port))
-        )
-        try:
-            import redis
-
-            deadline = time.monotonic() + 30
-            with redis.Redis(port=primary.port) as client:
-                while not (client.incr("ready") and client.execute_command("WAIT", 1, 100) == 1):
-                    if time.monotonic() > deadline:
-                        pytest.fail(f"the replica did not connect:\n{replica.log}")
-                    time.sleep(0.05)
-            yield f"{primary.url}?wait_replicas=1&wait_timeout=5"
-        finally:
-            replica.stop()
+        yield f"{primary.url}?wait_replicas=1&wait_timeout=5"
     finally:
+        replica.stop()
         primary.stop()
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from _redis import RedisServer, start_redis
+from _redis import RedisServer, confirms, start_redis, start_replicated
 
 from actorflow import workflow
 from actorflow.actor import ActorConfig, ActorRuntime, lookup
@@ -29,8 +29,6 @@ from actorflow.storage import Batch, parse_storage_url
 from actorflow.storage.redis import RedisStorage
 
 pytestmark = pytest.mark.timeout(120)
-#: A primary starts a replica's first sync 5 s after it asks unless told otherwise.
-NO_SYNC_DELAY = ("--repl-diskless-sync-delay", "0")
 
 
 def _wait_for(check: object, what: str, timeout: float = 15.0) -> None:
@@ -42,25 +40,10 @@ def _wait_for(check: object, what: str, timeout: float = 15.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _info(port: int) -> dict[str, object]:
-    with redis.Redis(port=port) as client:
-        return client.info("replication")
-
-
-def _confirms(port: int) -> bool:
-    """Whether one replica confirms a write to the primary on ``port`` within 0.1 s."""
-    with redis.Redis(port=port) as client:
-        client.incr("ready")
-        return int(client.execute_command("WAIT", 1, 100)) == 1
-
-
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer]]:
-    primary = start_redis(tmp_path / "primary", extra=NO_SYNC_DELAY)
-    replica = start_redis(tmp_path / "replica", extra=("--replicaof", "127.0.0.1", str(primary.port)))
+    primary, replica = start_replicated(tmp_path)
     try:
-        _wait_for(lambda: _info(replica.port).get("master_link_status") == "up", "the replica link")
-        _wait_for(lambda: _confirms(primary.port), "the replica to confirm writes")
         yield primary, replica
     finally:
         for server in (replica, primary):
@@ -172,7 +155,7 @@ def _freeze(server: RedisServer) -> None:
     )
 
 
-async def _reads_and_recovery(url: str, replica: RedisServer, primary_port: int) -> None:
+async def _reads_and_recovery(url: str, replica: RedisServer, primary: RedisServer) -> None:
     storage = await RedisStorage.open(url)
     try:
         assert await storage.commit(Batch().put("a/x", b"1"))
@@ -192,7 +175,7 @@ async def _reads_and_recovery(url: str, replica: RedisServer, primary_port: int)
                 await storage.list_keys("a/")
         finally:
             os.kill(replica.pid, signal.SIGCONT)
-        _wait_for(lambda: _confirms(primary_port), "the replica to catch up")
+        _wait_for(lambda: confirms(primary), "the replica to catch up")
         # The replica caught up: the unconfirmed commit and deletion had applied on the
         # primary, and any read of them now confirms them.
         assert await storage.get("a/y") == b"2"
@@ -206,7 +189,7 @@ def test_reads_wait_too_and_everything_recovers_with_the_replica(
     pair: tuple[RedisServer, RedisServer],
 ) -> None:
     primary, replica = pair
-    asyncio.run(_reads_and_recovery(f"{primary.url}?wait_replicas=1&wait_timeout=0.3", replica, primary.port))
+    asyncio.run(_reads_and_recovery(f"{primary.url}?wait_replicas=1&wait_timeout=0.3", replica, primary))
 
 
 def test_a_server_without_enough_replicas_is_refused_at_open(tmp_path: Path) -> None:
@@ -249,7 +232,7 @@ def test_an_actor_call_is_acknowledged_once_replicated_and_a_keyed_retry_lands_o
                 add("second")
         finally:
             os.kill(replica.pid, signal.SIGCONT)
-        _wait_for(lambda: _confirms(primary.port), "the replica to catch up")
+        _wait_for(lambda: confirms(primary), "the replica to catch up")
         assert add("second") == 2
         assert add("second") == 2
         assert add("third") == 3

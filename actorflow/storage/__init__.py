@@ -83,7 +83,10 @@ StorageKind = Literal["sqlite", "redis", "memory"]
 DB_FILE_NAME = "actorflow.db"
 #: Key prefix of the Redis backend unless the URL says ``?prefix=``.
 DEFAULT_REDIS_PREFIX = "af:"
-#: Seconds the Redis backend waits for any reply unless the URL sets ``socket_timeout``.
+#: Seconds the Redis backend waits for any reply unless the URL sets ``socket_timeout``: a
+#: server that stops answering (frozen, partitioned away) then fails a command with
+#: StorageUnavailableError instead of hanging it for good. No command actorflow sends blocks
+#: on the server's side beyond ``wait_timeout``.
 REDIS_REPLY_TIMEOUT = 10.0
 #: Seconds a ``wait_replicas`` Redis waits for its replicas unless the URL sets ``wait_timeout``.
 DEFAULT_WAIT_TIMEOUT = 1.0

@@ -68,10 +68,6 @@ T = TypeVar("T")
 
 #: Seconds to wait for a TCP connection unless the URL sets ``socket_connect_timeout``.
 DEFAULT_CONNECT_TIMEOUT = 10.0
-#: Seconds to wait for any reply unless the URL sets ``socket_timeout``: a server that stops
-#: answering (frozen, partitioned away) then fails a command with StorageUnavailableError
-#: instead of hanging it for good. No command actorflow sends blocks on the server's side.
-DEFAULT_SOCKET_TIMEOUT = REDIS_REPLY_TIMEOUT
 #: Delays before re-trying an idempotent read after a connection error.
 _READ_RETRY_DELAYS = (0.05, 0.25)
 #: Keys handed to one run of the delete script by :meth:`RedisStorage.delete_prefix`.
@@ -183,7 +179,7 @@ class RedisStorage(Storage):
                 details["url"],
                 decode_responses=False,
                 socket_connect_timeout=DEFAULT_CONNECT_TIMEOUT,
-                socket_timeout=DEFAULT_SOCKET_TIMEOUT,
+                socket_timeout=REDIS_REPLY_TIMEOUT,
                 retry=Retry(NoBackoff(), 0),
             )
         except (ValueError, TypeError) as exc:
@@ -239,12 +235,12 @@ class RedisStorage(Storage):
 
     @contextlib.contextmanager
     def _translated(self, what: str, *, unknown_outcome: bool = False) -> Iterator[None]:
+        note = " (the commit may or may not have applied)" if unknown_outcome else ""
         try:
             yield
         except StorageError:
             raise
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-            note = " (the commit may or may not have applied)" if unknown_outcome else ""
             raise StorageUnavailableError(
                 f"cannot reach Redis during {what}{note}: {type(exc).__name__}: {exc}", self.url
             ) from exc
@@ -254,18 +250,14 @@ class RedisStorage(Storage):
                 f"(its ACL allows other commands or keys): {exc}",
                 self.url,
             ) from exc
-        except (redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError) as exc:
-            # A demoted primary (a failover under way) or a full one: the server's state, not
-            # the request's fault, so the caller may try again later.
-            note = " (the commit may or may not have applied)" if unknown_outcome else ""
-            raise StorageUnavailableError(
-                f"Redis refuses writes during {what}{note}: {type(exc).__name__}: {exc}", self.url
-            ) from exc
         except redis.exceptions.RedisError as exc:
-            if str(exc).startswith("NOREPLICAS"):  # min-replicas-to-write not met
-                note = " (the commit may or may not have applied)" if unknown_outcome else ""
+            # A demoted primary (a failover under way), a full one, or one short of the
+            # replicas min-replicas-to-write asks for: the server's state, not the request's
+            # fault, so the caller may try again later.
+            refused = (redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError)
+            if isinstance(exc, refused) or str(exc).startswith("NOREPLICAS"):
                 raise StorageUnavailableError(
-                    f"Redis has too few replicas for writes during {what}{note}: {exc}", self.url
+                    f"Redis refuses writes during {what}{note}: {type(exc).__name__}: {exc}", self.url
                 ) from exc
             raise StorageError(f"Redis error during {what}: {type(exc).__name__}: {exc}", self.url) from exc
 
@@ -374,14 +366,16 @@ class RedisStorage(Storage):
             args.append(member.encode("utf-8"))
         with self._translated("commit", unknown_outcome=True):
             result = await self._commit_script(keys=keys, args=args)
-            if int(result) == 1:
-                await self._replicated(
-                    "commit",
-                    "it applied on the primary but is not acknowledged (it could be lost in a failover)",
-                )
-            else:  # what failed the expectation may be another client's unconfirmed write
-                await self._replicated("commit", "its expectation failed on state not yet confirmed")
-        return int(result) == 1
+            applied = int(result) == 1
+            # Wait either way: what failed an expectation may be another client's write that
+            # the replicas do not hold yet.
+            await self._replicated(
+                "commit",
+                "it applied on the primary but is not acknowledged (it could be lost in a failover)"
+                if applied
+                else "its expectation failed on state not yet confirmed",
+            )
+        return applied
 
     async def list_keys(
         self, prefix: str, *, start_after: str | None = None, limit: int | None = None
