@@ -17,7 +17,7 @@ from typing import Any
 
 from actorflow.actor._class import VirtualActorClass
 from actorflow.actor._config import ActorConfig
-from actorflow.actor._keys import k_snapshot
+from actorflow.actor._keys import actor_name, k_snapshot
 from actorflow.actor._state import Snapshot, restore
 from actorflow.errors import ActorNotFoundError, ActorStateError
 from actorflow.storage import Storage
@@ -66,7 +66,7 @@ class SnapshotCache:
         if raw is None:
             raise ActorNotFoundError(ac.type_name, actor_id)
         snap = Snapshot.unpack(raw)
-        self.remember(f"{ac.type_name}/{actor_id}", snap, fresh=fresh)
+        self.remember(actor_name(ac.type_name, actor_id), snap, fresh=fresh)
         return snap
 
     def remember(self, key: str, snap: Snapshot, *, fresh: bool = True) -> None:

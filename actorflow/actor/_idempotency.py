@@ -25,7 +25,7 @@ from typing import Any
 
 from actorflow import _codec
 from actorflow.actor._config import ActorConfig
-from actorflow.actor._keys import idem_index, k_idem
+from actorflow.actor._keys import actor_name, idem_index, k_idem
 from actorflow.errors import IdempotencyKeyReusedError, IdempotencyWindowFullError
 from actorflow.storage import Batch, Storage
 
@@ -108,7 +108,7 @@ class Window:
 
     async def committed(self, t: str, actor_id: str) -> None:
         """After a keyed commit: every ``TRIM_EVERY`` of them, trim the actor's records."""
-        name = f"{t}/{actor_id}"
+        name = actor_name(t, actor_id)
         n = self._commits_since_trim.pop(name, 0) + 1
         self._commits_since_trim[name] = n
         while len(self._commits_since_trim) > self.config.cache_size:
@@ -120,7 +120,7 @@ class Window:
     async def trim(self, t: str, actor_id: str) -> None:
         """Drop the actor's records older than ``idempotency_ttl`` (never a younger one), then
         note whether it still holds ``idempotency_records`` of them."""
-        name = f"{t}/{actor_id}"
+        name = actor_name(t, actor_id)
         index = idem_index(t, actor_id)
         horizon = self.config.clock.time() - self.config.idempotency_ttl
         for _ in range(MAX_TRIM_ATTEMPTS):
@@ -145,7 +145,7 @@ class Window:
     async def check(self, t: str, actor_id: str) -> None:
         """Refuse a new keyed call on an actor whose window is full (checked again at most once
         a second), rather than forget a record a retry may still need."""
-        name = f"{t}/{actor_id}"
+        name = actor_name(t, actor_id)
         if self.config.clock.monotonic() - self._full.get(name, 0.0) >= 1.0:
             await self.trim(t, actor_id)
         if name not in self._full:

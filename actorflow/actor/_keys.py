@@ -39,6 +39,12 @@ IDEM_DIR, TIMER_DIR, TIMERFAIL_DIR, FAILED_DIR, OUT_DIR = "idem/", "timer/", "ti
 OWN_DIRS = (IDEM_DIR, TIMER_DIR, TIMERFAIL_DIR, FAILED_DIR, OUT_DIR)
 
 
+def actor_name(t: str, a: str) -> str:
+    """``{t}/{a}``: how the runtime names an actor in memory (cache, locks, idempotency
+    window) and in a launched workflow's metadata."""
+    return f"{t}/{a}"
+
+
 def k_version(t: str, a: str) -> str:
     return f"act/{t}/{a}/v"
 

@@ -27,6 +27,7 @@ from actorflow.actor._keys import (
     OWN_DIRS,
     TIMER_DIR,
     TIMER_INDEX,
+    actor_name,
     idem_index,
     k_idem,
     k_listing,
@@ -96,14 +97,14 @@ class Lifecycle:
             batch.put(k_version(t, actor_id), snap.stamp).put(k_snapshot(t, actor_id), snap.pack())
             batch.put(k_listing(t, actor_id), b"")
             if await self.storage.commit(batch):
-                self.cache.remember(f"{t}/{actor_id}", snap, fresh=True)
+                self.cache.remember(actor_name(t, actor_id), snap, fresh=True)
                 return True
             # Created (and perhaps deleted again) meanwhile by another caller: look again.
         raise ActorConflictError(t, actor_id, f"actor {t}/{actor_id}: creation kept conflicting")
 
     async def delete(self, ac: VirtualActorClass, actor_id: str) -> None:
         """Delete the actor (see the module docstring). Idempotent."""
-        t, key = ac.type_name, f"{ac.type_name}/{actor_id}"
+        t, key = ac.type_name, actor_name(ac.type_name, actor_id)
         async with self.cache.lock(key):
             for _ in range(MAX_ATTEMPTS):
                 current = await self.storage.get(k_version(t, actor_id))
@@ -203,5 +204,5 @@ class Lifecycle:
                     continue
                 with contextlib.suppress(WorkflowRunningError, WorkflowNotFoundError):
                     meta: dict[str, Any] = await self.engine.metadata(wid, None)
-                    if meta.get("user_metadata", {}).get("actor") == f"{t}/{actor_id}":
+                    if meta.get("user_metadata", {}).get("actor") == actor_name(t, actor_id):
                         await self.engine.delete(wid)  # launched by it, not merely named so

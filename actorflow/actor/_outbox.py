@@ -26,6 +26,7 @@ from actorflow.actor._idempotency import fingerprint
 from actorflow.actor._keys import (
     FAILED_DIR,
     OUTBOX_INDEX,
+    actor_name,
     event_key,
     k_failed,
     k_idem,
@@ -328,7 +329,7 @@ class Outbox:
                         "with another payload; the first one stands and this post changed nothing",
                     )
                 return "pending"
-            if self.turns.window.is_full(f"{t}/{actor_id}"):
+            if self.turns.window.is_full(actor_name(t, actor_id)):
                 await self.turns.window.check(t, actor_id)
             batch = Batch().require(k_version(t, actor_id), current).require(key, None)
             batch.put(key, blob).index_add(OUTBOX_INDEX, member, self.config.clock.time())

@@ -29,7 +29,7 @@ from actorflow.actor._cache import SnapshotCache
 from actorflow.actor._class import VirtualActorClass
 from actorflow.actor._config import ActorConfig
 from actorflow.actor._idempotency import client_key, fingerprint
-from actorflow.actor._keys import listing_prefix
+from actorflow.actor._keys import actor_name, listing_prefix
 from actorflow.actor._lifecycle import Lifecycle
 from actorflow.actor._methods import MethodRunner, mark_method_error
 from actorflow.actor._outbox import Outbox
@@ -152,7 +152,7 @@ class ActorRuntime:
         except Exception as exc:
             mark_method_error(exc)
             raise
-        encoding, data = encode(capture(instance, ac.custom_state), actor=f"{ac.type_name}/{actor_id}")
+        encoding, data = encode(capture(instance, ac.custom_state), actor=actor_name(ac.type_name, actor_id))
         return bool(self.workflows.blocking(self.lifecycle.create(ac, actor_id, encoding, data)))
 
     def require(self, ac: VirtualActorClass, actor_id: str) -> None:

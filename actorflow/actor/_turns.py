@@ -37,6 +37,7 @@ from actorflow.actor._context import Turn
 from actorflow.actor._keys import (
     OUTBOX_INDEX,
     TIMER_INDEX,
+    actor_name,
     idem_index,
     k_idem,
     k_outbox,
@@ -188,7 +189,7 @@ class Turns:
         kwargs: dict[str, Any],
         request: Request,
     ) -> Outcome:
-        t, key = ac.type_name, f"{ac.type_name}/{actor_id}"
+        t, key = ac.type_name, actor_name(ac.type_name, actor_id)
         async with self.cache.lock(key):
             for attempt in range(MAX_ATTEMPTS):
                 cached = self.cache.get(key)
@@ -244,13 +245,13 @@ class Turns:
         current, *rest = await self.storage.get_many(keys)
         record = rest[0] if request.key is not None else None
         if not is_live(current):
-            self.cache.pop(f"{t}/{actor_id}")
+            self.cache.pop(actor_name(t, actor_id))
             raise ActorNotFoundError(t, actor_id)
         if record is not None:
             return self.replay(t, actor_id, info.name, request, record)
         if inbox is not None and rest[-1] != inbox.raw:
             raise Dropped(f"{inbox.member} was taken meanwhile")
-        if request.key is not None and self.window.is_full(f"{t}/{actor_id}"):
+        if request.key is not None and self.window.is_full(actor_name(t, actor_id)):
             await self.window.check(t, actor_id)
         if cached is not None and cached.snapshot.stamp == current:
             return cached.snapshot
@@ -303,7 +304,7 @@ class Turns:
         request: Request,
     ) -> Outcome | None:
         """Commit the turn (see the module docstring); ``None`` if the compare-and-set failed."""
-        t, name = ac.type_name, f"{ac.type_name}/{actor_id}"
+        t, name = ac.type_name, actor_name(ac.type_name, actor_id)
         now = self.config.clock.time()
         encoding, data = encode(capture(instance, ac.custom_state), actor=name)
         new = snap.successor(encoding, data, ac.schema_version, now)
