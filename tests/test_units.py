@@ -408,6 +408,7 @@ def test_a_call_resets_the_idle_clock(env: Env) -> None:
 
 # --------------------------------------------------------------------------------- outbox
 
+
 def test_a_read_only_call_resets_the_idle_clock_too(env: Env) -> None:
     """A read-mostly actor stays cached while it is read (reads refresh its snapshot in place
     when nothing changed, so they must count as use)."""
@@ -420,6 +421,7 @@ def test_a_read_only_call_resets_the_idle_clock_too(env: Env) -> None:
     assert env.rt.cache.passivate_idle() == 0 and "UnitCounter/reader" in env.rt.cache
     env.clock.advance(idle * 0.5)
     assert env.rt.cache.passivate_idle() == 1
+
 
 def test_a_sent_message_is_delivered_exactly_once(env: Env) -> None:
     env.create(INBOX, "s")
@@ -605,3 +607,56 @@ def test_pickles_written_before_the_split_still_load(
     old = data.replace(f"{new_module}\n{new_name}\n".encode(), f"{old_module}\n{old_name}\n".encode())
     assert old != data
     assert _codec.loads(old) == value
+
+
+def test_every_key_of_an_actor_and_its_sub_workflows_is_in_the_actors_group() -> None:
+    """What a turn commits (state, listing, records, outbox, timers, a launched sub-workflow)
+    is one group, hence one hash slot on Redis Cluster; spread directories are the listings."""
+    from actorflow.actor import _keys as ak
+    from actorflow.engine import _store as es
+    from actorflow.storage._groups import dir_group, key_group, member_group
+
+    t, a = "Shop", "cart:7"
+    wid = ak.workflow_id(t, a, 12)
+    group = key_group(ak.k_version(t, a))
+    keys = [
+        ak.k_version(t, a),
+        ak.k_snapshot(t, a),
+        ak.k_listing(t, a),
+        ak.k_idem(t, a, "x/y"),
+        ak.k_outbox(t, a, "m1"),
+        ak.k_timer(t, a, "bell"),
+        ak.k_timer_failure(t, a, "bell"),
+        ak.k_failed(t, a, "e1"),
+        es.k_meta(wid),
+        es.k_index(wid),
+        es.k_lease(wid),
+        es.k_step(wid, "s1"),
+        es.k_object(wid, "o1"),
+        es.k_event(wid, "k"),
+    ]
+    assert {key_group(k) for k in keys} == {group} == {"Shop/cart:7"}
+    assert member_group(ak.TIMER_INDEX, ak.timer_member(t, a, "bell")) == group
+    assert member_group(ak.OUTBOX_INDEX, ak.outbox_member(t, a, "m1")) == group
+    assert member_group(ak.idem_index(t, a), "any") == group
+    assert key_group(es.k_meta("20261201-120000.abc")) == "wf:20261201-120000.abc"
+    assert dir_group(ak.listing_prefix(t)) is None and dir_group(es.INDEX_PREFIX) is None
+    # A directory inside a group lists only keys of that group.
+    for key in [*keys, "x", "a/b/c", "wf/w/s/deep/er", "act/T", "acts//x", "wfs/a/b"]:
+        directory = key[: key.rfind("/") + 1]
+        assert dir_group(directory) in (None, key_group(key)), key
+
+
+def test_a_commit_across_two_groups_is_refused_on_every_backend() -> None:
+    import asyncio
+
+    from actorflow.errors import StorageError
+    from actorflow.storage import Batch, MemoryStorage
+
+    async def attempt() -> None:
+        s = MemoryStorage("")
+        with pytest.raises(StorageError, match="one group"):
+            await s.commit(Batch().put("act/T/a/v", b"1").put("act/T/b/v", b"1"))
+        assert await s.get("act/T/a/v") is None
+
+    asyncio.run(attempt())

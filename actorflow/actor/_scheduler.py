@@ -36,6 +36,7 @@ from actorflow.actor._methods import is_method_error
 from actorflow.actor._state import is_live
 from actorflow.actor._timers import (
     CLAIM_BATCH,
+    CLAIM_CONCURRENCY,
     CLAIM_SECONDS,
     MAX_ATTEMPTS,
     Completion,
@@ -170,39 +171,53 @@ class Scheduler:
         return counts
 
     async def claim(self, members: list[str]) -> list[Completion]:
-        """Claim these due timers (index members), many per commit, each a compare-and-set on
-        the timer's record; a claim lasts ``CLAIM_SECONDS``."""
-        claims: list[Completion] = []
-        for start in range(0, len(members), CLAIM_BATCH):
-            chunk = members[start : start + CLAIM_BATCH]
-            keys = [timer_key_of(m) for m in chunk]
+        """Claim these due timers (index members), one commit per actor (up to ``CLAIM_BATCH``
+        timers each, ``CLAIM_CONCURRENCY`` actors at a time), each a compare-and-set on the timer's record; a
+        claim lasts ``CLAIM_SECONDS``. A commit stays within one actor's keys, which on Redis
+        Cluster is one hash slot."""
+        by_actor: dict[tuple[str, str], list[str]] = {}
+        for member in members:
+            t, actor_id, _ = split_member(member)
+            by_actor.setdefault((t, actor_id), []).append(member)
+        chunks = [ms[i : i + CLAIM_BATCH] for ms in by_actor.values() for i in range(0, len(ms), CLAIM_BATCH)]
+        lanes = asyncio.Semaphore(CLAIM_CONCURRENCY)
+
+        async def one(chunk: list[str]) -> list[Completion]:
+            async with lanes:
+                return await self._claim_chunk(chunk)
+
+        results = await asyncio.gather(*(one(chunk) for chunk in chunks))
+        return [claim for result in results for claim in result]
+
+    async def _claim_chunk(self, chunk: list[str]) -> list[Completion]:
+        """Claim due timers of one actor in one commit (retried when some changed meanwhile)."""
+        keys = [timer_key_of(m) for m in chunk]
+        raws = await self.storage.get_many(keys)
+        for _ in range(3):
+            batch, taken = Batch(), []
+            now = self.config.clock.time()
+            for member, key, raw in zip(chunk, keys, raws, strict=True):
+                if raw is None:  # cancelled: drop the stale index entry
+                    stale = Batch().require(key, None).index_remove(TIMER_INDEX, member)
+                    await self.storage.commit(stale)
+                    continue
+                timer = Timer.decode(raw)
+                if timer.claim and timer.claim_until > now:
+                    continue  # another scheduler is firing it
+                if not timer.claim and timer.next_try > now:
+                    continue  # fired and moved on since the index was read
+                timer.claim, timer.claim_until = uuid.uuid4().hex, now + CLAIM_SECONDS
+                claimed = timer.encode()
+                batch.require(key, raw).put(key, claimed)
+                batch.index_add(TIMER_INDEX, member, timer.claim_until)
+                taken.append(Completion(timer, key, member, claimed))
+            if not taken:
+                return []
+            if await self.storage.commit(batch):
+                return taken
+            # Another scheduler (or an actor) changed some of them: look again.
             raws = await self.storage.get_many(keys)
-            for _ in range(3):
-                batch, taken = Batch(), []
-                now = self.config.clock.time()
-                for member, key, raw in zip(chunk, keys, raws, strict=True):
-                    if raw is None:  # cancelled: drop the stale index entry
-                        stale = Batch().require(key, None).index_remove(TIMER_INDEX, member)
-                        await self.storage.commit(stale)
-                        continue
-                    timer = Timer.decode(raw)
-                    if timer.claim and timer.claim_until > now:
-                        continue  # another scheduler is firing it
-                    if not timer.claim and timer.next_try > now:
-                        continue  # fired and moved on since the index was read
-                    timer.claim, timer.claim_until = uuid.uuid4().hex, now + CLAIM_SECONDS
-                    claimed = timer.encode()
-                    batch.require(key, raw).put(key, claimed)
-                    batch.index_add(TIMER_INDEX, member, timer.claim_until)
-                    taken.append(Completion(timer, key, member, claimed))
-                if not taken:
-                    break
-                if await self.storage.commit(batch):
-                    claims += taken
-                    break
-                # Another scheduler (or an actor) changed some of them: look again.
-                raws = await self.storage.get_many(keys)
-        return claims
+        return []
 
     # ------------------------------------------------------------------ one firing
     async def fire(self, claim: Completion) -> str:

@@ -45,7 +45,8 @@ MIN_PERIOD = 1.0
 MAX_SECONDS = 100 * 365 * 24 * 3600.0
 MAX_ATTEMPTS = 5
 CLAIM_SECONDS = 60.0
-CLAIM_BATCH = 100  # timers claimed per commit
+CLAIM_BATCH = 100  # timers claimed per commit (all of one actor)
+CLAIM_CONCURRENCY = 16  # actors whose timers one scheduler claims at once
 
 
 @dataclass

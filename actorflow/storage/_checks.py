@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from actorflow.errors import StorageError
 from actorflow.storage._base import Batch
+from actorflow.storage._groups import batch_group
 
 
 def check_key(key: object, what: str, url: str) -> str:
@@ -39,6 +40,8 @@ class CheckedBatch:
     deletes: list[str]
     index_put: list[tuple[str, str, float]]
     index_delete: list[tuple[str, str]]
+    #: The one group (:mod:`actorflow.storage._groups`) every key and member belongs to.
+    group: str
 
     @property
     def writes_nothing(self) -> bool:
@@ -49,7 +52,8 @@ def check_batch(batch: Batch, url: str) -> CheckedBatch:
     """Validate ``batch`` and snapshot it; raise :class:`StorageError` if it is malformed.
 
     Malformed means: a key or name that is not UTF-8-encodable text, a value that is not
-    bytes-like, a NaN score, or a key (or index member) that is both written and deleted.
+    bytes-like, a NaN score, a key (or index member) that is both written and deleted, or keys
+    and members of more than one group (:mod:`actorflow.storage._groups`).
     """
     expect = []
     for key, want in batch.expect.items():
@@ -79,7 +83,12 @@ def check_batch(batch: Batch, url: str) -> CheckedBatch:
         if clash:
             raise StorageError(f"batch both adds and removes {sorted(clash)!r} in index {name!r}", url)
         index_delete.extend((name, check_key(m, "index member", url)) for m in gone)
-    return CheckedBatch(expect, puts, deletes, index_put, index_delete)
+    group = batch_group(
+        [k for k, _ in expect] + [k for k, _ in puts] + deletes,
+        [(i, m) for i, m, _ in index_put] + index_delete,
+        url,
+    )
+    return CheckedBatch(expect, puts, deletes, index_put, index_delete, group)
 
 
 def key_successor(prefix: str) -> str | None:
