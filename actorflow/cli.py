@@ -207,6 +207,22 @@ def _workflows(args: argparse.Namespace) -> int:
     return 0
 
 
+def _storage(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from actorflow.errors import ConfigError
+    from actorflow.storage import default_storage_url, parse_storage_url
+
+    url = args.url or args.storage or default_storage_url()
+    if parse_storage_url(url)[0] != "redis":
+        raise ConfigError("only a Redis storage has an earlier layout to migrate from")
+    from actorflow.storage.redis_migrate import migrate
+
+    counts = asyncio.run(migrate(url, progress=print))
+    print(f"done: {counts['keys']} keys, {counts['index_members']} index members in the current layout")
+    return 0
+
+
 def _add_token_arguments(parser: argparse.ArgumentParser, what: str) -> None:
     """--token and --token-file, which exclude each other (argparse reports both given)."""
     tokens = parser.add_mutually_exclusive_group()
@@ -244,6 +260,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         p = wf_sub.add_parser(name)
         p.add_argument("workflow_id")
     wf.set_defaults(func=_workflows)
+    st = sub.add_parser("storage", help="maintain a storage")
+    st_sub = st.add_subparsers(dest="action", required=True)
+    mig = st_sub.add_parser(
+        "migrate",
+        help="move a single Redis's data from the layout before Redis Cluster support to the current "
+        "one (stop every process that uses it first; safe to run again)",
+    )
+    mig.add_argument("url", nargs="?", default=None, help="the Redis URL (default: --storage)")
+    st.set_defaults(func=_storage)
     srv = sub.add_parser("serve", help="run the HTTP service on a local Ray with the given actor modules")
     srv.add_argument("modules", nargs="*", metavar="MODULE", help="modules that define actor types")
     srv.add_argument("--host", default="127.0.0.1")

@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
@@ -175,6 +176,7 @@ def start_redis(
     timeout: float = 15.0,
     password: str | None = None,
     extra: tuple[str, ...] = (),
+    pick_port: Callable[[], int] = free_port,
 ) -> RedisServer:
     """Start ``redis-server`` with its files in ``tmpdir``; return once it answers PING.
 
@@ -188,7 +190,7 @@ def start_redis(
     directory.mkdir(parents=True, exist_ok=True)
     last_log = ""
     for _attempt in range(3):
-        port = free_port()
+        port = pick_port()
         (directory / "redis.log").write_bytes(b"")  # the log of this attempt only
         server = RedisServer(_launch(port, directory, password, extra), port, directory, password, extra)
         if _wait_for_ping(server, timeout):
@@ -232,3 +234,145 @@ def start_replicated(
             raise RuntimeError(f"the replica did not catch up with the primary:\n{log}")
         time.sleep(0.05)
     return primary, replica
+
+
+REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+
+
+class RedisCluster:
+    """A Redis Cluster of child ``redis-server`` processes: ``primaries`` primaries, each with
+    ``replicas`` replicas. ``url`` is a ``redis+cluster://`` URL of the first node; ``stop()``
+    stops every node by pid."""
+
+    def __init__(self, nodes: list[RedisServer]) -> None:
+        self.nodes = nodes
+        self.url = f"redis+cluster://127.0.0.1:{nodes[0].port}"
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def primaries(self) -> list[RedisServer]:
+        """The nodes that are primaries now (as the cluster sees it)."""
+        import redis
+
+        out = []
+        for node in self.nodes:
+            if not node.running():
+                continue
+            with redis.Redis(port=node.port) as client:
+                if client.info("replication")["role"] == "master":
+                    out.append(node)
+        return out
+
+    def __enter__(self) -> RedisCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+#: redis-server arguments of a cluster node (a failed primary is replaced after about 2 s).
+CLUSTER_NODE = (
+    "--cluster-enabled",
+    "yes",
+    "--cluster-config-file",
+    "nodes.conf",
+    "--cluster-node-timeout",
+    "2000",
+)
+
+
+def cluster_port() -> int:
+    """A free port of 127.0.0.1 for a cluster node: at most 55535 (its bus listens 10000
+    above) with the bus port free too."""
+    while True:
+        port = free_port()
+        if port > 55535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+def _cluster_ok(node: RedisServer) -> bool:
+    import redis
+
+    try:
+        with redis.Redis(port=node.port, socket_timeout=1) as client:
+            info = client.execute_command("CLUSTER", "INFO")
+    except redis.RedisError:
+        return False
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    return "cluster_state:ok" in text
+
+
+def start_cluster(
+    tmpdir: str | os.PathLike[str], *, primaries: int = 3, replicas: int = 0, timeout: float = 60.0
+) -> RedisCluster:
+    """Start ``primaries * (1 + replicas)`` cluster-enabled servers (files in ``tmpdir``/nodeN),
+    join them with ``redis-cli --cluster create`` and return once every node reports the cluster
+    ok. Raises ``RuntimeError`` (having stopped them all) if it does not within ``timeout`` s."""
+    directory = Path(tmpdir)
+    nodes: list[RedisServer] = []
+    try:
+        for i in range(primaries * (1 + replicas)):
+            nodes.append(
+                start_redis(
+                    directory / f"node{i}",
+                    extra=(*CLUSTER_NODE, "--repl-diskless-sync-delay", "0"),
+                    pick_port=cluster_port,
+                )
+            )
+        create = subprocess.run(
+            [
+                REDIS_CLI,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{n.port}" for n in nodes),
+                "--cluster-replicas",
+                str(replicas),
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+        if create.returncode != 0:
+            raise RuntimeError(
+                f"redis-cli --cluster create failed:\n{create.stdout.decode()}{create.stderr.decode()}"
+            )
+        deadline = time.monotonic() + timeout
+        while not all(_cluster_ok(n) for n in nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster did not become ok:\n" + "\n".join(n.log for n in nodes))
+            time.sleep(0.1)
+        return RedisCluster(nodes)
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
+
+
+def start_slot_checked(tmpdir: str | os.PathLike[str], *, timeout: float = 30.0) -> RedisServer:
+    """A single Redis that refuses, as a cluster would, any command whose keys lie in two hash
+    slots (``CROSSSLOT``): a one-node cluster that owns every slot. Clients use it as a plain
+    server (``redis://``, database 0); what it rejects would fail on a real cluster."""
+    import redis
+
+    server = start_redis(tmpdir, extra=CLUSTER_NODE, pick_port=cluster_port)
+    try:
+        with redis.Redis(port=server.port) as client:
+            client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        deadline = time.monotonic() + timeout
+        while not _cluster_ok(server):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the one-node cluster did not become ok:\n{server.log}")
+            time.sleep(0.05)
+        return server
+    except BaseException:
+        server.stop()
+        raise

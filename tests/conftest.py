@@ -12,24 +12,47 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from _redis import REDIS_SERVER, RedisServer, start_redis, start_replicated
+from _redis import (
+    REDIS_SERVER,
+    RedisCluster,
+    RedisServer,
+    start_cluster,
+    start_replicated,
+    start_slot_checked,
+)
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One real ``redis-server`` for the whole session (stopped, by pid, at the end).
 
-    Tests share it: give each test its own key prefix (``?prefix=t<uuid>:``) or database.
+    Tests share it: give each test its own key prefix (``?prefix=t<uuid>:``). Clients use it as
+    a single server (``redis://``), but it runs as a one-node cluster that owns every hash slot,
+    so it refuses (``CROSSSLOT``) any commit or other command whose keys span two slots: what
+    would fail on a Redis Cluster fails in every test that uses it, from any process.
     """
     if not os.access(REDIS_SERVER, os.X_OK):
         if os.environ.get("CI"):
             pytest.fail(f"redis-server not found at {REDIS_SERVER}; .ci/run should have installed it")
         pytest.skip(f"redis-server not found at {REDIS_SERVER}")
-    server = start_redis(tmp_path_factory.mktemp("redis"))
+    server = start_slot_checked(tmp_path_factory.mktemp("redis"))
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A Redis Cluster of 3 primaries for the whole session (``.url`` is ``redis+cluster://``);
+    every node is stopped, by pid, at the end."""
+    if not os.access(REDIS_SERVER, os.X_OK):
+        pytest.skip(f"redis-server not found at {REDIS_SERVER}")
+    cluster = start_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")
@@ -83,11 +106,15 @@ def ray_address(ray_session: None) -> str:
     return str(ray.get_runtime_context().gcs_address)
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "redis-cluster"])
 def storage_url(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> str:
-    """A fresh, empty storage URL on each backend."""
+    """A fresh, empty storage URL on each backend: a SQLite file, a prefix on the session's
+    single Redis, a prefix on its 3-primary Redis Cluster."""
     if request.param == "sqlite":
         return f"sqlite://{tmp_path}/actorflow.db"
+    if request.param == "redis-cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        return f"{cluster.url}?prefix=t{uuid.uuid4().hex[:12]}:"
     server: RedisServer = request.getfixturevalue("redis_server")
     return f"{server.url}?prefix=t{uuid.uuid4().hex[:12]}:"
 

@@ -111,6 +111,6 @@ def test_a_wrong_password_is_refused_and_never_printed(acl_server: RedisServer) 
 def test_a_prefix_outside_the_users_keys_is_refused_by_the_server(acl_server: RedisServer) -> None:
     url = f"redis://app:{PASSWORD}@127.0.0.1:{acl_server.port}/0?prefix=other:"
     with pytest.raises(
-        StorageError, match="the Redis user may not run the commit on keys under the prefix 'other:'"
+        StorageError, match="the Redis user may not run the layout check on keys under the prefix 'other:'"
     ):
         asyncio.run(_storage_operations(url))

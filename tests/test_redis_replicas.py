@@ -121,7 +121,8 @@ async def _commits_until_killed(
 
 def _survivors(replica: RedisServer) -> set[str]:
     with redis.Redis(port=replica.port) as client:
-        return {k.decode()[len("af:k:") :] for k in client.scan_iter(match="af:k:*", count=1000)}
+        names = client.scan_iter(match="af:{*}k:*", count=1000)
+        return {k.decode().split("}k:", 1)[1] for k in names}
 
 
 def test_no_acknowledged_commit_is_lost_when_the_primary_dies(pair: tuple[RedisServer, RedisServer]) -> None:

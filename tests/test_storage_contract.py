@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from _redis import RedisServer, free_port, start_redis
+from _redis import RedisCluster, RedisServer, free_port, start_redis
 
 from actorflow.errors import ConfigError, StorageError, StorageUnavailableError
 from actorflow.storage import (
@@ -35,6 +35,7 @@ from actorflow.storage import (
     parse_storage_url,
     redact_url,
 )
+from actorflow.storage.redis import RedisStorage, bucket_of
 
 REPO = Path(__file__).resolve().parent.parent
 ALL_BYTES = bytes(range(256))
@@ -51,7 +52,7 @@ class Backend:
         return await open_storage(self.url)
 
 
-@pytest.fixture(params=["sqlite", "redis", "redis-replicated", "memory"])
+@pytest.fixture(params=["sqlite", "redis", "redis-replicated", "redis-cluster", "memory"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param == "sqlite":
         return Backend("sqlite", f"sqlite://{tmp_path}/nested/dir/store.db")
@@ -60,6 +61,9 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param == "redis-replicated":  # every operation waits for the replica
         url: str = request.getfixturevalue("redis_replicated")
         return Backend("redis", f"{url}&prefix=t{uuid.uuid4().hex}:")
+    if request.param == "redis-cluster":  # 3 primaries
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        return Backend("redis", f"{cluster.url}?prefix=t{uuid.uuid4().hex}:")
     server: RedisServer = request.getfixturevalue("redis_server")
     return Backend("redis", f"{server.url}?prefix=t{uuid.uuid4().hex}:")
 
@@ -74,10 +78,13 @@ async def storage(backend: Backend) -> AsyncIterator[Storage]:
 
 
 async def put_all(storage: Storage, keys: list[str]) -> None:
-    batch = Batch()
-    for k in keys:
-        batch.put(k, k.encode())
-    assert await storage.commit(batch)
+    """Put each key with itself as value, 500 per batch (a Redis command carries at most 3,999
+    arguments, so a Redis commit at most about 990 puts)."""
+    for start in range(0, len(keys), 500):
+        batch = Batch()
+        for k in keys[start : start + 500]:
+            batch.put(k, k.encode())
+        assert await storage.commit(batch)
 
 
 # --------------------------------------------------------------------------------------------
@@ -557,7 +564,13 @@ def test_parse_storage_url_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         "db": "0",
         "wait_replicas": "0",
         "wait_timeout": "1",
+        "cluster": "",
     }
+    kind, details = parse_storage_url("rediss+cluster://u:pw@node1:7000?prefix=x:&ssl_cert_reqs=none")
+    assert kind == "redis" and details["cluster"] == "1" and details["prefix"] == "x:"
+    assert details["url"] == "rediss://u:pw@node1:7000?ssl_cert_reqs=none"
+    with pytest.raises(ConfigError, match="only database 0"):
+        parse_storage_url("redis+cluster://node1:7000/2")
     (tmp_path / "plainfile").write_text("x")
     with pytest.raises(ConfigError):
         parse_storage_url(str(tmp_path / "plainfile"))  # a bare path is a directory
@@ -570,6 +583,7 @@ def test_redact_url() -> None:
     assert redact_url("redis://h:1/0?password=s3cret&x=1") == "redis://h:1/0?password=***&x=1"
     assert redact_url("redis://user@h/0") == "redis://user@h/0"
     assert redact_url("redis://h/0") == "redis://h/0"
+    assert redact_url("redis+cluster://u:pw@h:7000") == "redis+cluster://u:***@h:7000"
     assert redact_url("sqlite:///tmp/a:b@c.db") == "sqlite:///tmp/a:b@c.db"
     assert redact_url("/tmp/data") == "/tmp/data"
 
@@ -669,7 +683,8 @@ async def test_redis_errors_are_translated(redis_server: RedisServer) -> None:
     s = await open_storage(f"{redis_server.url}?prefix={prefix}")
     raw = redis.asyncio.Redis.from_url(redis_server.url)
     try:
-        await raw.set(f"{prefix}d:x/", b"not a sorted set")  # sabotage a directory set
+        assert isinstance(s, RedisStorage)
+        await raw.set(s._dkey(bucket_of(""), b"x/"), b"not a sorted set")  # sabotage a directory set
         with pytest.raises(StorageError) as info:
             await s.list_keys("x/")
         assert not isinstance(info.value, StorageUnavailableError)

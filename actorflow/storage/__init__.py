@@ -32,6 +32,12 @@ Pick a backend with a storage URL and :func:`open_storage`. Accepted forms:
     ``client_name``, ``ssl_cert_reqs``, ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``,
     ``ssl_check_hostname``.
 
+``redis+cluster://[[USER]:PASSWORD@]HOST[:PORT][?OPTIONS]`` and ``rediss+cluster://...``
+    A Redis Cluster (or a cluster-mode managed Redis), reached through any of its nodes: the
+    client discovers the others and follows slot moves. Database 0 only (a cluster has no
+    other); the same options as ``redis://``. Every commit is one script on one hash slot
+    (see :mod:`actorflow.storage.redis` for the layout).
+
 ``memory://NAME`` or ``memory:``
     **Not durable; for tests only.** An in-memory store in the current process
     (:class:`MemoryStorage`), gone when the process exits and invisible to other processes.
@@ -95,9 +101,11 @@ _ACCEPTED = (
     "accepted forms: sqlite://PATH/TO/FILE.db[?sync=full|normal], "
     "file:///DIRECTORY, a bare directory path, "
     "redis://[:PASSWORD@]HOST[:PORT][/DB][?prefix=...&wait_replicas=N&wait_timeout=S], rediss://..., "
+    "redis+cluster://HOST[:PORT][?...], rediss+cluster://..., "
     "memory://NAME (in-process, not durable; for tests)"
 )
-_KNOWN_SCHEMES = ("sqlite", "file", "redis", "rediss", "memory")
+_REDIS_SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster")
+_KNOWN_SCHEMES = ("sqlite", "file", *_REDIS_SCHEMES, "memory")
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):")
 _REDIS_PASSTHROUGH = frozenset(
     {
@@ -180,9 +188,13 @@ def _parse_redis(url: str) -> tuple[StorageKind, dict[str, str]]:
         raise _config_error(url, str(exc)) from None
     if parts.fragment:
         raise _config_error(url, "a Redis URL takes no #fragment")
+    scheme = parts.scheme.lower()
+    cluster = scheme.endswith("+cluster")
     db_text = unquote(parts.path).strip("/")
     if db_text and not db_text.isdigit():
         raise _config_error(url, f"the database must be a number, not {db_text!r}")
+    if cluster and db_text not in ("", "0"):
+        raise _config_error(url, f"a Redis Cluster has only database 0, not {db_text!r}")
     own = {"prefix": DEFAULT_REDIS_PREFIX, "wait_replicas": "0", "wait_timeout": ""}
     passthrough: list[tuple[str, str]] = []
     seen: set[str] = set()
@@ -203,9 +215,15 @@ def _parse_redis(url: str) -> tuple[StorageKind, dict[str, str]]:
     _check_wait(url, own["wait_replicas"], own["wait_timeout"] if given else None, dict(passthrough))
     own["wait_timeout"] = own["wait_timeout"] if given else f"{DEFAULT_WAIT_TIMEOUT:g}"
     client_url = urlunsplit(
-        (parts.scheme.lower(), parts.netloc, f"/{db_text or 0}", urlencode(passthrough), "")
+        (
+            scheme.removesuffix("+cluster"),
+            parts.netloc,
+            "" if cluster else f"/{db_text or 0}",
+            urlencode(passthrough),
+            "",
+        )
     )
-    return "redis", {"url": client_url, "db": db_text or "0", **own}
+    return "redis", {"url": client_url, "db": db_text or "0", "cluster": "1" if cluster else "", **own}
 
 
 def _seconds(text: str) -> float:
@@ -254,7 +272,8 @@ def parse_storage_url(url: str | os.PathLike[str]) -> tuple[StorageKind, dict[st
 
     Returns ``("sqlite", {"path": <absolute file path>, "sync": "normal"|"full"})`` or
     ``("redis", {"url": <URL for redis-py>, "prefix": <key prefix>, "db": <number>,
-    "wait_replicas": <number>, "wait_timeout": <seconds>})`` or
+    "wait_replicas": <number>, "wait_timeout": <seconds>, "cluster": "1" for a cluster URL
+    else ""})`` or
     ``("memory", {"name": <store name, "" for a private store>})``.
     The Redis ``url`` still contains the password; never log it (use :func:`redact_url`).
     Raises :class:`ConfigError`, naming the (redacted) URL and the accepted forms, for an
@@ -297,7 +316,7 @@ def parse_storage_url(url: str | os.PathLike[str]) -> tuple[StorageKind, dict[st
         if not location.startswith("/"):
             raise _config_error(url, "a file: URL must be absolute, like file:///var/lib/actorflow")
         return _parse_directory(url, unquote(location), sync)
-    if scheme in ("redis", "rediss"):
+    if scheme in _REDIS_SCHEMES:
         return _parse_redis(url)
     raise _config_error(url, f"unsupported scheme {scheme!r}")
 

@@ -1,21 +1,34 @@
-"""Redis storage, on ``redis.asyncio`` with binary (undecoded) values.
+"""Redis storage, on ``redis.asyncio`` with binary (undecoded) values; a single server, or a
+Redis Cluster (``redis+cluster://``, :class:`redis.asyncio.cluster.RedisCluster`).
 
-Layout, under a key prefix ``P`` (default ``af:``, URL option ``?prefix=``):
+Layout, under a key prefix ``P`` (default ``af:``, URL option ``?prefix=``). Every key and
+index member belongs to a *group* (an actor with its sub-workflows, a workflow; see
+:mod:`actorflow.storage._groups`), a group to one of :data:`BUCKETS` buckets (CRC-32 of the
+group), and a bucket ``b`` to its hash tag ``{T_b}``, chosen so that the buckets' hash slots
+are evenly spaced over the cluster's slot range:
 
-``P k:KEY``  (string)
+``P{T_b}k:KEY``  (string)
     The value of plain key ``KEY``.
-``P d:DIR``  (sorted set, every score 0)
-    The keys whose directory is ``DIR``, i.e. ``KEY`` up to and including its last ``/``
-    (``""`` for a key without ``/``). Members are full keys, so :meth:`RedisStorage.list_keys`
-    is one ``ZRANGEBYLEX`` over the prefix's directory set: no ``SCAN``, cost proportional
-    to the page returned. A key and its directory entry always change together, atomically.
-``P i:NAME``  (sorted set)
-    The named sorted index ``NAME``.
+``P{T_b}d:DIR``  (sorted set, every score 0)
+    The keys of bucket ``b`` whose directory is ``DIR`` (``KEY`` up to and including its last
+    ``/``). Members are full keys, so :meth:`RedisStorage.list_keys` is one ``ZRANGEBYLEX``
+    per bucket that the directory spans (one for a directory inside a group, every bucket
+    for a spread one, merged), costing in proportion to the page returned.
+``P{T_b}i:NAME``  (sorted set)
+    Bucket ``b``'s part of the named sorted index ``NAME``.
+``P{T_b}sync``
+    The marker ``wait_replicas`` writes before it ``WAIT`` s.
+``Playout``
+    The layout's version and bucket count (``2:16``), written when the storage is first
+    opened; a database that holds keys of the earlier layout (``Pk:``, ``Pd:``, ``Pi:``, no
+    hash tag) is refused until ``actorflow storage migrate`` has moved them
+    (:func:`actorflow.storage.redis_migrate.migrate`).
 
-:meth:`RedisStorage.commit` is one Lua script (``EVALSHA``, loaded on demand) that checks
-every expectation byte for byte and then applies all writes, so it is atomic with respect to
-every other client of the server. Keys and values are UTF-8 / raw bytes; listing order is
-byte order, as for the SQLite backend.
+A batch stays within one group, so :meth:`RedisStorage.commit` is one Lua script (``EVALSHA``,
+loaded on demand, on any node that lacks it) over keys of one hash slot: it checks every
+expectation byte for byte and then applies all writes, atomically with respect to every
+other client, on a single server and on a cluster alike. Keys and values are UTF-8 / raw
+bytes; listing order is byte order, as for the SQLite backend.
 
 Durability is the server's: a committed batch survives any *client* crash. What survives the
 server is the operator's choice:
@@ -25,15 +38,16 @@ server is the operator's choice:
   default ``everysec``, the last second can be lost). It does not survive losing the disk,
   nor a failover to a replica that had not received the commit yet.
 * ``?wait_replicas=N&wait_timeout=S``: every commit is acknowledged only once N replicas hold
-  it (Redis ``WAIT`` after the commit), so it survives the primary's loss and a failover to
-  any of those replicas (a replica's memory, or its own AOF, holds it). Reads wait the same
-  way for what they returned, so an answer built on a read (an idempotent replay, a re-read
-  after a commit whose reply was lost) is never acknowledged while only the primary holds
-  its data. If the replicas do not confirm within S seconds, the operation raises
-  :class:`StorageUnavailableError` (a commit has then applied on the primary, unconfirmed: a
-  keyed retry is answered once the replicas catch up). It costs one ``INCR`` and one ``WAIT``
-  per operation: replication is ordered, so a marker written after a commit or a read and
-  confirmed by the replicas proves they hold everything before it.
+  it (Redis ``WAIT`` after the commit, on the primary of the commit's slot), so it survives
+  the primary's loss and a failover to any of those replicas (a replica's memory, or its own
+  AOF, holds it). Reads wait the same way for what they returned, so an answer built on a
+  read (an idempotent replay, a re-read after a commit whose reply was lost) is never
+  acknowledged while only the primary holds its data. If the replicas do not confirm within
+  S seconds, the operation raises :class:`StorageUnavailableError` (a commit has then
+  applied on the primary, unconfirmed: a keyed retry is answered once the replicas catch
+  up). It costs one ``INCR`` and one ``WAIT`` per operation and primary: replication is
+  ordered, so a marker written after a commit or a read and confirmed by the replicas
+  proves they hold everything before it.
 
 A :class:`RedisStorage` belongs to the event loop it is first used on (redis.asyncio binds
 its connections to that loop); using it from another loop raises :class:`StorageError`.
@@ -42,127 +56,70 @@ Open one per loop (per process, per thread that runs a loop).
 redis-py's own retries are disabled: a command that failed on the wire may have executed, and
 re-sending a commit could report ``False`` for a batch that in fact applied. Reads are
 retried here (they are idempotent); a commit whose connection breaks raises
-:class:`StorageUnavailableError`, and its outcome is then unknown.
+:class:`StorageUnavailableError`, and its outcome is then unknown. A cluster's redirections
+(``MOVED``, ``ASK``: the slot is elsewhere, nothing ran) are followed by the client; a node
+that cannot be reached makes the client re-read the cluster's layout on the next command,
+so calls recover once a failover has promoted a replica. No command carries more than
+3,999 arguments (the cap of ElastiCache Serverless): deletes go in chunks, and a commit
+larger than that is refused before it is sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import TypeVar
+import heapq
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import redis.asyncio
+import redis.asyncio.cluster
 import redis.exceptions
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
-from actorflow.errors import ConfigError, StorageError, StorageUnavailableError
-from actorflow.storage import REDIS_REPLY_TIMEOUT, parse_storage_url, redact_url
+from actorflow.errors import ConfigError, StorageError
+from actorflow.storage import parse_storage_url, redact_url
 from actorflow.storage._base import Batch, Storage
 from actorflow.storage._checks import check_batch, check_key
+from actorflow.storage._groups import dir_group, index_group, key_group, member_group
+from actorflow.storage._redis_client import RETRYABLE, Replicas, make_client, translated
+from actorflow.storage._redis_names import (
+    BUCKETS,
+    COMMIT_LUA,
+    DELETE_LUA,
+    LAYOUT,
+    MAX_ARGS,
+    Names,
+    as_bytes,
+    bucket_of,
+    bytes_successor,
+    dir_of,
+    score_rows,
+)
 
-__all__ = ["RedisStorage"]
+__all__ = ["BUCKETS", "LAYOUT", "RedisStorage", "bucket_of"]
 
 T = TypeVar("T")
+#: A read for :meth:`RedisStorage._pipelined`: a client method's name, its arguments, options.
+_Call = tuple[str, tuple[Any, ...], dict[str, Any]]
 
-#: Seconds to wait for a TCP connection unless the URL sets ``socket_connect_timeout``.
-DEFAULT_CONNECT_TIMEOUT = 10.0
 #: Delays before re-trying an idempotent read after a connection error.
 _READ_RETRY_DELAYS = (0.05, 0.25)
 #: Keys handed to one run of the delete script by :meth:`RedisStorage.delete_prefix`.
 _DELETE_CHUNK = 500
-
-# KEYS: per expectation its value key; per put and per delete its value key and its
-# directory-set key; per index put / delete the index key.
-# ARGV: 5 counts (expect, put, delete, index put, index delete), then per expectation a flag
-# ("1": must equal the next arg; "0": must be absent) and the expected bytes; per put the key
-# (directory-set member) and value; per delete the key; per index put member and score; per
-# index delete the member.
-_COMMIT_LUA = """
-local ne, np, nd = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local nip, nid = tonumber(ARGV[4]), tonumber(ARGV[5])
-local k, a = 1, 6
-for _ = 1, ne do
-  local have = redis.call('GET', KEYS[k])
-  if ARGV[a] == '0' then
-    if have then return 0 end
-  elseif have ~= ARGV[a + 1] then
-    return 0
-  end
-  k, a = k + 1, a + 2
-end
-for _ = 1, np do
-  redis.call('SET', KEYS[k], ARGV[a + 1])
-  redis.call('ZADD', KEYS[k + 1], 0, ARGV[a])
-  k, a = k + 2, a + 2
-end
-for _ = 1, nd do
-  redis.call('DEL', KEYS[k])
-  redis.call('ZREM', KEYS[k + 1], ARGV[a])
-  k, a = k + 2, a + 1
-end
-for _ = 1, nip do
-  redis.call('ZADD', KEYS[k], ARGV[a + 1], ARGV[a])
-  k, a = k + 1, a + 2
-end
-for _ = 1, nid do
-  redis.call('ZREM', KEYS[k], ARGV[a])
-  k, a = k + 1, a + 1
-end
-return 1
-"""
-
-# KEYS: pairs (value key, directory-set key); ARGV: the plain keys. Returns how many value
-# keys existed (and are now gone).
-_DELETE_LUA = """
-local n = 0
-for i = 1, #ARGV do
-  n = n + redis.call('DEL', KEYS[2 * i - 1])
-  redis.call('ZREM', KEYS[2 * i], ARGV[i])
-end
-return n
-"""
-
-
-def _glob_escape(raw: bytes) -> bytes:
-    """Escape the characters that are special in a Redis ``MATCH`` pattern."""
-    out = bytearray()
-    for byte in raw:
-        if byte in b"*?[]\\":
-            out += b"\\"
-        out.append(byte)
-    return bytes(out)
-
-
-def _bytes_successor(raw: bytes) -> bytes | None:
-    """The smallest byte string greater than every string starting with ``raw``, or None."""
-    stripped = raw.rstrip(b"\xff")
-    if not stripped:
-        return None
-    return stripped[:-1] + bytes([stripped[-1] + 1])
-
-
-def _b(reply: object) -> bytes:
-    """A reply item as bytes (the client never decodes, but its types allow ``str``)."""
-    if isinstance(reply, bytes):
-        return reply
-    if isinstance(reply, str):
-        return reply.encode("utf-8")
-    raise redis.exceptions.InvalidResponse(f"expected a string reply, got {reply!r}")
-
-
-def _dir_of(key: bytes) -> bytes:
-    return key[: key.rfind(b"/") + 1]
+#: Keys per ``MGET``.
+_READ_CHUNK = 1000
 
 
 class RedisStorage(Storage):
-    """Storage in a Redis server (see the module docstring for the layout and guarantees).
+    """Storage in a Redis server or cluster (see the module docstring for the layout and
+    guarantees).
 
     The constructor validates the URL (raising :class:`ConfigError`) but does not connect;
-    :meth:`open` connects and pings. ``list_keys`` returns keys in UTF-8 byte order;
-    ``index_range`` orders equal scores by member; ``delete_prefix`` takes a raw string
-    prefix and deletes in atomic chunks of up to 500 keys.
+    :meth:`open` connects, pings and checks the layout. ``list_keys`` returns keys in UTF-8
+    byte order; ``index_range`` orders equal scores by member; ``delete_prefix`` takes a raw
+    string prefix and deletes in atomic chunks of up to 500 keys of one bucket. ``get_many``
+    reads at one point in time the keys of one group (one ``MGET``); keys of several groups
+    are read per bucket.
     """
 
     def __init__(self, url: str, *, prefix: str | None = None) -> None:
@@ -173,35 +130,34 @@ class RedisStorage(Storage):
         self.prefix = details["prefix"] if prefix is None else prefix
         if not self.prefix:
             raise ConfigError(f"empty key prefix for Redis storage {self.url!r}")
+        if "{" in self.prefix or "}" in self.prefix:
+            raise ConfigError(f"the key prefix {self.prefix!r} of {self.url!r} must not contain '{{' or '}}'")
+        self.cluster = bool(details["cluster"])
         self._p = self.prefix.encode("utf-8")
-        try:
-            self._client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
-                details["url"],
-                decode_responses=False,
-                socket_connect_timeout=DEFAULT_CONNECT_TIMEOUT,
-                socket_timeout=REDIS_REPLY_TIMEOUT,
-                retry=Retry(NoBackoff(), 0),
-            )
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"invalid Redis URL {self.url!r}: {exc}") from None
+        self._client = make_client(details, self.url)
         self.wait_replicas = int(details["wait_replicas"])
         self.wait_timeout = float(details["wait_timeout"])
-        self._marker = self._p + b"sync"
-        self._commit_script = self._client.register_script(_COMMIT_LUA)
-        self._delete_script = self._client.register_script(_DELETE_LUA)
+        self._names = Names(self._p)
+        self._replicas = Replicas(self._client, self._names, self.wait_replicas, self.wait_timeout, self.url)
+        self._commit_script = self._client.register_script(COMMIT_LUA)
+        self._delete_script = self._client.register_script(DELETE_LUA)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     @classmethod
     async def open(cls, url: str, *, prefix: str | None = None) -> RedisStorage:
-        """Connect to the server a ``redis://`` / ``rediss://`` URL names and PING it.
+        """Connect to the server (or cluster) a ``redis://`` / ``rediss://`` /
+        ``redis+cluster://`` URL names, PING it and check the layout of the data under the
+        prefix (recording it on first use).
 
-        Raises :class:`ConfigError` for a malformed URL and :class:`StorageUnavailableError`
-        naming the redacted URL when the server cannot be reached or refuses the login.
+        Raises :class:`ConfigError` for a malformed URL or data in the earlier layout (run
+        ``actorflow storage migrate``), and :class:`StorageUnavailableError` naming the
+        redacted URL when the server cannot be reached or refuses the login.
         """
         storage = cls(url, prefix=prefix)
         try:
-            await storage._read("connect", storage._client.ping)
+            await storage._read("connect", storage._client.ping, confirm=False)
+            await storage._check_layout()
         except BaseException:
             await storage.close()
             raise
@@ -212,14 +168,17 @@ class RedisStorage(Storage):
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def _kkey(self, key: bytes) -> bytes:
-        return self._p + b"k:" + key
+    def _kkey(self, bucket: int, key: bytes) -> bytes:
+        return self._names.value(bucket, key)
 
-    def _dkey(self, directory: bytes) -> bytes:
-        return self._p + b"d:" + directory
+    def _dkey(self, bucket: int, directory: bytes) -> bytes:
+        return self._names.directory(bucket, directory)
 
-    def _ikey(self, name: str) -> bytes:
-        return self._p + b"i:" + name.encode("utf-8")
+    def _ikey(self, bucket: int, name: str) -> bytes:
+        return self._names.index(bucket, name)
+
+    def _key_bucket(self, key: str) -> int:
+        return bucket_of(key_group(key))
 
     def _check_usable(self) -> None:
         if self._closed:
@@ -233,112 +192,148 @@ class RedisStorage(Storage):
                 self.url,
             )
 
-    @contextlib.contextmanager
-    def _translated(self, what: str, *, unknown_outcome: bool = False) -> Iterator[None]:
-        note = " (the commit may or may not have applied)" if unknown_outcome else ""
-        try:
-            yield
-        except StorageError:
-            raise
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-            raise StorageUnavailableError(
-                f"cannot reach Redis during {what}{note}: {type(exc).__name__}: {exc}", self.url
-            ) from exc
-        except redis.exceptions.NoPermissionError as exc:
-            raise StorageError(
-                f"the Redis user may not run the {what} on keys under the prefix {self.prefix!r} "
-                f"(its ACL allows other commands or keys): {exc}",
-                self.url,
-            ) from exc
-        except redis.exceptions.RedisError as exc:
-            # A demoted primary (a failover under way), a full one, or one short of the
-            # replicas min-replicas-to-write asks for: the server's state, not the request's
-            # fault, so the caller may try again later.
-            refused = (redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError)
-            if isinstance(exc, refused) or str(exc).startswith("NOREPLICAS"):
-                raise StorageUnavailableError(
-                    f"Redis refuses writes during {what}{note}: {type(exc).__name__}: {exc}", self.url
-                ) from exc
-            raise StorageError(f"Redis error during {what}: {type(exc).__name__}: {exc}", self.url) from exc
+    def _translated(
+        self, what: str, *, unknown_outcome: bool = False
+    ) -> contextlib.AbstractContextManager[None]:
+        return translated(self.url, self.prefix, what, unknown_outcome=unknown_outcome)
 
-    async def _replicated(self, what: str, unconfirmed: str) -> None:
-        """With ``wait_replicas``, return once that many replicas hold everything written so
-        far: write a marker and ``WAIT`` for it on the same connection (replication is
-        ordered). Raises :class:`StorageUnavailableError` if they do not within the timeout."""
-        if not self.wait_replicas:
-            return
-        pipe = self._client.pipeline(transaction=False)
-        pipe.incr(self._marker)
-        pipe.execute_command("WAIT", self.wait_replicas, max(1, round(self.wait_timeout * 1000)))
-        _, acked = await pipe.execute()
-        if int(acked) < self.wait_replicas:
-            raise StorageUnavailableError(
-                f"only {int(acked)} of the {self.wait_replicas} replicas (wait_replicas) confirmed "
-                f"the {what} within {self.wait_timeout:g} s: {unconfirmed}",
-                self.url,
-            )
+    async def _replicated(self, what: str, unconfirmed: str, buckets: Iterable[int]) -> None:
+        await self._replicas.confirm(what, unconfirmed, buckets)
 
-    async def _read(self, what: str, fn: Callable[[], Awaitable[T]], *, confirm: bool = True) -> T:
+    async def _read(
+        self,
+        what: str,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        confirm: bool = True,
+        buckets: Iterable[int] = (),
+    ) -> T:
         """Run an idempotent operation, retrying it briefly after connection errors (with
-        ``wait_replicas``, return only once the replicas hold what it saw)."""
+        ``wait_replicas``, return only once the replicas of ``buckets`` hold what it saw)."""
         self._check_usable()
         with self._translated(what):
             for delay in (*_READ_RETRY_DELAYS, None):
                 try:
                     result = await fn()
                     if confirm:
-                        await self._replicated(what, "what it read is not returned")
+                        await self._replicated(what, "what it read is not returned", buckets)
                     return result
                 except (
                     redis.exceptions.AuthenticationError,
                     redis.exceptions.AuthorizationError,
                 ):
                     raise
-                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                except RETRYABLE:
                     if delay is None:
                         raise
                     await asyncio.sleep(delay)
             raise AssertionError("unreachable")
+
+    async def _pipelined(self, calls: list[_Call]) -> list[Any]:
+        """Run reads ``(command method, args, options)`` in one pipeline (per node on a
+        cluster); one call needs no pipeline."""
+        if len(calls) == 1:
+            name, args, options = calls[0]
+            return [await getattr(self._client, name)(*args, **options)]
+        pipe = self._client.pipeline(transaction=False)
+        for name, args, options in calls:
+            getattr(pipe, name)(*args, **options)
+        return list(await pipe.execute())
+
+    async def _check_layout(self) -> None:
+        """Check (or, on an empty prefix, record) the layout of the data under the prefix."""
+
+        async def do() -> None:
+            found = await self._client.get(self._names.layout)
+            if found is not None:
+                if as_bytes(found) != LAYOUT:
+                    raise StorageError(
+                        f"the data under the prefix {self.prefix!r} is in layout "
+                        f"{as_bytes(found).decode(errors='replace')!r}; "
+                        f"this version of actorflow reads layout {LAYOUT.decode()!r}",
+                        self.url,
+                    )
+                return
+            if await self._has_old_layout():
+                raise ConfigError(
+                    f"the data under the prefix {self.prefix!r} of {self.url} is in the layout of "
+                    f"actorflow before Redis Cluster support (keys {self.prefix}k:..., no hash tag); "
+                    f"stop every process that uses it and run: actorflow storage migrate {self.url!r}"
+                )
+            with contextlib.suppress(redis.exceptions.ReadOnlyError):  # a replica: reads only
+                await self._client.set(self._names.layout, LAYOUT, nx=True)
+
+        await self._read("layout check", do)
+
+    async def _has_old_layout(self) -> bool:
+        pattern = self._names.old_pattern()
+        async for _ in self._client.scan_iter(match=pattern, count=1000):
+            return True
+        return False
 
     # -- Storage API ------------------------------------------------------------------------
 
     async def get(self, key: str) -> bytes | None:
         """The value of ``key``, or ``None``."""
         check_key(key, "key", self.url)
-        raw = self._kkey(key.encode("utf-8"))
+        bucket = self._key_bucket(key)
+        raw = self._kkey(bucket, key.encode("utf-8"))
 
         async def do() -> bytes | None:
             value = await self._client.get(raw)
-            return None if value is None else _b(value)
+            return None if value is None else as_bytes(value)
 
-        return await self._read("get", do)
+        return await self._read("get", do, buckets=[bucket])
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        """Values of ``keys`` in order (``None`` for absent ones), from one ``MGET``."""
+        """Values of ``keys`` in order (``None`` for absent ones): one ``MGET`` per bucket
+        (chunks of 1,000), so keys of one group are read at one point in time."""
         keys = list(keys)
         for k in keys:
             check_key(k, "key", self.url)
         if not keys:
             return []
-        raws = [self._kkey(k.encode("utf-8")) for k in keys]
+        by_bucket: dict[int, list[int]] = {}
+        for i, k in enumerate(keys):
+            by_bucket.setdefault(self._key_bucket(k), []).append(i)
+        parts: list[list[int]] = []
+        calls: list[_Call] = []
+        for bucket, where in by_bucket.items():
+            for start in range(0, len(where), _READ_CHUNK):
+                part = where[start : start + _READ_CHUNK]
+                parts.append(part)
+                # By name: a cluster pipeline refuses its mget() (which may span slots; these do not).
+                calls.append(
+                    (
+                        "execute_command",
+                        ("MGET", *[self._kkey(bucket, keys[i].encode("utf-8")) for i in part]),
+                        {},
+                    )
+                )
 
         async def do() -> list[bytes | None]:
-            values = await self._client.mget(raws)
-            return [None if v is None else _b(v) for v in values]
+            out: list[bytes | None] = [None] * len(keys)
+            for part, values in zip(parts, await self._pipelined(calls), strict=True):
+                for i, v in zip(part, values, strict=True):
+                    out[i] = None if v is None else as_bytes(v)
+            return out
 
-        return await self._read("get_many", do)
+        return await self._read("get_many", do, buckets=by_bucket)
 
     async def commit(self, batch: Batch) -> bool:
         """Apply ``batch`` with one Lua script if every expectation holds; return whether it did.
 
-        An empty batch returns ``True`` without a round trip. If the connection breaks while
-        the script is in flight, :class:`StorageUnavailableError` is raised and the batch may
-        or may not have applied (callers re-read to find out).
+        The batch's keys all have the hash tag of its group's bucket (one slot). An empty
+        batch returns ``True`` without a round trip. If the connection breaks while the script
+        is in flight, :class:`StorageUnavailableError` is raised and the batch may or may not
+        have applied (callers re-read to find out). A batch that would need more than 3,999
+        arguments raises :class:`StorageError` before anything is sent.
         """
         cb = check_batch(batch, self.url)
         if not cb.expect and cb.writes_nothing:
             return True
         self._check_usable()
+        b = bucket_of(cb.group)
         keys: list[bytes] = []
         args: list[bytes | str] = [
             str(len(cb.expect)),
@@ -348,22 +343,28 @@ class RedisStorage(Storage):
             str(len(cb.index_delete)),
         ]
         for key, want in cb.expect:
-            keys.append(self._kkey(key.encode("utf-8")))
+            keys.append(self._kkey(b, key.encode("utf-8")))
             args += ["0", b""] if want is None else ["1", want]
         for key, value in cb.puts:
             raw = key.encode("utf-8")
-            keys += [self._kkey(raw), self._dkey(_dir_of(raw))]
+            keys += [self._kkey(b, raw), self._dkey(b, dir_of(raw))]
             args += [raw, value]
         for key in cb.deletes:
             raw = key.encode("utf-8")
-            keys += [self._kkey(raw), self._dkey(_dir_of(raw))]
+            keys += [self._kkey(b, raw), self._dkey(b, dir_of(raw))]
             args.append(raw)
         for name, member, score in cb.index_put:
-            keys.append(self._ikey(name))
+            keys.append(self._ikey(b, name))
             args += [member.encode("utf-8"), repr(score)]
         for name, member in cb.index_delete:
-            keys.append(self._ikey(name))
+            keys.append(self._ikey(b, name))
             args.append(member.encode("utf-8"))
+        if len(keys) + len(args) + 3 > MAX_ARGS:
+            raise StorageError(
+                f"a commit of {len(keys)} keys needs {len(keys) + len(args) + 3} arguments, more than "
+                f"the {MAX_ARGS} one Redis command may carry; split it",
+                self.url,
+            )
         with self._translated("commit", unknown_outcome=True):
             result = await self._commit_script(keys=keys, args=args)
             applied = int(result) == 1
@@ -374,6 +375,7 @@ class RedisStorage(Storage):
                 "it applied on the primary but is not acknowledged (it could be lost in a failover)"
                 if applied
                 else "its expectation failed on state not yet confirmed",
+                [b],
             )
         return applied
 
@@ -383,7 +385,9 @@ class RedisStorage(Storage):
         """Keys ``prefix + name`` where ``name`` has no ``/``, in byte order.
 
         Only keys greater than ``start_after`` are returned (if given), at most ``limit`` of
-        them (``limit <= 0`` returns ``[]``). One ``ZRANGEBYLEX`` on the prefix's directory.
+        them (``limit <= 0`` returns ``[]``). One ``ZRANGEBYLEX`` on the directory's set when
+        the directory is inside one group; on a spread one (every actor of a type, every
+        workflow) one per bucket, pipelined, merged in order.
         """
         check_key(prefix, "prefix", self.url)
         if start_after is not None:
@@ -391,127 +395,150 @@ class RedisStorage(Storage):
         if limit is not None and limit <= 0:
             return []
         raw = prefix.encode("utf-8")
-        dkey = self._dkey(_dir_of(raw))
+        directory = dir_of(raw)
+        group = dir_group(directory.decode("utf-8"))
+        buckets = list(range(BUCKETS)) if group is None else [bucket_of(group)]
         if start_after is not None and start_after >= prefix:
             low = b"(" + start_after.encode("utf-8")
         else:
             low = b"[" + raw if raw else b"-"
-        succ = _bytes_successor(raw)
+        succ = bytes_successor(raw)
         high = b"(" + succ if succ is not None else b"+"
+        page = {} if limit is None else {"start": 0, "num": limit}
+        calls: list[_Call] = [("zrangebylex", (self._dkey(b, directory), low, high), page) for b in buckets]
 
         async def do() -> list[str]:
-            if limit is None:
-                members = await self._client.zrangebylex(dkey, low, high)
-            else:
-                members = await self._client.zrangebylex(dkey, low, high, start=0, num=limit)
-            return [_b(m).decode("utf-8") for m in members]
+            parts = [[as_bytes(m) for m in reply] for reply in await self._pipelined(calls)]
+            merged = heapq.merge(*parts) if len(parts) > 1 else iter(parts[0])
+            out = [m.decode("utf-8") for m in merged]
+            return out if limit is None else out[:limit]
 
-        return await self._read("list_keys", do)
+        return await self._read("list_keys", do, buckets=buckets)
 
-    async def _delete_raw(self, value_keys: list[bytes]) -> int:
-        """Delete value keys (full Redis names) and their directory entries; count the deleted."""
+    async def _delete_raw(self, bucket: int, plain: list[bytes]) -> int:
+        """Delete keys of one bucket with their directory entries; count the deleted."""
         keys: list[bytes] = []
-        args: list[bytes] = []
-        strip = len(self._kkey(b""))
-        for vkey in value_keys:
-            plain = vkey[strip:]
-            keys += [vkey, self._dkey(_dir_of(plain))]
-            args.append(plain)
+        for key in plain:
+            keys += [self._kkey(bucket, key), self._dkey(bucket, dir_of(key))]
         # Deleting is idempotent, so a retry after a lost reply is harmless (the count may
         # then be low).
-        run = lambda: self._delete_script(keys=keys, args=args)  # noqa: E731
+        run = lambda: self._delete_script(keys=keys, args=plain)  # noqa: E731
         return int(await self._read("delete_prefix", run, confirm=False))
 
     async def delete_prefix(self, prefix: str) -> int:
         """Delete every key that starts with ``prefix`` (a raw string prefix, at any depth).
 
         ``delete_prefix("a/b")`` also deletes ``"a/bc"``; pass ``"a/b/"`` for a directory.
-        Finds the keys with ``SCAN MATCH``, deletes each together with its directory entry,
-        then sweeps the directory sets under the prefix for anything left. Returns the
-        number of keys deleted. Indexes are not touched.
+        Finds the keys with ``SCAN MATCH`` (every node of a cluster), deletes each together
+        with its directory entry in chunks of one bucket, then sweeps the directory sets
+        under the prefix for anything left. Returns the number of keys deleted. Indexes are
+        not touched.
         """
         check_key(prefix, "prefix", self.url)
         self._check_usable()
-        tail = _glob_escape(prefix.encode("utf-8")) + b"*"
-        value_pattern = _glob_escape(self._kkey(b"")) + tail
-        dir_pattern = _glob_escape(self._dkey(b"")) + tail
+        raw_prefix = prefix.encode("utf-8")
+        # The patterns match every bucket's tag; untag keeps the names that really are ours.
+        value_pattern = self._names.pattern(b"k:", raw_prefix)
+        dir_pattern = self._names.pattern(b"d:", raw_prefix)
         total = 0
+        pending: dict[int, list[bytes]] = {}
+
+        async def flush(bucket: int) -> None:
+            nonlocal total
+            total += await self._delete_raw(bucket, pending.pop(bucket))
+
         with self._translated("delete_prefix"):
-            pending: list[bytes] = []
-            async for vkey in self._client.scan_iter(match=value_pattern, count=1000):
-                pending.append(bytes(vkey))
-                if len(pending) >= _DELETE_CHUNK:
-                    total += await self._delete_raw(pending)
-                    pending = []
-            if pending:
-                total += await self._delete_raw(pending)
+            async for name in self._client.scan_iter(match=value_pattern, count=1000):
+                found = self._names.untag(bytes(name), b"k:")
+                if found is None or not found[1].startswith(raw_prefix):
+                    continue
+                pending.setdefault(found[0], []).append(found[1])
+                if len(pending[found[0]]) >= _DELETE_CHUNK:
+                    await flush(found[0])
+            for bucket in list(pending):
+                await flush(bucket)
             # Directory sets whose directory starts with the prefix hold only keys under it;
             # anything still listed there (a key written concurrently) goes too.
-            dir_sets = [bytes(d) async for d in self._client.scan_iter(match=dir_pattern)]
+            dir_sets = [bytes(d) async for d in self._client.scan_iter(match=dir_pattern, count=1000)]
+            touched: set[int] = set()
             for dkey in dir_sets:
+                found = self._names.untag(dkey, b"d:")
+                if found is None or not found[1].startswith(raw_prefix):
+                    continue
+                touched.add(found[0])
                 while True:
                     members = await self._client.zrange(dkey, 0, _DELETE_CHUNK - 1)
                     if not members:
                         break
-                    total += await self._delete_raw([self._kkey(_b(m)) for m in members])
-            await self._replicated("delete_prefix", "the deletion applied on the primary, unconfirmed")
+                    pending[found[0]] = [as_bytes(m) for m in members]
+                    await flush(found[0])
+            await self._replicated(
+                "delete_prefix", "the deletion applied on the primary, unconfirmed", touched or range(BUCKETS)
+            )
         return total
+
+    def _index_buckets(self, index: str) -> list[int]:
+        group = index_group(index)
+        return list(range(BUCKETS)) if group is None else [bucket_of(group)]
 
     async def index_range(
         self, index: str, *, max_score: float | None = None, limit: int | None = None
     ) -> list[tuple[str, float]]:
-        """Members with score <= ``max_score``, lowest score first, ties by member."""
+        """Members with score <= ``max_score``, lowest score first, ties by member; from each
+        bucket's part of a spread index (pipelined), merged."""
         check_key(index, "index name", self.url)
         if limit is not None and limit <= 0:
             return []
-        ikey = self._ikey(index)
         high = "+inf" if max_score is None else repr(float(max_score))
         if high == "nan":
             return []
+        buckets = self._index_buckets(index)
+        page: dict[str, Any] = (
+            {"withscores": True} if limit is None else {"withscores": True, "start": 0, "num": limit}
+        )
+        calls: list[_Call] = [("zrangebyscore", (self._ikey(b, index), "-inf", high), page) for b in buckets]
 
         async def do() -> list[tuple[str, float]]:
-            if limit is None:
-                rows = await self._client.zrangebyscore(ikey, "-inf", high, withscores=True)
+            parts = [score_rows(reply) for reply in await self._pipelined(calls)]
+            if len(parts) > 1:
+                merged: Iterable[tuple[bytes, float]] = heapq.merge(*parts, key=lambda r: (r[1], r[0]))
             else:
-                rows = await self._client.zrangebyscore(
-                    ikey, "-inf", high, start=0, num=limit, withscores=True
-                )
-            out: list[tuple[str, float]] = []
-            for row in rows:
-                if not isinstance(row, (tuple, list)) or len(row) != 2:
-                    raise redis.exceptions.InvalidResponse(f"unexpected ZRANGEBYSCORE row {row!r}")
-                out.append((_b(row[0]).decode("utf-8"), float(row[1])))
-            return out
+                merged = parts[0]
+            out = [(m.decode("utf-8"), score) for m, score in merged]
+            return out if limit is None else out[:limit]
 
-        return await self._read("index_range", do)
+        return await self._read("index_range", do, buckets=buckets)
 
     async def index_score(self, index: str, member: str) -> float | None:
         """The score of ``member`` in ``index``, or ``None``."""
         check_key(index, "index name", self.url)
         check_key(member, "index member", self.url)
-        ikey = self._ikey(index)
+        bucket = bucket_of(member_group(index, member))
+        ikey = self._ikey(bucket, index)
         raw = member.encode("utf-8")
 
         async def do() -> float | None:
             score = await self._client.zscore(ikey, raw)
             return None if score is None else float(score)
 
-        return await self._read("index_score", do)
+        return await self._read("index_score", do, buckets=[bucket])
 
     async def index_count(self, index: str) -> int:
-        """How many members ``index`` has (one ``ZCARD``)."""
+        """How many members ``index`` has (one ``ZCARD`` per bucket it spans, summed)."""
         check_key(index, "index name", self.url)
-        ikey = self._ikey(index)
+        buckets = self._index_buckets(index)
+        calls: list[_Call] = [("zcard", (self._ikey(b, index),), {}) for b in buckets]
 
         async def do() -> int:
-            return int(await self._client.zcard(ikey))
+            return sum(int(n) for n in await self._pipelined(calls))
 
-        return await self._read("index_count", do)
+        return await self._read("index_count", do, buckets=buckets)
 
     async def close(self) -> None:
-        """Close the connection pool. Idempotent; errors while closing are ignored."""
+        """Close the connection pools. Idempotent; errors while closing are ignored."""
         if self._closed:
             return
         self._closed = True
+        await self._replicas.close()
         with contextlib.suppress(Exception):
             await self._client.aclose()
