@@ -1,15 +1,17 @@
 """A small mutating actor call in embedded mode, against one raw storage write of its snapshot.
 
 For each backend (SQLite in a temp dir; Redis on a redis-server this script starts on a free
-port, or ``--redis URL``), prints the latency (median, p99) of one caller making calls one after
-another, and the throughput of several threads calling 100 actors, for
+port, or ``--redis URL``; a 3-primary Redis Cluster it starts too), prints the latency
+(median, p99) of one caller making calls one after another, and the throughput of several
+threads calling 100 actors, for
 
 * the floor: one raw ``commit`` of the same snapshot bytes through the same runtime, and
 * the call: ``counter.incr.run()`` (read version, run the method, compare-and-set commit), for
   a plain method (run in a worker thread) and for the same method written ``async def`` (run on
   the runtime's loop),
 
-with their ratios. Both run in this process on the same runtime, interleaved, medians over runs.
+with their ratios, and at the end the plain call's cost on the cluster against the single
+Redis. Both run in this process on the same runtime, interleaved, medians over runs.
 
     python -m bench.actors [--calls 500] [--seconds 3] [--threads 8] [--redis URL]
 """
@@ -31,7 +33,7 @@ from actorflow import workflow
 from actorflow.actor import actor_runtime
 from actorflow.engine import WorkflowRuntime
 from actorflow.storage import Batch
-from bench._serve import redis_server
+from bench._serve import redis_cluster, redis_server
 
 ACTORS = 100
 
@@ -84,7 +86,9 @@ def p99(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
-def measure(url: str, args: argparse.Namespace) -> None:
+def measure(url: str, args: argparse.Namespace) -> dict[str, float]:
+    """Print the figures for one storage; return the plain call's median latency (ms) and
+    throughput (calls/s) and the floor's."""
     rt = WorkflowRuntime(url)
     try:
         art = actor_runtime(rt)
@@ -130,6 +134,8 @@ def measure(url: str, args: argparse.Namespace) -> None:
                 f"{label:13} throughput ({args.threads} threads, {ACTORS} actors): floor {tf:7.0f}/s  "
                 f"call {tc:7.0f}/s  ratio {tc / tf:5.2f}x (goal: within 2x of the floor)"
             )
+        plain = statistics.median(lat_c["plain"]) * 1e3
+        return {"latency": plain, "throughput": statistics.median(thr_c["plain"]), "floor": mf}
     finally:
         rt.close()
 
@@ -147,9 +153,17 @@ def main() -> int:
         measure(f"sqlite://{tmp}/bench.db", args)
     if args.redis:
         measure(f"{args.redis}?prefix=bench{os.getpid()}:", args)
-    else:
-        with redis_server() as url:
-            measure(url, args)
+        return 0
+    with redis_server() as url:
+        single = measure(url, args)
+    with redis_cluster() as url:
+        cluster = measure(url, args)
+    print(
+        f"cluster vs single Redis, plain call: latency median {cluster['latency']:.3f} ms vs "
+        f"{single['latency']:.3f} ms, ratio {cluster['latency'] / single['latency']:.2f}x; throughput "
+        f"{cluster['throughput']:.0f}/s vs {single['throughput']:.0f}/s, cost ratio "
+        f"{single['throughput'] / cluster['throughput']:.2f}x (goal: at most 1.2x)"
+    )
     return 0
 
 

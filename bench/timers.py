@@ -6,7 +6,10 @@ second a few seconds ahead, and records in each actor's state when each timer fi
 lateness (fired - due: median, p99, max) and how many timers fired, were lost (never fired) or
 doubled (fired more than once).
 
-    python -m bench.timers [--timers 1000] [--storage URL]
+    python -m bench.timers [--timers 1000] [--storage URL | redis | redis-cluster]
+
+``--storage redis`` starts a redis-server (AOF on) for the run, ``--storage redis-cluster`` a
+3-primary Redis Cluster; both are stopped at the end.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 # standard library's http package.
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
@@ -27,7 +31,7 @@ import httpx
 from ray import serve
 
 from actorflow.serve.app import build
-from bench._serve import local_serve
+from bench._serve import local_serve, redis_cluster, redis_server
 
 ACTORS = 100
 
@@ -63,14 +67,28 @@ async def set_timers(base: str, count: int, start: float) -> dict[tuple[str, str
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--timers", type=int, default=1000)
-    parser.add_argument("--storage", default=None, help="storage URL (default: SQLite in a temp dir)")
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help="storage URL, or 'redis' / 'redis-cluster' to start one (default: SQLite in a temp dir)",
+    )
     parser.add_argument(
         "--lead", type=float, default=25.0, help="seconds from the start of setting to the first due"
     )
     args = parser.parse_args()
 
     tmp = tempfile.TemporaryDirectory(prefix="actorflow-bench-timers-")
-    storage = args.storage or f"sqlite://{tmp.name}/bench.db"
+    with contextlib.ExitStack() as stack:
+        if args.storage == "redis":
+            storage = stack.enter_context(redis_server())
+        elif args.storage == "redis-cluster":
+            storage = stack.enter_context(redis_cluster())
+        else:
+            storage = args.storage or f"sqlite://{tmp.name}/bench.db"
+        return run(storage, args)
+
+
+def run(storage: str, args: argparse.Namespace) -> int:
     with local_serve() as base:
         serve.run(
             build({"modules": ["bench.beeper"], "storage": storage}), name="actorflow", route_prefix="/"
