@@ -21,14 +21,18 @@ from actorflow.storage._redis_names import Names
 #: Seconds to wait for a TCP connection unless the URL sets ``socket_connect_timeout``.
 DEFAULT_CONNECT_TIMEOUT = 10.0
 
+#: Connections a plain client's pool may open unless the URL says ``max_connections``.
+MAX_CONNECTIONS = 1000
+
 Client = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 
 
 def make_client(details: dict[str, str], shown: str) -> Client:
     """The redis-py client for a parsed Redis URL: a cluster client for ``redis+cluster://``,
-    else a plain one whose pool makes a caller wait for a free connection (up to the reply
-    timeout) instead of failing at once, as the default pool does beyond 100. redis-py's own
-    retries are off (a re-sent commit could report ``False`` for a batch that applied)."""
+    else a plain one whose pool opens up to ``MAX_CONNECTIONS`` connections (redis-py's
+    default of 100 fails a burst of concurrent timer firings and calls; the URL's
+    ``max_connections`` wins). redis-py's own retries are off (a re-sent commit could report
+    ``False`` for a batch that applied)."""
     options: dict[str, Any] = {
         "decode_responses": False,
         "socket_connect_timeout": DEFAULT_CONNECT_TIMEOUT,
@@ -38,8 +42,8 @@ def make_client(details: dict[str, str], shown: str) -> Client:
     try:
         if details["cluster"]:
             return redis.asyncio.cluster.RedisCluster.from_url(details["url"], **options)
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            details["url"], timeout=REDIS_REPLY_TIMEOUT, **options
+        pool = redis.asyncio.ConnectionPool.from_url(
+            details["url"], **{"max_connections": MAX_CONNECTIONS, **options}
         )
         client = redis.asyncio.Redis(connection_pool=pool)
         client.auto_close_connection_pool = True
