@@ -97,17 +97,17 @@ def translated(url: str, prefix: str, what: str, *, unknown_outcome: bool = Fals
             f"(its ACL allows other commands or keys): {exc}",
             url,
         ) from exc
+    except redis.exceptions.RedisClusterException as exc:  # not a RedisError
+        # "Redis Cluster cannot be connected": no node it knows answers.
+        if "connect" in str(exc).lower():
+            raise StorageUnavailableError(f"cannot reach Redis during {what}{note}: {exc}", url) from exc
+        raise StorageError(f"Redis Cluster error during {what}: {exc}", url) from exc
     except redis.exceptions.RedisError as exc:
         # A demoted primary (a failover under way), a full one, or one short of the replicas
         # min-replicas-to-write asks for: the server's state, not the request's fault, so the
-        # caller may try again later. A cluster client that lost every node it knew says so
-        # with a RedisClusterException.
+        # caller may try again later.
         refused = (redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError)
-        if (
-            isinstance(exc, refused)
-            or str(exc).startswith(("NOREPLICAS", "CLUSTERDOWN"))
-            or (isinstance(exc, redis.exceptions.RedisClusterException) and "connect" in str(exc).lower())
-        ):
+        if isinstance(exc, refused) or str(exc).startswith(("NOREPLICAS", "CLUSTERDOWN")):
             raise StorageUnavailableError(
                 f"Redis refuses writes during {what}{note}: {type(exc).__name__}: {exc}", url
             ) from exc
