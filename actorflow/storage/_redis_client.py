@@ -61,10 +61,14 @@ RETRYABLE = (
 )
 
 
-def closed_under_us(exc: AttributeError) -> bool:
-    """Whether ``exc`` is redis-py using a connection that another task closed meanwhile (its
+def closed_under_us(exc: BaseException) -> bool:
+    """Whether ``exc`` is redis-py using a connection that another task closed meanwhile. Its
     cluster client closes every connection when it meets a cluster that is down, including
-    ones in flight, which then fail with ``'NoneType' object has no attribute ...``)."""
+    ones in flight, which then fail with ``'NoneType' object has no attribute ...`` (redis-py)
+    or ``unable to perform operation on <TCPTransport closed=True ...>; the handler is
+    closed`` (asyncio)."""
+    if isinstance(exc, RuntimeError):
+        return "handler is closed" in str(exc)
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
@@ -85,7 +89,7 @@ def translated(url: str, prefix: str, what: str, *, unknown_outcome: bool = Fals
         raise StorageUnavailableError(
             f"cannot reach Redis during {what}{note}: {type(exc).__name__}: {exc}", url
         ) from exc
-    except AttributeError as exc:
+    except (AttributeError, RuntimeError) as exc:
         if not closed_under_us(exc):
             raise
         raise StorageUnavailableError(
