@@ -167,8 +167,9 @@ class ActorError(ActorflowError):
 
 
 class ActorNotFoundError(ActorError):
-    def __init__(self, actor_type: str, actor_id: str) -> None:
-        super().__init__(actor_type, actor_id, f"no actor {actor_type}/{actor_id}")
+    def __init__(self, actor_type: str, actor_id: str, hint: str | None = None) -> None:
+        tail = f": {hint}" if hint else ""
+        super().__init__(actor_type, actor_id, f"no actor {actor_type}/{actor_id}{tail}")
 
 
 class ActorTypeNotFoundError(ActorError):

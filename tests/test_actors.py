@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from actorflow import workflow
-from actorflow.actor import actor_runtime
+from actorflow.actor import actor_runtime, lookup
 from actorflow.engine import default_runtime
 from actorflow.errors import (
     ActorArgumentsError,
@@ -84,8 +84,10 @@ def test_get_or_create_get_list_delete() -> None:
     again = Counter.get_or_create("c1", 99)  # init arguments are ignored when it exists
     assert again.value.run() == 5
     assert Counter.get("c1").incr.run() == 6
-    with pytest.raises(ActorNotFoundError, match="Counter/nope"):
-        Counter.get("nope")
+    Counter.get("nope")  # calls activate a Counter: a handle, nothing read or stored
+    assert not Counter.exists("nope")
+    with pytest.raises(ActorNotFoundError, match="StrictTap/nope: StrictTap is declared with activate=False"):
+        StrictTap.get("nope")
     Counter.get_or_create("c2")
     assert Counter.list_ids() == ["c1", "c2"]
     assert Counter.list_ids(start_after="c1") == ["c2"]
@@ -436,8 +438,6 @@ def test_bad_input_gets_clear_errors_and_changes_nothing() -> None:
         Counter()
     assert snapshot(c).version == v
     assert Counter.list_ids() == ["strict"]
-    from actorflow.actor import lookup
-
     with pytest.raises(ActorTypeNotFoundError):
         lookup("NoSuchType")
 
@@ -552,3 +552,57 @@ def test_idle_actors_are_passivated_and_reload_from_storage() -> None:
         assert c.incr.run() == 2  # reloaded from storage, nothing lost
     finally:
         rt.config.idle_seconds = old
+
+
+@workflow.virtual_actor(name="Tap")
+class Tap:
+    """No ``__init__`` arguments: a call activates it."""
+
+    def __init__(self) -> None:
+        self.drops = 0
+        self.inits = 1
+
+    def drip(self) -> int:
+        self.drops += 1
+        return self.drops
+
+    @workflow.virtual_actor.readonly
+    def seen(self) -> tuple[int, int]:
+        return self.drops, self.inits
+
+
+@workflow.virtual_actor(name="StrictTap", activate=False)
+class StrictTap:
+    def drip(self) -> int:
+        return 1
+
+
+def test_two_runtimes_racing_on_a_fresh_id_create_it_once(storage_url: str) -> None:
+    """Two runtimes (two caches, one storage) call an id nobody created, 40 times each, at once:
+    the actor is created once (one __init__ stored, version numbers from 1) and no call is lost."""
+    from actorflow.engine import WorkflowRuntime
+
+    second = WorkflowRuntime(storage_url)
+    try:
+        runtimes = [actor_runtime(default_runtime()), actor_runtime(second)]
+        ac = lookup("Tap")
+        results: list[int] = []
+        barrier = threading.Barrier(2)
+
+        def caller(rt: Any) -> None:
+            barrier.wait()
+            for _ in range(40):
+                results.append(rt.submit(ac, "fresh", "drip", (), {}, None).result(timeout=60))
+
+        threads = [threading.Thread(target=caller, args=(rt,)) for rt in runtimes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert sorted(results) == list(range(1, 81))
+        assert runtimes[1].submit(ac, "fresh", "seen", (), {}, None).result(timeout=60) == (80, 1)
+        state = runtimes[0].state(ac, "fresh")
+        assert state.version == 80  # one commit per call: the first one created it
+        assert Tap.list_ids() == ["fresh"]
+    finally:
+        second.close()

@@ -47,6 +47,21 @@ class HttpCounter:
         return self.count
 
 
+@workflow.virtual_actor(name="HttpStrict", activate=False)
+class HttpStrict:
+    def ping(self) -> str:
+        return "pong"
+
+
+@workflow.virtual_actor(name="HttpNeedy")
+class HttpNeedy:
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+
+    def whose(self) -> str:
+        return self.owner
+
+
 @pytest.fixture
 def rt(tmp_path: pathlib.Path) -> Iterator[WorkflowRuntime]:
     runtime = WorkflowRuntime(f"sqlite://{tmp_path}/http.db")
@@ -198,7 +213,7 @@ def test_not_found_statuses(client: TestClient) -> None:
     client.post("/v1/actors/HttpCounter/nf")
     cases = {
         "/v1/actors/NoSuchType/nf/incr": "unknown_actor_type",
-        "/v1/actors/HttpCounter/missing/incr": "actor_not_found",
+        "/v1/actors/HttpStrict/missing/ping": "actor_not_found",
         "/v1/actors/HttpCounter/nf/nosuch": "unknown_method",
         "/v1/actors/HttpCounter/nf/_private": "unknown_method",
         "/v1/actors/HttpCounter/nf/limit": "unknown_method",
@@ -209,6 +224,36 @@ def test_not_found_statuses(client: TestClient) -> None:
         assert (r.status_code, r.json()["error"]) == (404, code), path
     assert client.get("/v1/actors/NoSuchType").status_code == 404
     assert client.post("/v1/actors/NoSuchType/x").status_code == 404
+
+
+def test_a_call_activates_an_actor_that_was_never_created(client: TestClient) -> None:
+    """As in Orleans, Dapr and Restate: the first call on an id creates the actor (``__init__``
+    with no arguments) and runs the method, in one commit."""
+    assert client.get("/v1/actors/HttpCounter").json()["ids"] == []
+    r = client.post("/v1/actors/HttpCounter/fresh/value")  # read-only: the initial state, nothing stored
+    assert r.json() == {"result": 0}
+    assert client.get("/v1/actors/HttpCounter/fresh").status_code == 404
+    r = client.post(
+        "/v1/actors/HttpCounter/fresh/incr", json={"args": [2]}, headers={"Idempotency-Key": "i1"}
+    )
+    assert (r.status_code, r.json()) == (200, {"result": 2})
+    again = client.post(
+        "/v1/actors/HttpCounter/fresh/incr", json={"args": [2]}, headers={"Idempotency-Key": "i1"}
+    )
+    assert again.json() == {"result": 2}  # replayed from the record the activating turn wrote
+    assert client.get("/v1/actors/HttpCounter").json()["ids"] == ["fresh"]
+    assert client.get("/v1/actors/HttpCounter/fresh").json()["state"] == {"count": 2}
+    # A deleted actor stays gone until it is created again: a late retry cannot revive it.
+    assert client.delete("/v1/actors/HttpCounter/fresh").status_code == 204
+    r = client.post("/v1/actors/HttpCounter/fresh/incr")
+    assert r.status_code == 404 and "was deleted; create it again" in r.json()["message"]
+    # Without arguments __init__ cannot run, and a class may opt out: the 404 says what to do.
+    r = client.post("/v1/actors/HttpNeedy/n1/whose")
+    assert r.status_code == 404 and "HttpNeedy.__init__ needs owner: create it first" in r.json()["message"]
+    r = client.post("/v1/actors/HttpStrict/s1/ping")
+    assert r.status_code == 404 and "activate=False" in r.json()["message"]
+    assert client.post("/v1/actors/HttpNeedy/n1", json={"args": ["ann"]}).status_code in (200, 201)
+    assert client.post("/v1/actors/HttpNeedy/n1/whose").json() == {"result": "ann"}
 
 
 def test_bad_input_statuses_change_nothing(client: TestClient) -> None:

@@ -68,6 +68,9 @@ def run_machine(runtimes: list[ActorRuntime], url: str, steps: int, examples: in
             # Each example gets ids of its own; the runtimes (and their caches) live on.
             self.prefix = f"e{next(_examples)}-"
             self.model: dict[str, tuple[int, dict[str, tuple[int, int]]]] = {}
+            # Ids whose actor was deleted: a call there is refused, where a call on an id that
+            # was never created activates the actor.
+            self.deleted: set[str] = set()
             self.saved: Any = None
 
         def _call(self, p: int, actor: str, method: str, args: tuple[Any, ...], key: str | None) -> Any:
@@ -80,10 +83,20 @@ def run_machine(runtimes: list[ActorRuntime], url: str, steps: int, examples: in
             created = runtimes[p].create(AC, self.prefix + actor, (), {})
             assert created == (actor not in self.model)
             self.model.setdefault(actor, (0, {}))
+            self.deleted.discard(actor)
+
+        def _absent(self, actor: str) -> bool:
+            """Whether a call on ``actor`` must be refused; activates it in the model if not."""
+            if actor in self.model:
+                return False
+            if actor in self.deleted:
+                return True
+            self.model[actor] = (0, {})  # the call activates it
+            return False
 
         @rule(p=st.integers(0, 1), actor=st.sampled_from(IDS), by=st.integers(1, 3))
         def call(self, p: int, actor: str, by: int) -> None:
-            if actor not in self.model:
+            if self._absent(actor):
                 with pytest.raises(ActorNotFoundError):
                     self._call(p, actor, "add", (by,), None)
                 return
@@ -95,7 +108,7 @@ def run_machine(runtimes: list[ActorRuntime], url: str, steps: int, examples: in
             p=st.integers(0, 1), actor=st.sampled_from(IDS), key=st.sampled_from(KEYS), by=st.integers(1, 2)
         )
         def keyed_call(self, p: int, actor: str, key: str, by: int) -> None:
-            if actor not in self.model:
+            if self._absent(actor):
                 with pytest.raises(ActorNotFoundError):
                     self._call(p, actor, "add", (by,), key)
                 return
@@ -115,7 +128,8 @@ def run_machine(runtimes: list[ActorRuntime], url: str, steps: int, examples: in
         def delete(self, p: int, actor: str) -> None:
             done[0] += 1
             runtimes[p].delete(AC, self.prefix + actor)
-            self.model.pop(actor, None)
+            if self.model.pop(actor, None) is not None:
+                self.deleted.add(actor)
 
         @rule(p=st.integers(0, 1), actor=st.sampled_from(IDS), times=st.integers(1, 6))
         def burst(self, p: int, actor: str, times: int) -> None:
@@ -132,7 +146,8 @@ def run_machine(runtimes: list[ActorRuntime], url: str, steps: int, examples: in
         @rule()
         def checkpoint(self) -> None:
             """Note the storage and the model as they are now (see ``rollback``)."""
-            self.saved = (_rollback.save(url), {a: (n, dict(k)) for a, (n, k) in self.model.items()})
+            model = {a: (n, dict(k)) for a, (n, k) in self.model.items()}
+            self.saved = (_rollback.save(url), model, set(self.deleted))
 
         @rule()
         def rollback(self) -> None:
@@ -140,15 +155,19 @@ def run_machine(runtimes: list[ActorRuntime], url: str, steps: int, examples: in
             a restore): the model goes back with it, the runtimes' caches do not."""
             if getattr(self, "saved", None) is None:
                 return
-            stored, model = self.saved
+            stored, model, deleted = self.saved
             _rollback.restore(url, stored)
             self.model = {a: (n, dict(k)) for a, (n, k) in model.items()}
+            self.deleted = set(deleted)
 
         @rule(p=st.integers(0, 1), actor=st.sampled_from(IDS))
         def read(self, p: int, actor: str) -> None:
             if actor not in self.model:
-                with pytest.raises(ActorNotFoundError):
-                    self._call(p, actor, "value", (), None)
+                if actor in self.deleted:
+                    with pytest.raises(ActorNotFoundError):
+                        self._call(p, actor, "value", (), None)
+                else:  # a read-only call sees the initial state and stores nothing
+                    assert self._call(p, actor, "value", (), None) == 0
                 assert not runtimes[p].exists(AC, self.prefix + actor)
                 return
             assert self._call(p, actor, "value", (), None) == self.model[actor][0]

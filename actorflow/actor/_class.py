@@ -16,6 +16,7 @@ from actorflow.errors import (
     ActorArgumentsError,
     ActorEventNotFoundError,
     ActorMethodNotFoundError,
+    ActorNotFoundError,
     ActorTypeNotFoundError,
     ConfigError,
 )
@@ -55,7 +56,9 @@ class VirtualActorClass:
     loaded for each call. Type names are the class name unless ``name=`` is given.
     """
 
-    def __init__(self, cls: type[Any], name: str | None = None, schema_version: int = 1) -> None:
+    def __init__(
+        self, cls: type[Any], name: str | None = None, schema_version: int = 1, activate: bool = True
+    ) -> None:
         self.cls = cls
         self.type_name = check_id("actor type name", name or cls.__name__)
         if ":" in self.type_name or "/" in self.type_name:
@@ -95,6 +98,18 @@ class VirtualActorClass:
                 self.events[event] = info.name
         init = inspect.getattr_static(cls, "__init__", object.__init__)
         self.init_signature = inspect.signature(init if init is not object.__init__ else (lambda self: None))
+        #: The ``__init__`` parameters a caller must give (none: a call can activate the actor).
+        self.required_init = [
+            p.name
+            for p in list(self.init_signature.parameters.values())[1:]
+            if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
+        if not isinstance(activate, bool):
+            raise ConfigError(f"virtual actor {self.type_name}: activate must be a bool, not {activate!r}")
+        self.activate = activate
+        #: Whether a call on an id that was never created creates it (``__init__()``) in the
+        #: call's own commit.
+        self.activates = activate and not self.required_init
         self.__doc__ = cls.__doc__
         self.__name__ = cls.__name__
         self.__qualname__ = cls.__qualname__
@@ -136,7 +151,21 @@ class VirtualActorClass:
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_restore_class, (self.cls, self.type_name, self.schema_version))
+        return (_restore_class, (self.cls, self.type_name, self.schema_version, self.activate))
+
+    def not_found(self, actor_id: str, *, deleted: bool) -> ActorNotFoundError:
+        """The error for a call on an actor that is not stored, saying how to make one."""
+        t = self.type_name
+        if deleted:
+            hint = f"it was deleted; create it again (POST /v1/actors/{t}/{actor_id}, or {t}.get_or_create)"
+        elif self.required_init:
+            hint = (
+                f"{t}.__init__ needs {', '.join(self.required_init)}: create it first "
+                f'(POST /v1/actors/{t}/{actor_id} with {{"args": [...]}}, or {t}.get_or_create(id, ...))'
+            )
+        else:
+            hint = f"{t} is declared with activate=False: create it first (POST /v1/actors/{t}/{actor_id})"
+        return ActorNotFoundError(t, actor_id, hint)
 
     def __repr__(self) -> str:
         return f"<virtual actor type {self.type_name}>"
@@ -154,9 +183,14 @@ class VirtualActorClass:
         return ActorHandle(self, actor_id)
 
     def get(self, actor_id: str) -> ActorHandle:
-        """A handle to an existing actor; raises ``ActorNotFoundError`` if there is none."""
+        """A handle to actor ``actor_id``. For a class whose calls activate it (``__init__``
+        needs no arguments, ``activate`` not switched off) every id is valid and nothing is
+        read: the first call creates the actor (a deleted one's calls raise
+        ``ActorNotFoundError``). For any other class the actor must exist, else
+        ``ActorNotFoundError``."""
         check_actor_id(actor_id)
-        invoker().require(self, actor_id)
+        if not self.activates:
+            invoker().require(self, actor_id)
         return ActorHandle(self, actor_id)
 
     def exists(self, actor_id: str) -> bool:
@@ -177,13 +211,28 @@ class _VirtualActorDecorator:
     ``schema_version`` is stored with each snapshot; when it rises, a class method or static
     method ``__migrate__(state, old_version)`` on the class turns an old state into a new one
     the next time the actor is loaded.
+
+    Actors are virtual: a call on an id that was never created activates the actor, running
+    ``__init__()`` and the method in one turn and one commit (two callers racing on a fresh id
+    create it once), when ``__init__`` needs no arguments. ``activate=False`` makes such calls
+    raise ``ActorNotFoundError`` instead, as they do when ``__init__`` needs arguments or the
+    id's actor was deleted (a deleted actor stays gone until it is created again, so a late
+    retry cannot bring it back). A read-only method on a never-created id runs on a fresh
+    ``__init__()`` state and stores nothing.
     """
 
-    def __call__(self, cls: type | None = None, *, name: str | None = None, schema_version: int = 1) -> Any:
+    def __call__(
+        self,
+        cls: type | None = None,
+        *,
+        name: str | None = None,
+        schema_version: int = 1,
+        activate: bool = True,
+    ) -> Any:
         def wrap(c: type) -> VirtualActorClass:
             if not inspect.isclass(c):
                 raise TypeError(f"@workflow.virtual_actor decorates a class, not {c!r}")
-            return VirtualActorClass(c, name=name, schema_version=schema_version)
+            return VirtualActorClass(c, name=name, schema_version=schema_version, activate=activate)
 
         return wrap(cls) if cls is not None else wrap
 
@@ -236,8 +285,10 @@ def registered_types() -> dict[str, VirtualActorClass]:
         return dict(_registry)
 
 
-def _restore_class(cls: type, type_name: str, schema_version: int) -> VirtualActorClass:
+def _restore_class(
+    cls: type, type_name: str, schema_version: int, activate: bool = True
+) -> VirtualActorClass:
     existing = _registry.get(type_name)
     if existing is not None and existing.cls is cls:
         return existing
-    return VirtualActorClass(cls, name=type_name, schema_version=schema_version)
+    return VirtualActorClass(cls, name=type_name, schema_version=schema_version, activate=activate)

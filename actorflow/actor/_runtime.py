@@ -29,15 +29,14 @@ from actorflow.actor._cache import SnapshotCache
 from actorflow.actor._class import VirtualActorClass
 from actorflow.actor._config import ActorConfig
 from actorflow.actor._idempotency import client_key, fingerprint
-from actorflow.actor._keys import actor_name, listing_prefix
+from actorflow.actor._keys import actor_name, k_version, listing_prefix
 from actorflow.actor._lifecycle import Lifecycle
 from actorflow.actor._methods import MethodRunner, mark_method_error
 from actorflow.actor._outbox import Outbox
 from actorflow.actor._scheduler import Scheduler
-from actorflow.actor._state import Snapshot, capture, encode
+from actorflow.actor._state import Snapshot, capture, encode, is_live
 from actorflow.actor._turns import Request, Turns
 from actorflow.engine import WorkflowRuntime, default_runtime, runtime_for
-from actorflow.errors import ActorNotFoundError
 
 log = logging.getLogger("actorflow.actor")
 T = TypeVar("T")
@@ -156,8 +155,10 @@ class ActorRuntime:
         return bool(self.workflows.blocking(self.lifecycle.create(ac, actor_id, encoding, data)))
 
     def require(self, ac: VirtualActorClass, actor_id: str) -> None:
-        if not self.exists(ac, actor_id):
-            raise ActorNotFoundError(ac.type_name, actor_id)
+        """Raise ``ActorNotFoundError``, saying how to make the actor, unless it exists."""
+        current = self.workflows.blocking(self.storage.get(k_version(ac.type_name, actor_id)))
+        if not is_live(current):
+            raise ac.not_found(actor_id, deleted=current is not None)
 
     def exists(self, ac: VirtualActorClass, actor_id: str) -> bool:
         return bool(self.workflows.blocking(self.lifecycle.exists(ac, actor_id)))

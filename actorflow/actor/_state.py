@@ -136,11 +136,25 @@ class Snapshot:
     updated_at: float
     data: bytes
     token: str = ""  # empty only in snapshots written before tokens existed
+    #: Not in storage: the state ``__init__()`` gives an actor that a call activates (version 0;
+    #: the version key is absent until that call's commit writes version 1).
+    initial: bool = False
 
     @property
     def stamp(self) -> bytes:
         """The version key's value while this snapshot is the actor's current one."""
         return Stamp(self.version, self.token).encode()
+
+    @property
+    def expect(self) -> bytes | None:
+        """What a commit on this snapshot requires the version key to hold: its stamp, or
+        absence for an ``initial`` one."""
+        return None if self.initial else self.stamp
+
+    @classmethod
+    def first(cls, type_name: str, schema: int, encoding: str, data: bytes, now: float) -> Snapshot:
+        """The ``initial`` snapshot of an actor a call activates."""
+        return cls(0, schema, type_name, encoding, now, now, data, "", initial=True)
 
     def pack(self) -> bytes:
         header = {

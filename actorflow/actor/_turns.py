@@ -40,6 +40,7 @@ from actorflow.actor._keys import (
     actor_name,
     idem_index,
     k_idem,
+    k_listing,
     k_outbox,
     k_snapshot,
     k_timer,
@@ -48,7 +49,7 @@ from actorflow.actor._keys import (
     timer_member,
     workflow_id,
 )
-from actorflow.actor._methods import MethodRunner
+from actorflow.actor._methods import MethodRunner, mark_method_error
 from actorflow.actor._state import Snapshot, capture, encode, is_live
 from actorflow.actor._timers import Completion, Firing
 from actorflow.engine import Lease, WorkflowEngine, as_workflow
@@ -246,7 +247,11 @@ class Turns:
         record = rest[0] if request.key is not None else None
         if not is_live(current):
             self.cache.pop(actor_name(t, actor_id))
-            raise ActorNotFoundError(t, actor_id)
+            if current is not None or not ac.activates:
+                raise ac.not_found(actor_id, deleted=current is not None)
+            if inbox is not None and rest[-1] != inbox.raw:
+                raise Dropped(f"{inbox.member} was taken meanwhile")
+            return await self.first_state(ac, actor_id)
         if record is not None:
             return self.replay(t, actor_id, info.name, request, record)
         if inbox is not None and rest[-1] != inbox.raw:
@@ -257,8 +262,19 @@ class Turns:
             return cached.snapshot
         return await self.cache.read(ac, actor_id, fresh=True)
 
+    async def first_state(self, ac: VirtualActorClass, actor_id: str) -> Snapshot:
+        """The ``initial`` snapshot of an actor that a call activates: ``__init__()`` run in a
+        worker thread (user code), its state encoded as a commit would store it."""
+        try:
+            instance = await asyncio.to_thread(ac.new_instance, (), {})
+        except Exception as exc:
+            mark_method_error(exc)
+            raise
+        encoding, data = encode(capture(instance, ac.custom_state), actor=actor_name(ac.type_name, actor_id))
+        return Snapshot.first(ac.type_name, ac.schema_version, encoding, data, self.config.clock.time())
+
     async def _is_stale(self, t: str, actor_id: str, snap: Snapshot) -> bool:
-        return await self.storage.get(k_version(t, actor_id)) != snap.stamp
+        return await self.storage.get(k_version(t, actor_id)) != snap.expect
 
     async def _invoke(
         self,
@@ -285,7 +301,16 @@ class Turns:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        snap = await self.cache.read(ac, actor_id)
+        try:
+            snap = await self.cache.read(ac, actor_id)
+        except ActorNotFoundError:
+            current = await self.storage.get(k_version(ac.type_name, actor_id))
+            if is_live(current):
+                snap = await self.cache.read(ac, actor_id)  # created since the first read
+            elif current is not None or not ac.activates:
+                raise ac.not_found(actor_id, deleted=current is not None) from None
+            else:
+                snap = await self.first_state(ac, actor_id)  # what a first call would see
         _, _, result = await self._invoke(ac, actor_id, snap, info, args, kwargs, None)
         if as_workflow(result) is not None:
             problem = f"read-only method {ac.type_name}.{info.name} cannot return a workflow step"
@@ -308,8 +333,10 @@ class Turns:
         now = self.config.clock.time()
         encoding, data = encode(capture(instance, ac.custom_state), actor=name)
         new = snap.successor(encoding, data, ac.schema_version, now)
-        batch = Batch().require(k_version(t, actor_id), snap.stamp)
+        batch = Batch().require(k_version(t, actor_id), snap.expect)
         batch.put(k_version(t, actor_id), new.stamp).put(k_snapshot(t, actor_id), new.pack())
+        if snap.initial:  # this call activates the actor: it is listed from this commit on
+            batch.put(k_listing(t, actor_id), b"")
         outcome = Outcome(result=result)
         wf = as_workflow(result)
         launched = None
