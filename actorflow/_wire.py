@@ -83,11 +83,14 @@ def idempotency_key_problem(key: object) -> str | None:
     return None
 
 
-def status_for(exc: BaseException, *, method_raised: bool = False) -> tuple[int, str]:
+def status_for(
+    exc: BaseException, *, method_raised: bool = False, declared: int | None = None
+) -> tuple[int, str]:
     """The HTTP status and code for an error; ``method_raised``: an actor method raised it
-    (then the code is ``method_raised``, whatever its type)."""
+    (then the code is ``method_raised``, whatever its type, and the status 500 unless its class
+    ``declared`` one for it: a client error, 4xx)."""
     if method_raised:
-        return 500, METHOD_RAISED
+        return declared or 500, METHOD_RAISED
     for kind, status, code in ERRORS:
         if isinstance(exc, kind):
             return status, code
@@ -95,10 +98,10 @@ def status_for(exc: BaseException, *, method_raised: bool = False) -> tuple[int,
 
 
 def describe_error(
-    exc: BaseException, *, method_raised: bool = False
+    exc: BaseException, *, method_raised: bool = False, declared: int | None = None
 ) -> tuple[int, dict[str, Any], dict[str, str]]:
     """``(status, JSON body, extra headers)`` of the answer that reports ``exc``."""
-    status, code = status_for(exc, method_raised=method_raised)
+    status, code = status_for(exc, method_raised=method_raised, declared=declared)
     body: dict[str, Any] = {"error": code, "message": str(exc), "type": type(exc).__name__}
     if method_raised:
         # The nearest built-in ancestor lets remote clients raise something catchable the

@@ -21,7 +21,7 @@ class InsufficientFunds(ValueError):
     """The account does not hold enough money for this withdrawal or transfer."""
 
 
-@workflow.virtual_actor
+@workflow.virtual_actor(errors={InsufficientFunds: 409})  # the caller's fault, not the server's
 class Account:
     def __init__(self, owner: str = "", balance: int = 0) -> None:
         if balance < 0:

@@ -256,6 +256,23 @@ def test_a_call_activates_an_actor_that_was_never_created(client: TestClient) ->
     assert client.post("/v1/actors/HttpNeedy/n1/whose").json() == {"result": "ann"}
 
 
+def test_declared_errors_must_be_exception_classes_with_client_statuses() -> None:
+    from actorflow.errors import ConfigError
+
+    for errors in (
+        {KeyError: 500},
+        {KeyError: 399},
+        {KeyError: True},
+        {"KeyError": 409},
+        {BaseException: 409},
+    ):
+        with pytest.raises(ConfigError, match="virtual actor Bad"):
+
+            @workflow.virtual_actor(name="Bad", errors=errors)  # type: ignore[arg-type]
+            class Bad:
+                pass
+
+
 def test_bad_input_statuses_change_nothing(client: TestClient) -> None:
     client.post("/v1/actors/HttpCounter/bad", json={"args": [1]})
     version = client.get("/v1/actors/HttpCounter/bad").json()["version"]
@@ -327,7 +344,15 @@ def test_bank_example_over_http(client: TestClient) -> None:
     client.post("/v1/actors/Account/alice", json={"kwargs": {"owner": "Alice", "balance": 100}})
     assert client.post("/v1/actors/Account/alice/withdraw", json={"args": [30]}).json() == {"result": 70}
     r = client.post("/v1/actors/Account/alice/withdraw", json={"args": [1000]})
-    assert r.status_code == 500 and r.json()["type"] == "InsufficientFunds"
+    assert r.status_code == 409  # declared by the class: the caller's fault
+    body = r.json()
+    assert (body["error"], body["type"], body["builtin"]) == (
+        "method_raised",
+        "InsufficientFunds",
+        "ValueError",
+    )
+    assert client.post("/v1/actors/Account/alice/get_balance").json() == {"result": 70}  # unchanged
+    assert client.post("/v1/actors/HttpCounter/boom/explode").status_code == 500  # undeclared: a fault
     assert client.post("/v1/actors/Account/alice/get_balance").json() == {"result": 70}
 
 

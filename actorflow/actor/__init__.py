@@ -9,7 +9,7 @@ from actorflow.actor._config import ActorConfig
 from actorflow.actor._handle import ActorCall, ActorHandle, ActorMethod
 from actorflow.actor._idempotency import client_key
 from actorflow.actor._inside import send, timers
-from actorflow.actor._methods import is_method_error, mark_method_error
+from actorflow.actor._methods import error_status, is_method_error, mark_method_error
 from actorflow.actor._runtime import ActorRuntime, actor_runtime
 from actorflow.actor._state import Snapshot
 
@@ -23,6 +23,7 @@ __all__ = [
     "VirtualActorClass",
     "actor_runtime",
     "client_key",
+    "error_status",
     "is_method_error",
     "lookup",
     "mark_method_error",

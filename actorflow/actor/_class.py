@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -57,7 +57,12 @@ class VirtualActorClass:
     """
 
     def __init__(
-        self, cls: type[Any], name: str | None = None, schema_version: int = 1, activate: bool = True
+        self,
+        cls: type[Any],
+        name: str | None = None,
+        schema_version: int = 1,
+        activate: bool = True,
+        errors: Mapping[type[BaseException], int] | None = None,
     ) -> None:
         self.cls = cls
         self.type_name = check_id("actor type name", name or cls.__name__)
@@ -107,6 +112,7 @@ class VirtualActorClass:
         if not isinstance(activate, bool):
             raise ConfigError(f"virtual actor {self.type_name}: activate must be a bool, not {activate!r}")
         self.activate = activate
+        self.errors = _check_errors(self.type_name, errors)
         #: Whether a call on an id that was never created creates it (``__init__()``) in the
         #: call's own commit.
         self.activates = activate and not self.required_init
@@ -151,7 +157,15 @@ class VirtualActorClass:
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_restore_class, (self.cls, self.type_name, self.schema_version, self.activate))
+        return (_restore_class, (self.cls, self.type_name, self.schema_version, self.activate, self.errors))
+
+    def error_status(self, exc: BaseException) -> int | None:
+        """The status the class declared (``errors=``) for ``exc``'s type or its nearest
+        ancestor, or ``None``."""
+        for kind in type(exc).__mro__:
+            if kind in self.errors:
+                return self.errors[kind]
+        return None
 
     def not_found(self, actor_id: str, *, deleted: bool) -> ActorNotFoundError:
         """The error for a call on an actor that is not stored, saying how to make one."""
@@ -219,6 +233,11 @@ class _VirtualActorDecorator:
     id's actor was deleted (a deleted actor stays gone until it is created again, so a late
     retry cannot bring it back). A read-only method on a never-created id runs on a fresh
     ``__init__()`` state and stores nothing.
+
+    ``errors={InsufficientFunds: 409}`` declares exceptions that are the caller's fault: a
+    method (or ``__init__``) raising one (or a subclass) answers that status (400 to 499) over
+    HTTP instead of 500, with the same body (``{"error": "method_raised", "message", "type",
+    ...}``). Like any exception a method raises, it changes nothing.
     """
 
     def __call__(
@@ -228,11 +247,14 @@ class _VirtualActorDecorator:
         name: str | None = None,
         schema_version: int = 1,
         activate: bool = True,
+        errors: Mapping[type[BaseException], int] | None = None,
     ) -> Any:
         def wrap(c: type) -> VirtualActorClass:
             if not inspect.isclass(c):
                 raise TypeError(f"@workflow.virtual_actor decorates a class, not {c!r}")
-            return VirtualActorClass(c, name=name, schema_version=schema_version, activate=activate)
+            return VirtualActorClass(
+                c, name=name, schema_version=schema_version, activate=activate, errors=errors
+            )
 
         return wrap(cls) if cls is not None else wrap
 
@@ -285,10 +307,39 @@ def registered_types() -> dict[str, VirtualActorClass]:
         return dict(_registry)
 
 
+def _check_errors(
+    type_name: str, errors: Mapping[type[BaseException], int] | None
+) -> dict[type[BaseException], int]:
+    """``errors=`` as a dict; ConfigError unless it maps exception classes to 400..499."""
+    if errors is None:
+        return {}
+    if not isinstance(errors, Mapping):
+        raise ConfigError(f"virtual actor {type_name}: errors must map exception classes to statuses")
+    out: dict[type[BaseException], int] = {}
+    for kind, status in errors.items():
+        if not (inspect.isclass(kind) and issubclass(kind, Exception)):
+            raise ConfigError(
+                f"virtual actor {type_name}: errors keys must be exception classes, not {kind!r}"
+            )
+        if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 499:
+            raise ConfigError(
+                f"virtual actor {type_name}: the status for {kind.__name__} must be a client error "
+                f"from 400 to 499, not {status!r} (an exception without one is a 500)"
+            )
+        out[kind] = status
+    return out
+
+
 def _restore_class(
-    cls: type, type_name: str, schema_version: int, activate: bool = True
+    cls: type,
+    type_name: str,
+    schema_version: int,
+    activate: bool = True,
+    errors: Mapping[type[BaseException], int] | None = None,
 ) -> VirtualActorClass:
     existing = _registry.get(type_name)
     if existing is not None and existing.cls is cls:
         return existing
-    return VirtualActorClass(cls, name=type_name, schema_version=schema_version, activate=activate)
+    return VirtualActorClass(
+        cls, name=type_name, schema_version=schema_version, activate=activate, errors=errors
+    )

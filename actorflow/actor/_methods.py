@@ -26,6 +26,7 @@ from actorflow.actor._timers import Firing, current_firing
 
 #: Threads of the overflow pool, at most (made only as needed: as many as methods running at once).
 OVERFLOW_THREADS = 1024
+_ERROR_STATUS = "_actorflow_status"
 _METHOD_ERROR_MARK = "_actorflow_raised_by_method"
 
 
@@ -38,6 +39,19 @@ def mark_method_error(exc: BaseException) -> None:
 def is_method_error(exc: BaseException) -> bool:
     """Whether ``exc`` was raised by an actor method itself (not by actorflow or storage)."""
     return bool(getattr(exc, _METHOD_ERROR_MARK, False))
+
+
+def set_error_status(exc: BaseException, status: int) -> None:
+    """Note on a method's exception the HTTP status its class declared for it (``errors=``)."""
+    with contextlib.suppress(AttributeError, TypeError):
+        setattr(exc, _ERROR_STATUS, status)
+
+
+def error_status(exc: BaseException) -> int | None:
+    """The status declared for a method's exception (it travels with the exception, pickles
+    included), or ``None``: then it is a server fault, 500."""
+    status = getattr(exc, _ERROR_STATUS, None)
+    return status if isinstance(status, int) else None
 
 
 def _call_plain(info: MethodInfo, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -35,7 +35,7 @@ from actorflow.actor._methods import MethodRunner, mark_method_error
 from actorflow.actor._outbox import Outbox
 from actorflow.actor._scheduler import Scheduler
 from actorflow.actor._state import Snapshot, capture, encode, is_live
-from actorflow.actor._turns import Request, Turns
+from actorflow.actor._turns import Request, Turns, declared
 from actorflow.engine import WorkflowRuntime, default_runtime, runtime_for
 
 log = logging.getLogger("actorflow.actor")
@@ -150,6 +150,7 @@ class ActorRuntime:
             instance = ac.new_instance(args, kwargs)  # user code runs in the caller's thread
         except Exception as exc:
             mark_method_error(exc)
+            declared(ac, exc)
             raise
         encoding, data = encode(capture(instance, ac.custom_state), actor=actor_name(ac.type_name, actor_id))
         return bool(self.workflows.blocking(self.lifecycle.create(ac, actor_id, encoding, data)))

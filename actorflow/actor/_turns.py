@@ -49,7 +49,7 @@ from actorflow.actor._keys import (
     timer_member,
     workflow_id,
 )
-from actorflow.actor._methods import MethodRunner, mark_method_error
+from actorflow.actor._methods import MethodRunner, is_method_error, mark_method_error, set_error_status
 from actorflow.actor._state import Snapshot, capture, encode, is_live
 from actorflow.actor._timers import Completion, Firing
 from actorflow.engine import Lease, WorkflowEngine, as_workflow
@@ -102,6 +102,14 @@ class Outcome:
     encoded: bool = False  # ``result`` is already what the request's ``encode`` made of it
     workflow: tuple[str, Lease | None] | None = None  # launched (with its lease) or recorded
     messages: list[tuple[str, str, str]] = field(default_factory=list)  # (sender type, id, msg id)
+
+
+def declared(ac: VirtualActorClass, exc: BaseException) -> None:
+    """Note on an exception user code raised the status its class declared for it."""
+    if is_method_error(exc):
+        status = ac.error_status(exc)
+        if status is not None:
+            set_error_status(exc, status)
 
 
 class Turns:
@@ -269,6 +277,7 @@ class Turns:
             instance = await asyncio.to_thread(ac.new_instance, (), {})
         except Exception as exc:
             mark_method_error(exc)
+            declared(ac, exc)
             raise
         encoding, data = encode(capture(instance, ac.custom_state), actor=actor_name(ac.type_name, actor_id))
         return Snapshot.first(ac.type_name, ac.schema_version, encoding, data, self.config.clock.time())
@@ -291,7 +300,11 @@ class Turns:
         turn = Turn(ac.type_name, actor_id, readonly=request is None, runtime=self.runtime)
         instance = instance_of(ac, snap)
         firing = request.firing if request is not None else None
-        return instance, turn, await self.methods.run(info, instance, args, kwargs, turn, firing)
+        try:
+            return instance, turn, await self.methods.run(info, instance, args, kwargs, turn, firing)
+        except Exception as exc:
+            declared(ac, exc)
+            raise
 
     async def _call_readonly(
         self,

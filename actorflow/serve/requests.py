@@ -16,7 +16,7 @@ from fastapi.routing import APIRoute
 
 from actorflow import _wire, errors
 from actorflow._codec import strict_json_dumps, strict_json_loads
-from actorflow.actor import is_method_error
+from actorflow.actor import error_status, is_method_error
 
 log = logging.getLogger("actorflow.http")
 
@@ -25,8 +25,9 @@ def status_for(exc: BaseException) -> tuple[int, str]:
     """The HTTP status and error code for an error (:data:`actorflow._wire.ERRORS`). An
     exception an actor method raised is ``method_raised``, whatever its type (an actorflow
     error from a call the method made included); anything not actorflow's is
-    ``internal_error``. So the code says whether the method itself raised."""
-    return _wire.status_for(exc, method_raised=is_method_error(exc))
+    ``internal_error``. So the code says whether the method itself raised; the status is 500,
+    or what the actor's class declared for the exception (``errors=``)."""
+    return _wire.status_for(exc, method_raised=is_method_error(exc), declared=error_status(exc))
 
 
 def encode_result(result: Any) -> bytes:
@@ -47,7 +48,9 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
 
 def error_response(exc: BaseException) -> JSONResponse:
     """The answer that reports ``exc`` (see :func:`actorflow._wire.describe_error`)."""
-    status, body, headers = _wire.describe_error(exc, method_raised=is_method_error(exc))
+    status, body, headers = _wire.describe_error(
+        exc, method_raised=is_method_error(exc), declared=error_status(exc)
+    )
     if status >= 500 and body["error"] != _wire.METHOD_RAISED:
         log.error("request failed: %r", exc)
     return JSONResponse(body, status_code=status, headers=headers or None)
