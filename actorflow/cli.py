@@ -68,6 +68,7 @@ def _serve(args: argparse.Namespace) -> int:
     from actorflow.serve.ingress import configure, stop_haproxy
     from actorflow.serve.settings import settings_from
 
+    _check_port_free(args.host, args.port)
     modules = [_module_name(m) for m in args.modules]
     _find_modules_here()
     build_args = {
@@ -95,6 +96,26 @@ def _serve(args: argparse.Namespace) -> int:
             if "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC" in chosen:
                 shutil.rmtree(haproxy_dir, ignore_errors=True)
     return 0
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Refuse a port something listens on, before Ray starts. Serve binds with SO_REUSEPORT,
+    so a second service on a busy port would start, say it is ready, and get half the traffic;
+    a plain bind (SO_REUSEADDR only, which allows TIME_WAIT leftovers) finds the listener."""
+    import socket
+
+    from actorflow.errors import ConfigError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on port {port} of {host} ({exc.strerror}): is another actorflow "
+                f"serve running there? Stop it, or pick another port with --port or $ACTORFLOW_PORT"
+            ) from None
 
 
 def _module_name(arg: str) -> str:

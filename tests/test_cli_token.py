@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _redis import free_port
 
 from actorflow.cli import main
 from actorflow.errors import ConfigError
@@ -286,13 +287,36 @@ def test_serve_never_prints_the_token_or_the_redis_password(
     path = token_file(tmp_path, TOKEN + "\n")
     # Nothing connects to this Redis: the application is built, never started.
     storage = "redis://:s3cret-redis-pw@127.0.0.1:1/0"
-    status = main(["--storage", storage, "serve", "examples.bank", "--port", "1", "--token-file", path])
+    port = str(free_port())
+    status = main(["--storage", storage, "serve", "examples.bank", "--port", port, "--token-file", path])
     out, err = capsys.readouterr()
     assert status == 0, err
     assert "serve.run" in no_ray and "ray.shutdown" in no_ray
     assert '-H "Authorization: Bearer $ACTORFLOW_TOKEN"' in out  # the example names the variable
     assert TOKEN not in out + err
     assert "s3cret-redis-pw" not in out + err
+
+
+def test_serve_refuses_a_port_in_use_before_ray(
+    tmp_path: Path, no_ray: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Serve listens with SO_REUSEPORT: without this check a second service on a busy port
+    would start, report itself ready and take half of the first one's connections."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # as Serve's own listener
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        status = main(
+            ["--storage", f"sqlite:///{tmp_path}/x.db", "serve", "examples.bank", "--port", str(port)]
+        )
+    _, err = capsys.readouterr()
+    assert status == 2
+    assert err.startswith(f"actorflow: cannot listen on port {port} of 127.0.0.1 (Address already in use)")
+    assert "another actorflow serve" in err and "Traceback" not in err
+    assert "ray.init" not in no_ray
 
 
 def test_serve_with_a_bad_token_file_stops_before_ray(

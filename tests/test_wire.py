@@ -115,7 +115,7 @@ def test_a_server_bug_is_a_remote_error_not_a_crash(handle: tuple[ActorHandle, S
 def test_the_client_sends_the_shared_header_names(handle: tuple[ActorHandle, Script]) -> None:
     h, script = handle
     assert h.poke.options(idempotency_key="k-1").run() == 1
-    (path, headers), = script.requests
+    ((path, headers),) = script.requests
     lowered = {k.lower(): v for k, v in headers.items()}
     assert path == "/v1/actors/WireTarget/w1/poke"
     assert lowered[_wire.IDEMPOTENCY_HEADER] == "k-1"
