@@ -24,10 +24,28 @@ from actorflow.serve.settings import TOKEN_ENV, TOKEN_FILE_ENV, resolve_token
 
 
 def _demo(args: argparse.Namespace) -> int:
+    """Run a short workflow: on ``--storage`` if given, else on a SQLite file of its own in a
+    temporary directory (removed afterwards), so the demo never writes into the storage a
+    service or the user's own code uses by default."""
+    import shutil
+    import tempfile
+
+    from actorflow.engine import close_all
+
+    scratch = None if args.storage else tempfile.mkdtemp(prefix="actorflow-demo-")
+    try:
+        return _demo_on(args.storage or f"sqlite://{scratch}/demo.db")
+    finally:
+        if scratch is not None:
+            close_all()
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _demo_on(storage: str) -> int:
     from actorflow import workflow
     from actorflow.engine import default_runtime
 
-    workflow.init(args.storage)
+    workflow.init(storage)
     print(f"actorflow demo on storage {default_runtime().storage_url}")
 
     @workflow.step
