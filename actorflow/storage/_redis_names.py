@@ -42,6 +42,12 @@ def bucket_of(group: str) -> int:
     return zlib.crc32(group.encode("utf-8")) % BUCKETS
 
 
+def buckets_of(group: str | None) -> list[int]:
+    """The buckets a directory or index of ``group`` lives in: its group's one, or every
+    bucket for a spread one (``None``, see :func:`actorflow.storage._groups.dir_group`)."""
+    return list(range(BUCKETS)) if group is None else [bucket_of(group)]
+
+
 COMMIT_LUA = """
 local ne, np, nd = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local nip, nid = tonumber(ARGV[4]), tonumber(ARGV[5])

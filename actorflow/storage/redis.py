@@ -91,6 +91,7 @@ from actorflow.storage._redis_names import (
     Names,
     as_bytes,
     bucket_of,
+    buckets_of,
     bytes_successor,
     dir_of,
     score_rows,
@@ -396,8 +397,7 @@ class RedisStorage(Storage):
             return []
         raw = prefix.encode("utf-8")
         directory = dir_of(raw)
-        group = dir_group(directory.decode("utf-8"))
-        buckets = list(range(BUCKETS)) if group is None else [bucket_of(group)]
+        buckets = buckets_of(dir_group(directory.decode("utf-8")))
         if start_after is not None and start_after >= prefix:
             low = b"(" + start_after.encode("utf-8")
         else:
@@ -477,10 +477,6 @@ class RedisStorage(Storage):
             )
         return total
 
-    def _index_buckets(self, index: str) -> list[int]:
-        group = index_group(index)
-        return list(range(BUCKETS)) if group is None else [bucket_of(group)]
-
     async def index_range(
         self, index: str, *, max_score: float | None = None, limit: int | None = None
     ) -> list[tuple[str, float]]:
@@ -492,7 +488,7 @@ class RedisStorage(Storage):
         high = "+inf" if max_score is None else repr(float(max_score))
         if high == "nan":
             return []
-        buckets = self._index_buckets(index)
+        buckets = buckets_of(index_group(index))
         page: dict[str, Any] = (
             {"withscores": True} if limit is None else {"withscores": True, "start": 0, "num": limit}
         )
@@ -526,7 +522,7 @@ class RedisStorage(Storage):
     async def index_count(self, index: str) -> int:
         """How many members ``index`` has (one ``ZCARD`` per bucket it spans, summed)."""
         check_key(index, "index name", self.url)
-        buckets = self._index_buckets(index)
+        buckets = buckets_of(index_group(index))
         calls: list[_Call] = [("zcard", (self._ikey(b, index),), {}) for b in buckets]
 
         async def do() -> int:

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import redis.asyncio
-import redis.exceptions
 
-from actorflow.errors import ConfigError, StorageError, StorageUnavailableError
+from actorflow.errors import ConfigError
 from actorflow.storage import parse_storage_url, redact_url
 from actorflow.storage._groups import key_group, member_group
+from actorflow.storage._redis_client import translated
 from actorflow.storage._redis_names import LAYOUT, Names, as_bytes, bucket_of, dir_of, score_rows
 
 __all__ = ["migrate"]
@@ -41,50 +41,52 @@ async def migrate(url: str, *, progress: Callable[[str], None] | None = None) ->
         raise ConfigError(f"{shown}: only a single Redis server holds data in the old layout")
     say = progress or (lambda _line: None)
     names = Names(details["prefix"].encode("utf-8"))
-    p = names.prefix
-    counts = {"keys": 0, "index_members": 0}
     client = redis.asyncio.Redis.from_url(details["url"], decode_responses=False)
     try:
-        found = await client.get(names.layout)
-        if found is not None and as_bytes(found) == LAYOUT:
-            return counts
-        async for name in client.scan_iter(match=names.old_pattern(b"k"), count=1000):
-            key = bytes(name)[len(p) + 2 :]
-            bucket = bucket_of(key_group(key.decode("utf-8")))
-            pipe = client.pipeline(transaction=True)
-            pipe.rename(bytes(name), names.value(bucket, key))
-            pipe.zadd(names.directory(bucket, dir_of(key)), {key: 0})
-            await pipe.execute()
-            counts["keys"] += 1
-            if counts["keys"] % 10000 == 0:
-                say(f"{counts['keys']} keys moved")
-        async for name in client.scan_iter(match=names.old_pattern(b"i"), count=1000):
-            index = bytes(name)[len(p) + 2 :].decode("utf-8")
-            while True:
-                rows = score_rows(await client.zrange(bytes(name), 0, _CHUNK - 1, withscores=True))
-                if not rows:
-                    break
-                pipe = client.pipeline(transaction=True)
-                for member, score in rows:
-                    pipe.zadd(
-                        names.index(bucket_of(member_group(index, member.decode("utf-8"))), index),
-                        {member: score},
-                    )
-                pipe.zrem(bytes(name), *[m for m, _ in rows])
-                await pipe.execute()
-                counts["index_members"] += len(rows)
-        # The old directory sets list keys that have all moved (the processes are stopped, so
-        # nobody wrote a key since).
-        old_dirs = [bytes(n) async for n in client.scan_iter(match=names.old_pattern(b"d"), count=1000)]
-        for name in old_dirs:
-            await client.delete(name)
-        await client.delete(p + b"sync")
-        await client.set(names.layout, LAYOUT)
-        say(f"moved {counts['keys']} keys and {counts['index_members']} index members")
-        return counts
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-        raise StorageUnavailableError(f"cannot reach Redis during the migration: {exc}", shown) from exc
-    except redis.exceptions.RedisError as exc:
-        raise StorageError(f"Redis error during the migration: {type(exc).__name__}: {exc}", shown) from exc
+        with translated(shown, details["prefix"], "migration"):
+            return await _move(client, names, say)
     finally:
         await client.aclose()
+
+
+async def _move(client: redis.asyncio.Redis, names: Names, say: Callable[[str], None]) -> dict[str, int]:
+    """The migration's work (see :func:`migrate`); redis-py's errors pass through."""
+    p = names.prefix
+    counts = {"keys": 0, "index_members": 0}
+    found = await client.get(names.layout)
+    if found is not None and as_bytes(found) == LAYOUT:
+        return counts
+    async for name in client.scan_iter(match=names.old_pattern(b"k"), count=1000):
+        key = bytes(name)[len(p) + 2 :]
+        bucket = bucket_of(key_group(key.decode("utf-8")))
+        pipe = client.pipeline(transaction=True)
+        pipe.rename(bytes(name), names.value(bucket, key))
+        pipe.zadd(names.directory(bucket, dir_of(key)), {key: 0})
+        await pipe.execute()
+        counts["keys"] += 1
+        if counts["keys"] % 10000 == 0:
+            say(f"{counts['keys']} keys moved")
+    async for name in client.scan_iter(match=names.old_pattern(b"i"), count=1000):
+        index = bytes(name)[len(p) + 2 :].decode("utf-8")
+        while True:
+            rows = score_rows(await client.zrange(bytes(name), 0, _CHUNK - 1, withscores=True))
+            if not rows:
+                break
+            pipe = client.pipeline(transaction=True)
+            for member, score in rows:
+                pipe.zadd(
+                    names.index(bucket_of(member_group(index, member.decode("utf-8"))), index),
+                    {member: score},
+                )
+            pipe.zrem(bytes(name), *[m for m, _ in rows])
+            await pipe.execute()
+            counts["index_members"] += len(rows)
+    # The old directory sets list keys that have all moved (the processes are stopped, so
+    # nobody wrote a key since).
+    old_dirs = [bytes(n) async for n in client.scan_iter(match=names.old_pattern(b"d"), count=1000)]
+    for name in old_dirs:
+        await client.delete(name)
+    await client.delete(p + b"sync")
+    await client.set(names.layout, LAYOUT)
+    say(f"moved {counts['keys']} keys and {counts['index_members']} index members")
+    return counts
