@@ -265,6 +265,16 @@ class RedisCluster:
                     out.append(node)
         return out
 
+    def owner(self, slot: int) -> RedisServer:
+        """The primary serving ``slot`` now (as a running node sees it)."""
+        import redis
+
+        with redis.Redis(port=next(n for n in self.nodes if n.running()).port) as client:
+            for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    return next(n for n in self.nodes if n.port == int(primary[1]))
+        raise AssertionError(f"no primary serves slot {slot}")
+
     def __enter__(self) -> RedisCluster:
         return self
 
@@ -376,3 +386,13 @@ def start_slot_checked(tmpdir: str | os.PathLike[str], *, timeout: float = 30.0)
     except BaseException:
         server.stop()
         raise
+
+
+def slot_of(prefix: str, key: str) -> int:
+    """The hash slot where the Redis backend keeps plain key ``key`` under ``prefix``."""
+    from redis.crc import key_slot
+
+    from actorflow.storage._groups import key_group
+    from actorflow.storage._redis_names import Names, bucket_of
+
+    return key_slot(Names(prefix.encode()).value(bucket_of(key_group(key)), key.encode()))

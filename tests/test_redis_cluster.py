@@ -15,13 +15,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from _redis import REDIS_SERVER, RedisCluster, RedisServer, start_cluster
-from redis.crc import key_slot
+from _redis import REDIS_SERVER, RedisCluster, RedisServer, slot_of, start_cluster
 
 from actorflow.errors import ConfigError, StorageError
 from actorflow.storage import Batch, open_storage, parse_storage_url
-from actorflow.storage._groups import key_group
-from actorflow.storage.redis import RedisStorage, bucket_of
+from actorflow.storage.redis import RedisStorage
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -40,28 +38,17 @@ def _node_id(node: RedisServer) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
-def _owner(c: RedisCluster, slot: int) -> RedisServer:
-    with redis.Redis(port=c.nodes[0].port) as client:
-        for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
-            if start <= slot <= end:
-                return next(n for n in c.nodes if n.port == int(primary[1]))
-    raise AssertionError(f"no primary serves slot {slot}")
-
-
-def _slot_of(storage: RedisStorage, key: str) -> int:
-    return key_slot(storage._kkey(bucket_of(key_group(key)), key.encode()))
-
-
 async def test_commits_follow_a_slot_that_migrates_and_moves(own_cluster: RedisCluster) -> None:
     """The slot of an actor's bucket moves to another primary while the same storage object
     keeps working: during the migration (``ASK``) and after it (``MOVED``)."""
-    storage = await open_storage(f"{own_cluster.url}?prefix=mv:")
+    prefix = "mv:"
+    storage = await open_storage(f"{own_cluster.url}?prefix={prefix}")
     assert isinstance(storage, RedisStorage)
     try:
         key = "act/Mover/m1/v"
         assert await storage.commit(Batch().require(key, None).put(key, b"1").put("acts/Mover/m1", b""))
-        slot = _slot_of(storage, key)
-        source = _owner(own_cluster, slot)
+        slot = slot_of(prefix, key)
+        source = own_cluster.owner(slot)
         target = next(n for n in own_cluster.nodes if n is not source)
         src_id, dst_id = _node_id(source), _node_id(target)
         with redis.Redis(port=source.port) as src, redis.Redis(port=target.port) as dst:
@@ -75,7 +62,7 @@ async def test_commits_follow_a_slot_that_migrates_and_moves(own_cluster: RedisC
             for node in own_cluster.nodes:
                 with redis.Redis(port=node.port) as client:
                     client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
-        assert _owner(own_cluster, slot) is target
+        assert own_cluster.owner(slot) is target
         # Moved: the client's slot map is stale, the source answers MOVED.
         assert await storage.commit(Batch().require(key, b"2").put(key, b"3"))
         assert await storage.get(key) == b"3"

@@ -17,14 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
-from _redis import REDIS_SERVER, RedisCluster, RedisServer, start_cluster
-from redis.crc import key_slot
+from _redis import REDIS_SERVER, RedisCluster, slot_of, start_cluster
 
 from actorflow.errors import StorageUnavailableError
 from actorflow.storage import Batch, open_storage
-from actorflow.storage._groups import key_group
-from actorflow.storage.redis import RedisStorage, bucket_of
+from actorflow.storage.redis import RedisStorage
 
 pytestmark = pytest.mark.timeout(120)
 KEYS = [f"act/Failover/a{i}/v" for i in range(30)]
@@ -38,22 +35,12 @@ def cluster(tmp_path: Path) -> Iterator[RedisCluster]:
         yield c
 
 
-def _owner(c: RedisCluster, slot: int) -> RedisServer:
-    """The primary serving ``slot`` now."""
-    with redis.Redis(port=c.nodes[0].port) as client:
-        for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
-            if start <= slot <= end:
-                port = int(primary[1])
-                return next(n for n in c.nodes if n.port == port)
-    raise AssertionError(f"no primary serves slot {slot}")
-
-
 def test_no_acknowledged_commit_is_lost_when_a_primary_dies(cluster: RedisCluster) -> None:
-    url = f"{cluster.url}?wait_replicas=1&wait_timeout=2&prefix=fo:"
-    storage_probe = RedisStorage(url)
-    slots = {k: key_slot(storage_probe._kkey(bucket_of(key_group(k)), k.encode())) for k in KEYS}
-    victim = _owner(cluster, slots[KEYS[0]])
-    on_victim = [k for k in KEYS if _owner(cluster, slots[k]) is victim]
+    prefix = "fo:"
+    url = f"{cluster.url}?wait_replicas=1&wait_timeout=2&prefix={prefix}"
+    slots = {k: slot_of(prefix, k) for k in KEYS}
+    victim = cluster.owner(slots[KEYS[0]])
+    on_victim = [k for k in KEYS if cluster.owner(slots[k]) is victim]
     assert 0 < len(on_victim) < len(KEYS)
 
     acked: dict[str, int] = {}
@@ -105,4 +92,4 @@ def test_no_acknowledged_commit_is_lost_when_a_primary_dies(cluster: RedisCluste
     assert lost == []
     assert all(refused[k] > 0 for k in on_victim)  # its slots were unavailable for a while
     assert all(after_failover[k] > 0 for k in on_victim)  # and served again after the failover
-    assert _owner(cluster, slots[on_victim[0]]) is not victim
+    assert cluster.owner(slots[on_victim[0]]) is not victim

@@ -19,15 +19,11 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
-from _redis import REDIS_SERVER, RedisCluster, RedisServer, start_cluster
-from redis.crc import key_slot
-
-from actorflow.storage._groups import key_group
-from actorflow.storage.redis import RedisStorage, bucket_of
+from _redis import REDIS_SERVER, RedisCluster, slot_of, start_cluster
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("ray_session")]
 ACTORS = [f"f{i}" for i in range(24)]
+PREFIX = "svc:"
 
 
 def _free_port() -> int:
@@ -36,16 +32,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _owner(c: RedisCluster, slot: int) -> RedisServer:
-    with redis.Redis(port=next(n for n in c.nodes if n.running()).port) as client:
-        for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
-            if start <= slot <= end:
-                return next(n for n in c.nodes if n.port == int(primary[1]))
-    raise AssertionError(f"no primary serves slot {slot}")
-
-
 @pytest.fixture
-def service(tmp_path: Path) -> Iterator[tuple[str, str, RedisCluster]]:
+def service(tmp_path: Path) -> Iterator[tuple[str, RedisCluster]]:
     if not Path(REDIS_SERVER).exists():
         pytest.skip("redis-server not installed")
     from ray import serve
@@ -53,7 +41,7 @@ def service(tmp_path: Path) -> Iterator[tuple[str, str, RedisCluster]]:
     from actorflow.serve.app import APP_NAME, build
 
     with start_cluster(tmp_path, primaries=3, replicas=1) as cluster:
-        storage = f"{cluster.url}?wait_replicas=1&wait_timeout=2&prefix=svc:"
+        storage = f"{cluster.url}?wait_replicas=1&wait_timeout=2&prefix={PREFIX}"
         port = _free_port()
         serve.start(
             http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False}
@@ -64,22 +52,18 @@ def service(tmp_path: Path) -> Iterator[tuple[str, str, RedisCluster]]:
                 name=APP_NAME,
                 route_prefix="/",
             )
-            yield f"http://127.0.0.1:{port}", storage, cluster
+            yield f"http://127.0.0.1:{port}", cluster
         finally:
             serve.shutdown()
 
 
 def test_a_primary_dies_calls_answer_503_then_recover_and_nothing_acknowledged_is_lost(
-    service: tuple[str, str, RedisCluster],
+    service: tuple[str, RedisCluster],
 ) -> None:
-    url, storage, cluster = service
-    probe = RedisStorage(storage)
-    slot = {
-        a: key_slot(probe._kkey(bucket_of(key_group(f"act/Tally/{a}/v")), f"act/Tally/{a}/v".encode()))
-        for a in ACTORS
-    }
-    victim = _owner(cluster, slot[ACTORS[0]])
-    on_victim = [a for a in ACTORS if _owner(cluster, slot[a]) is victim]
+    url, cluster = service
+    slot = {a: slot_of(PREFIX, f"act/Tally/{a}/v") for a in ACTORS}
+    victim = cluster.owner(slot[ACTORS[0]])
+    on_victim = [a for a in ACTORS if cluster.owner(slot[a]) is victim]
     assert 0 < len(on_victim) < len(ACTORS)
     for a in ACTORS:
         httpx.post(f"{url}/v1/actors/Tally/{a}", timeout=60).raise_for_status()
