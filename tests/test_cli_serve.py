@@ -1,16 +1,19 @@
 """``actorflow serve`` as a user runs it, in both of Serve's proxy modes: the installed command,
 in a folder holding only the user's module, a child process with a Ray of its own, plain HTTP
-requests from several clients, then Ctrl-C. Nothing of it may be left
-running afterwards (a HAProxy outliving its Ray would keep the port)."""
+requests from several clients, then SIGTERM (what Docker and Kubernetes send) or Ctrl-C, each
+answered by one line and a clean exit. Nothing of it may be left running afterwards (a HAProxy
+outliving its Ray would keep the port). The access log is off unless asked for."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
+import time
 from collections import defaultdict
 
 import httpx
@@ -45,9 +48,25 @@ def answers(url: str) -> bool:
         return False
 
 
-@pytest.mark.parametrize("proxy", ["haproxy", "classic"])
-def test_serve_in_each_proxy_mode_then_ctrl_c_leaves_nothing_running(
-    proxy: str, tmp_path: pathlib.Path
+def user_env() -> dict[str, str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("RAY_SERVE_", "RAY_ADDRESS", "ACTORFLOW_"))
+    }
+    env.pop("PYTHONPATH", None)
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    return env
+
+
+ACCESS_LINE = re.compile(r"POST /v1/actors/\S+ 200 ")
+
+
+@pytest.mark.parametrize(
+    ("proxy", "stop", "access_log"),
+    [("haproxy", signal.SIGTERM, False), ("classic", signal.SIGINT, True)],
+    ids=["haproxy-sigterm", "classic-ctrl-c-access-log"],
+)
+def test_serve_in_each_proxy_mode_then_a_signal_leaves_nothing_running(
+    proxy: str, stop: signal.Signals, access_log: bool, tmp_path: pathlib.Path
 ) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -56,14 +75,12 @@ def test_serve_in_each_proxy_mode_then_ctrl_c_leaves_nothing_running(
     project = tmp_path / "project"
     project.mkdir()
     (project / "my_actors.py").write_text((HERE / "serve_actors.py").read_text())
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_SERVE_", "RAY_ADDRESS"))}
-    env.pop("PYTHONPATH", None)
-    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env = user_env()
     log = tmp_path / "serve.log"
     before = haproxy_pids()
     command = pathlib.Path(sys.executable).with_name("actorflow")
-    cmd = [str(command), "--storage", f"sqlite://{tmp_path}/serve.db", "serve", "my_actors"]
-    cmd += ["--port", str(port), "--proxy", proxy]
+    cmd = [str(command), "serve", "my_actors", "--storage", f"sqlite://{tmp_path}/serve.db"]
+    cmd += ["--port", str(port), "--proxy", proxy] + (["--access-log"] if access_log else [])
     with log.open("w") as out, child(cmd, env=env, cwd=project, stdout=out, stderr=subprocess.STDOUT) as proc:
         ready = "Ctrl-C stops it."  # printed once the application is deployed
         wait_while_alive(proc, lambda: ready in log.read_text(), "the service to be ready", timeout=150)
@@ -95,8 +112,39 @@ def test_serve_in_each_proxy_mode_then_ctrl_c_leaves_nothing_running(
             assert all(len(o) == 1 for o in owners.values()), owners  # one owner per actor
         mine = haproxy_pids() - before
         assert bool(mine) == (proxy == "haproxy")
-        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        proc.send_signal(stop)
         proc.wait(timeout=90)
-    assert proc.returncode == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    assert [line for line in text.splitlines() if "stopping" in line] == [f"actorflow: {stop.name}: stopping"]
+    assert bool(ACCESS_LINE.search(text)) == access_log, text[-3000:]
     assert not (haproxy_pids() & mine), "HAProxy outlived actorflow serve"
     assert not answers(url)
+
+
+def test_ctrl_c_during_start_up_stops_cleanly_once_started(tmp_path: pathlib.Path) -> None:
+    """Ctrl-C while Ray starts: one line, then a clean stop once start-up is over (a Ray
+    interrupted half-way could leave its processes behind), no traceback, no service."""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    before = haproxy_pids()
+    command = pathlib.Path(sys.executable).with_name("actorflow")
+    cmd = [str(command), "serve", "examples.bank", "--storage", f"sqlite://{tmp_path}/serve.db"]
+    cmd += ["--port", str(port)]
+    root = HERE.parent  # examples/ is imported from the working directory
+    with (
+        log.open("w") as out,
+        child(cmd, env=user_env(), cwd=root, stdout=out, stderr=subprocess.STDOUT) as proc,
+    ):
+        time.sleep(3)  # past its imports (0.5 s here) and the build, into ray.init (7 s here)
+        assert proc.poll() is None, log.read_text()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
+    assert "actorflow: SIGINT: stopping once start-up has finished (SIGINT again stops now)" in text
+    assert "Ctrl-C stops it." not in text  # it never said it was serving
+    assert not (haproxy_pids() - before), "a HAProxy outlived actorflow serve"
+    assert not answers(f"http://127.0.0.1:{port}")

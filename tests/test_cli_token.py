@@ -231,24 +231,20 @@ def test_call_refuses_token_and_token_file_together(
 ) -> None:
     address, seen = service
     path = token_file(tmp_path, TOKEN)
-    with pytest.raises(SystemExit) as exited:
-        main(["call", "A", "a", "m", "--address", address, "--token", TOKEN, "--token-file", path])
-    assert exited.value.code == 2
+    assert main(["call", "A", "a", "m", "--address", address, "--token", TOKEN, "--token-file", path]) == 2
     out, err = capsys.readouterr()
-    assert "not allowed with argument" in err
+    assert err == "actorflow: give the token or a token file, not both\n"
     assert TOKEN not in out + err
     assert seen == []
 
 
-@pytest.mark.parametrize("command", ["serve", "call"])
+@pytest.mark.parametrize("command", ["serve", "call", "actors list", "workflows status"])
 def test_token_help_warns_about_the_process_table(command: str, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exited:
-        main([command, "--help"])
-    assert exited.value.code == 0
-    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines anywhere
+    assert main([*command.split(), "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # help text wraps lines anywhere
     assert "--token-file PATH" in text
-    assert "other users can read it in the process table, so prefer $ACTORFLOW_TOKEN or --token-file" in text
-    assert "$ACTORFLOW_TOKEN_FILE" in text
+    assert "Other users can read it in the process table, so prefer $ACTORFLOW_TOKEN or --token-file" in text
+    assert "ACTORFLOW_TOKEN_FILE" in text
 
 
 # -- actorflow serve --------------------------------------------------------------------------------
@@ -256,29 +252,29 @@ def test_token_help_warns_about_the_process_table(command: str, capsys: pytest.C
 
 @pytest.fixture
 def no_ray(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
-    """Ray's start-up replaced by recorders, and SIGTERM delivered as soon as serve waits for it.
-    The environment ``serve`` sets up for Ray (its proxy mode) is put back afterwards."""
+    """Ray's start-up replaced by recorders, and a real SIGTERM sent to this process just after
+    the application is deployed, so serve stops as soon as it is up (through its handler). The
+    environment ``serve`` sets up for Ray (its proxy mode) is put back afterwards."""
     import ray
     from ray import serve
 
     calls: dict[str, Any] = {}
+
+    def deployed(app: Any, **kw: Any) -> None:
+        calls.setdefault("serve.run", kw)
+        # Once serve waits (a signal during start-up would stop it before it says it is up).
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+
     monkeypatch.setattr(ray, "init", lambda **kw: calls.setdefault("ray.init", kw))
     monkeypatch.setattr(ray, "shutdown", lambda: calls.setdefault("ray.shutdown", True))
     monkeypatch.setattr(serve, "start", lambda **kw: calls.setdefault("serve.start", kw))
-    monkeypatch.setattr(serve, "run", lambda app, **kw: calls.setdefault("serve.run", kw))
-    real_signal = signal.signal
-
-    def fake_signal(signum: int, handler: Any) -> Any:
-        if signum == signal.SIGTERM:
-            handler(signum, None)  # serve stops at once instead of serving until interrupted
-            return signal.SIG_DFL
-        return real_signal(signum, handler)
-
-    monkeypatch.setattr(signal, "signal", fake_signal)
+    monkeypatch.setattr(serve, "run", deployed)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     saved = dict(os.environ)
     yield calls
     os.environ.clear()
     os.environ.update(saved)
+    assert {s: signal.getsignal(s) for s in handlers} == handlers, "serve left its signal handlers"
 
 
 def test_serve_never_prints_the_token_or_the_redis_password(
@@ -288,7 +284,7 @@ def test_serve_never_prints_the_token_or_the_redis_password(
     # Nothing connects to this Redis: the application is built, never started.
     storage = "redis://:s3cret-redis-pw@127.0.0.1:1/0"
     port = str(free_port())
-    status = main(["--storage", storage, "serve", "examples.bank", "--port", port, "--token-file", path])
+    status = main(["serve", "examples.bank", "--storage", storage, "--port", port, "--token-file", path])
     out, err = capsys.readouterr()
     assert status == 0, err
     assert "serve.run" in no_ray and "ray.shutdown" in no_ray
@@ -310,7 +306,7 @@ def test_serve_refuses_a_port_in_use_before_ray(
         busy.listen()
         port = busy.getsockname()[1]
         status = main(
-            ["--storage", f"sqlite:///{tmp_path}/x.db", "serve", "examples.bank", "--port", str(port)]
+            ["serve", "examples.bank", "--storage", f"sqlite:///{tmp_path}/x.db", "--port", str(port)]
         )
     _, err = capsys.readouterr()
     assert status == 2
@@ -322,7 +318,7 @@ def test_serve_refuses_a_port_in_use_before_ray(
 def test_serve_with_a_bad_token_file_stops_before_ray(
     tmp_path: Path, no_ray: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status = main(["--storage", f"sqlite:///{tmp_path}/x.db", "serve", "--token-file", str(tmp_path / "no")])
+    status = main(["serve", "--storage", f"sqlite:///{tmp_path}/x.db", "--token-file", str(tmp_path / "no")])
     _, err = capsys.readouterr()
     assert status == 2
     assert err.startswith("actorflow: cannot read token file ") and "Traceback" not in err

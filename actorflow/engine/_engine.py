@@ -283,6 +283,35 @@ class WorkflowEngine:
             "error": header.get("error"),
         }
 
+    async def steps(self, wid: str, limit: int = 1000) -> list[dict[str, Any]]:
+        """The workflow's steps as far as storage knows them, at most ``limit``: those planned
+        when it started, in plan order, then any added as it ran (continuations, in id order).
+        Each is ``{step_id, name, status, attempts, start_time, end_time}``; a step with no
+        stored result yet is PENDING (it may be running). Read, not locked: a running workflow
+        can move on while this is read."""
+        specs, _ = await self.store.load_dag(wid)
+        planned = [s.step_id for s in specs]
+        names = {s.step_id: s.name for s in specs}
+        known = set(planned)
+        order = planned + sorted(await self.store.step_ids(wid) - known)
+        order = order[:limit]
+        raws = await self.storage.get_many([k_step(wid, sid) for sid in order])
+        out = []
+        for sid, raw in zip(order, raws, strict=True):
+            header = _codec.unpack(raw)[0] if raw is not None else {}
+            kind = header.get("kind")
+            out.append(
+                {
+                    "step_id": sid,
+                    "name": header.get("name") or names.get(sid),
+                    "status": "PENDING" if kind is None else ("FAILED" if kind == "err" else "SUCCESSFUL"),
+                    "attempts": header.get("attempts"),
+                    "start_time": header.get("start_time"),
+                    "end_time": header.get("end_time"),
+                }
+            )
+        return out
+
     async def post_event(self, wid: str, key: str, payload: Any) -> bool:
         """Store an event for ``wait_for_event(key)``; False if one was stored under that key."""
         check_id("event key", key)

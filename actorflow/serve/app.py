@@ -23,6 +23,7 @@ arg                      env                       meaning
 ``token_file``           ``ACTORFLOW_TOKEN_FILE``  file holding that token (whitespace stripped)
 ``modules``              ``ACTORFLOW_MODULES``     modules defining actor types (comma list)
 ``actor_host_replicas``                            replicas of ActorHost (default 2)
+``access_log``           ``ACTORFLOW_ACCESS_LOG``  a log line per request (default: off)
 ``max_body``                                       request body limit in bytes (default 1 MiB)
 ``body_timeout``                                   seconds a request body may take (default 10)
 ``max_replicas_per_node``                          spread replicas over nodes (default: no limit)
@@ -155,7 +156,15 @@ def build(args: dict[str, Any] | None = None) -> Application:
     s = settings_from(args or {})
     load_modules(s["modules"])  # fail here, with the module's error, rather than in every replica
     host: Any = ActorHost  # a Serve Deployment once decorated
-    options: dict[str, Any] = {"num_replicas": s["replicas"]}
+    options: dict[str, Any] = {
+        "num_replicas": s["replicas"],
+        # On the deployment, so it reaches every replica (Serve's own processes take theirs from
+        # serve.start). Serve writes its access log at INFO: off means warnings only.
+        "logging_config": {
+            "enable_access_log": s["access_log"],
+            "log_level": "INFO" if s["access_log"] else "WARNING",
+        },
+    }
     if s["max_replicas_per_node"] is not None:
         options["max_replicas_per_node"] = s["max_replicas_per_node"]
     if not haproxy_enabled():

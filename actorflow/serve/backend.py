@@ -164,7 +164,9 @@ class LocalBackend:
         return [(wid, s.value) for wid, s in rows]
 
     async def workflow(self, workflow_id: str) -> dict[str, Any]:
-        return await self._run(self.engine.metadata(check_workflow_id(workflow_id), None))
+        wid = check_workflow_id(workflow_id)
+        meta = await self._run(self.engine.metadata(wid, None))
+        return {**meta, "steps": await self._run(self.engine.steps(wid))}
 
     async def resume_workflow(self, workflow_id: str) -> str:
         from actorflow._ray import ensure_ray

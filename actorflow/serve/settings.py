@@ -23,6 +23,8 @@ DEFAULT_BODY_TIMEOUT = 10.0
 
 TOKEN_ENV = "ACTORFLOW_TOKEN"
 TOKEN_FILE_ENV = "ACTORFLOW_TOKEN_FILE"
+ACCESS_LOG_ENV = "ACTORFLOW_ACCESS_LOG"
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
 def read_token_file(path: str) -> str:
@@ -87,6 +89,7 @@ def settings_from(args: dict[str, Any]) -> dict[str, Any]:
     if isinstance(modules, str):
         modules = [modules]
     return {
+        "access_log": _flag("access_log", args.get("access_log"), ACCESS_LOG_ENV),
         "storage": canonical_url(storage),
         "token": resolve_token(args.get("token"), args.get("token_file")),
         "modules": [m.strip() for m in modules],
@@ -97,3 +100,16 @@ def settings_from(args: dict[str, Any]) -> dict[str, Any]:
             int(args["max_replicas_per_node"]) if args.get("max_replicas_per_node") is not None else None
         ),
     }
+
+
+def _flag(name: str, given: object, env: str) -> bool:
+    """A yes/no setting: the argument if given, else the variable (``1/true/yes/on`` or
+    ``0/false/no/off``, any case; unset is no). Anything else is a :class:`ConfigError`."""
+    if given is not None and not isinstance(given, str):
+        return bool(given)
+    text = (os.environ.get(env, "") if given is None else given).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(f"{name}: {text!r} is neither yes nor no (${env}: 1/true/yes/on or 0/false/no/off)")
