@@ -323,3 +323,14 @@ def test_serve_with_a_bad_token_file_stops_before_ray(
     assert status == 2
     assert err.startswith("actorflow: cannot read token file ") and "Traceback" not in err
     assert "ray.init" not in no_ray
+
+
+def test_help_names_every_variable_of_serve(capsys: pytest.CaptureFixture[str]) -> None:
+    """Each option of serve shows the variable it also reads, and the top-level help lists them."""
+    assert main(["serve", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for name in ("STORAGE", "HOST", "PORT", "REPLICAS", "PROXY", "ACCESS_LOG", "NUM_CPUS", "TOKEN_FILE"):
+        assert f"ACTORFLOW_{name}" in text, name
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert "ACTORFLOW_ADDRESS" in text and "ACTORFLOW_MODULES" in text and "Exit status: 0" in text
