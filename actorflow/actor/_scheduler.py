@@ -151,6 +151,8 @@ class Scheduler:
                     log.warning("the timer scheduler cannot reach storage; trying again: %s", exc)
                     down = True
             except Exception:
+                if self.storage.closed:
+                    return  # closed under the loop: the runtime closing, or the interpreter exiting
                 log.exception("the timer scheduler pass failed; trying again")
             await asyncio.sleep(self.config.tick_interval)
 

@@ -96,6 +96,14 @@ class Storage(abc.ABC):
 
     #: The storage URL, with any password replaced by ``***``; used in error messages.
     url: str
+    _closed: bool = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether this object is closed: :meth:`close` ran, or the threads it works on are
+        gone (the interpreter is exiting). Every call then raises
+        :class:`~actorflow.errors.StorageError`; loops that poll storage stop on it."""
+        return self._closed
 
     @abc.abstractmethod
     async def get(self, key: str) -> bytes | None:

@@ -245,10 +245,11 @@ class SQLiteStorage(Storage):
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, self._in_worker, fn)
-        except RuntimeError as exc:  # executor shut down between the check and the submit
-            if self._closed:
-                raise StorageError("storage is closed", self.url) from exc
-            raise
+        except RuntimeError as exc:
+            # Its thread is gone: closed between the check and the submit, or the interpreter
+            # is exiting (concurrent.futures stops every executor then). Closed either way.
+            self._closed = True
+            raise StorageError("storage is closed", self.url) from exc
 
     def _try_inline(self, fn: Callable[[sqlite3.Connection], T]) -> tuple[bool, T | None]:
         """Run ``fn`` on this thread if the inline connection is free and nothing holds a lock
