@@ -80,11 +80,13 @@ def client(rt: WorkflowRuntime) -> TestClient:
 
 def test_healthz_needs_no_token_and_everything_else_does(client: TestClient) -> None:
     assert client.get("/healthz", headers={"authorization": ""}).json() == {"status": "ok"}
+    # The static docs page is public too (tests/test_openapi.py); the document it loads is not.
+    assert client.get("/docs", headers={"authorization": ""}).status_code == 200
     for method, path in [
         ("get", "/v1/actors/HttpCounter"),
         ("post", "/v1/actors/HttpCounter/a/incr"),
         ("get", "/openapi.json"),
-        ("get", "/docs"),
+        ("get", "/docs/oauth2-redirect"),
         ("get", "/metrics"),
         ("get", "/v1/workflows"),
         ("get", "/nowhere"),

@@ -1,7 +1,8 @@
 """The HTTP API (DESIGN §5): JSON in, JSON out, versioned under ``/v1``.
 
 Safety at the edge: only JSON bodies are read and nothing from the network is unpickled; a
-configured token guards every route but ``/healthz`` (compared in constant time); bodies over
+configured token guards every route but ``/healthz`` and the static ``/docs`` page (compared
+in constant time; the document ``/docs`` shows stays behind it); bodies over
 the limit get 413 before they are read whole, and a body that does not arrive within
 ``body_timeout`` seconds gets 408 (a stalled client cannot hold a replica's slot); JSON is read
 strictly (no NaN or infinities, valid Unicode, nested at most ``MAX_JSON_DEPTH`` deep) in bodies
@@ -22,7 +23,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from actorflow import _wire, errors
 from actorflow._ids import check_id
+from actorflow.serve import openapi
 from actorflow.serve.backend import Backend
+from actorflow.serve.docs import PUBLIC_PATHS as DOCS_PATHS
 from actorflow.serve.edge import ApiSettings, DirectCalls, EdgeMiddleware
 from actorflow.serve.requests import (
     ErrorMappingRoute,
@@ -63,6 +66,8 @@ def create_api(
         title="actorflow",
         version="1",
         description="Durable virtual actors and workflows. Errors are JSON: {error, message, ...}.",
+        docs_url=None,  # served offline by actorflow.serve.docs instead (no CDN)
+        redoc_url=None,  # FastAPI's ReDoc page loads its script from a CDN; /docs is the one page
     )
 
     async def default_call(
@@ -86,9 +91,10 @@ def create_api(
         _workflow_routes(backend),
     ):
         app.include_router(router)
+    openapi.install(app, token_required=bool(settings.token))
     if direct_calls:
         app.add_middleware(DirectCalls, run_call=run_call)  # inside EdgeMiddleware: after its checks
-    app.add_middleware(EdgeMiddleware, settings=settings)
+    app.add_middleware(EdgeMiddleware, settings=settings, public_paths=("/healthz", *DOCS_PATHS))
     return app
 
 

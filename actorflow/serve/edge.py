@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,11 +43,15 @@ class ApiSettings:
 
 
 class EdgeMiddleware:
-    """Auth, body size and content type checks, before any route runs."""
+    """Auth, body size and content type checks, before any route runs. ``public_paths``
+    answer without the token (``/healthz``; the API adds its static ``/docs`` page)."""
 
-    def __init__(self, app: ASGIApp, settings: ApiSettings) -> None:
+    def __init__(
+        self, app: ASGIApp, settings: ApiSettings, public_paths: Iterable[str] = ("/healthz",)
+    ) -> None:
         self.app = app
         self.settings = settings
+        self.public_paths = frozenset(public_paths)
         self._token = settings.token.encode() if settings.token else None
         replica = settings.replica
         self._replica = (_wire.REPLICA_HEADER.encode(), replica.encode()) if replica else None
@@ -59,8 +63,7 @@ class EdgeMiddleware:
         if self._replica is not None:
             send = self._naming(send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        path = scope.get("path", "")
-        if self._token is not None and path != "/healthz":
+        if self._token is not None and app_path(scope) not in self.public_paths:
             given = headers.get("authorization", "")
             scheme, _, credential = given.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(
@@ -126,6 +129,16 @@ class EdgeMiddleware:
             await send(message)
 
         return named
+
+
+def app_path(scope: Scope) -> str:
+    """The request's path inside the application (without the ``root_path`` it is mounted at,
+    as :meth:`DirectCalls._target` reads it)."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root + "/"):
+        path = path[len(root) :]
+    return path
 
 
 class _BodyTooLarge(BaseException):

@@ -1,0 +1,159 @@
+"""A new user's first service, as the README's "Your own actors, served" tells it, in a real
+browser: its actor class written verbatim into an empty folder, ``actorflow serve`` run there
+(the installed command, its own Ray), its curl line run by curl with no create step, then
+``/docs`` opened in headless Chromium (Debian's ``chromium`` and ``chromium-driver``) where
+"Try it out" calls the method, and SIGTERM stops the service with one line.
+
+The page must work offline: Chromium is started with every host but the service's blocked."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from _procs import child, wait_while_alive
+from _redis import free_port
+
+pytestmark = pytest.mark.slow
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+    pytest.skip(
+        "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; "
+        ".ci/run installs them)",
+        allow_module_level=True,
+    )
+webdriver = pytest.importorskip("selenium.webdriver")
+
+
+def readme_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    return text.split("## Your own actors, served", 1)[1].split("\n## ", 1)[0]
+
+
+def blocks(section: str, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(arg)
+    # Offline: any host but this machine fails, so a page that needs a CDN cannot work.
+    options.add_argument("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.mark.parametrize("token", [None, "walk-3b8e61"], ids=["no-token", "token"])
+def test_first_actor_served_called_with_curl_tried_in_docs_and_stopped(
+    tmp_path: pathlib.Path, browser: object, token: str | None
+) -> None:
+    """As the README says; with a token, the same plus the header on curl and the token typed
+    into the page's form (the page's files load without it, the document only with it)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    section = readme_section()
+    [module] = blocks(section, "python")
+    [shell] = blocks(section, "sh")
+    commands = [line for line in shell.splitlines() if line.strip() and not line.startswith("#")]
+    answers = [line[2:] for line in shell.splitlines() if line.startswith("# ")]
+    serve_line, curl_line = commands
+    name = re.search(r"`(\w+)\.py`", section).group(1)  # type: ignore[union-attr]
+    assert shlex.split(serve_line) == ["actorflow", "serve", name]
+
+    folder = tmp_path / "first-service"
+    folder.mkdir()
+    (folder / f"{name}.py").write_text(module)
+    port = free_port()
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("RAY_SERVE_", "RAY_ADDRESS", "ACTORFLOW_"))
+    }
+    env.pop("PYTHONPATH", None)
+    bin_dir = str(pathlib.Path(sys.executable).parent)
+    env.update(
+        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",  # as the README says
+        XDG_DATA_HOME=str(tmp_path / "data"),  # the per-user default storage, here in a temp dir
+        ACTORFLOW_PORT=str(port),  # the README's 8000 may be taken here
+        RAY_USAGE_STATS_ENABLED="0",
+    )
+    if token is not None:
+        (tmp_path / "token").write_text(token + "\n")
+        env["ACTORFLOW_TOKEN_FILE"] = str(tmp_path / "token")
+    log = tmp_path / "serve.log"
+    with (
+        log.open("w") as out,
+        child(shlex.split(serve_line), env=env, cwd=folder, stdout=out, stderr=subprocess.STDOUT) as proc,
+    ):
+        wait_while_alive(proc, lambda: "Ctrl-C stops it." in log.read_text(), "the service", timeout=150)
+        base = f"http://127.0.0.1:{port}"
+        curl = shlex.split(curl_line.replace("localhost:8000", base))
+        if token is not None:
+            curl += ["-H", f"Authorization: Bearer {token}"]
+        got = subprocess.run(curl, capture_output=True, text=True, timeout=60, env=env)
+        assert got.returncode == 0, got.stderr
+        assert got.stdout == answers[0]  # {"result":"Hello, Ada! You are visitor 1."}
+
+        browser.get(f"{base}/docs")  # type: ignore[attr-defined]
+        wait = WebDriverWait(browser, 30)
+        if token is not None:
+            field = wait.until(
+                ec.visibility_of_element_located((By.CSS_SELECTOR, "#token input[name=token]"))
+            )
+            field.send_keys(token)
+            browser.find_element(By.CSS_SELECTOR, "#token button[type=submit]").click()  # type: ignore[attr-defined]
+        path = "/v1/actors/Greeter/{actor_id}/greet"
+        summary = wait.until(
+            ec.element_to_be_clickable((By.CSS_SELECTOR, f'.opblock-summary-path[data-path="{path}"]'))
+        )
+        summary.click()
+        block = summary.find_element(By.XPATH, "./ancestor::div[contains(@class, 'opblock ')]")
+        wait.until(lambda _: block.find_element(By.CSS_SELECTOR, ".try-out__btn")).click()
+        actor_id = wait.until(lambda _: block.find_element(By.CSS_SELECTOR, "input[placeholder='actor_id']"))
+        actor_id.send_keys("front-desk")
+        body = block.find_element(By.CSS_SELECTOR, "textarea.body-param__text")
+        assert '"name"' in body.get_attribute("value")  # Swagger's example, from the schema
+        body.send_keys(Keys.CONTROL, "a")  # replace it, as a user would
+        body.send_keys(Keys.DELETE)
+        body.send_keys('{"kwargs": {"name": "Grace"}}')
+        block.find_element(By.CSS_SELECTOR, "button.execute").click()
+        status = wait.until(
+            lambda _: block.find_element(
+                By.CSS_SELECTOR, ".live-responses-table tr.response .response-col_status"
+            )
+        )
+        response = block.find_element(By.CSS_SELECTOR, ".live-responses-table .response-col_description pre")
+        assert status.text.strip() == "200", response.text
+        assert '"result": "Hello, Grace! You are visitor 2."' in response.text
+        assert "curl -X 'POST'" in block.text  # the request Swagger shows is the one it sent
+        assert (f"Authorization: Bearer {token}" in block.text) == (token is not None)
+
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=90)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    assert "Traceback" not in text
+    assert [line for line in text.splitlines() if "stopping" in line] == ["actorflow: SIGTERM: stopping"]
