@@ -48,6 +48,7 @@ ERRORS: tuple[tuple[type[errors.ActorflowError], int, str], ...] = (
     (errors.IdempotencyWindowFullError, 429, "idempotency_window_full"),
     (errors.InvalidIdError, 400, "invalid_id"),
     (errors.BadRequestError, 400, "bad_request"),
+    (errors.InvalidTimerError, 422, "invalid_timer"),
     (errors.ConfigError, 400, "bad_request"),
     (errors.UnencodableResultError, 500, "unencodable_result"),
     (errors.SerializationError, 400, "unserializable"),

@@ -4,6 +4,7 @@
 
     ActorflowError
     ├── ConfigError                 bad settings: storage URL, init arguments
+    │   └── InvalidTimerError           a timer field that makes no timer (HTTP 422; also a ValueError)
     ├── BadRequestError             input from a client that breaks the API's rules (also a ValueError)
     ├── InvalidIdError              a workflow, actor or step id that breaks the id rules
     ├── SerializationError          a value that cannot be stored (names the step or actor)
@@ -71,6 +72,11 @@ E = TypeVar("E", bound=ActorflowError)
 
 class ConfigError(ActorflowError):
     """Invalid configuration: an unknown storage scheme, conflicting init arguments."""
+
+
+class InvalidTimerError(ConfigError, ValueError):
+    """A timer request whose fields cannot make a timer: a bad time, period, cron expression
+    or zone (HTTP 422). Nothing is set."""
 
 
 class BadRequestError(ActorflowError, ValueError):
@@ -246,6 +252,7 @@ __all__ = [
     "IdempotencyKeyReusedError",
     "IdempotencyWindowFullError",
     "InvalidIdError",
+    "InvalidTimerError",
     "RemoteError",
     "SerializationError",
     "StorageConflictError",

@@ -171,7 +171,7 @@ def test_timers_list(shell: dict[str, str], capsys: Any) -> None:
     timer = got["timers"]["payment_timeout"]
     assert timer["method"] == "expire" and 3500 < timer["due"] - time.time() <= 3600
     lines = ok(capsys, "timers", "list", "Order", "o7").splitlines()
-    assert lines[0].split() == ["TIMER", "METHOD", "DUE", "EVERY"]
+    assert lines[0].split() == ["TIMER", "METHOD", "DUE", "SCHEDULE"]
     assert lines[1].split()[:2] == ["payment_timeout", "expire"]
     assert re.search(r"\(in (59m\d\ds|1h00m)\)", lines[1]), lines[1]
 

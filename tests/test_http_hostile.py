@@ -188,7 +188,7 @@ def test_an_event_id_reused_with_another_payload_is_refused(client: TestClient) 
     assert client.get("/v1/actors/Hostile/ev").json()["state"]["events"] == [{"a": 1}]
 
 
-def test_bad_timer_specs_and_ids_get_400(client: TestClient) -> None:
+def test_bad_timer_specs_get_422_and_bad_ids_400(client: TestClient) -> None:
     client.post("/v1/actors/Hostile/t")
     for spec in (
         '{"after": 1' + "0" * 400 + ', "method": "incr"}',
@@ -203,7 +203,8 @@ def test_bad_timer_specs_and_ids_get_400(client: TestClient) -> None:
         '{"after": true, "method": "incr"}',
     ):
         r = client.put("/v1/actors/Hostile/t/timers/x", content=spec, headers=JSON)
-        assert r.status_code == 400, (spec[:60], r.status_code, r.text[:200])
+        assert r.status_code == 422, (spec[:60], r.status_code, r.text[:200])
+        assert r.json()["error"] == "invalid_timer"
     for path in ("/v1/actors/Hostile/a*b/timers/x", "/v1/actors/Hostile/t/timers/b*d"):
         assert client.get(path).status_code == 400, path
         assert client.delete(path).status_code == 400, path

@@ -46,18 +46,33 @@ class TimersApi:
         *,
         method: str,
         after: float | None = None,
-        at: float | None = None,
-        every: float | None = None,
+        at: float | str | None = None,
+        every: float | str | None = None,
+        cron: str | None = None,
+        tz: str | None = None,
         args: Any = (),
         kwargs: dict[str, Any] | None = None,
     ) -> None:
         """Set (or replace) the timer ``name`` of the actor running this method; committed
-        with the turn."""
+        with the turn. ``after`` seconds from now, or ``at`` an epoch time or ISO-8601 date and
+        time; ``every`` (seconds, ``"PT5M"``, ``"R5/PT1M"``) or ``cron`` (in zone ``tz``) to
+        repeat (see :mod:`actorflow.actor._timers`). A bad field raises
+        :class:`~actorflow.errors.InvalidTimerError` at once."""
         turn = _writer_turn("set timers")
         ac = lookup(turn.actor_type)
         now = turn.runtime.config.clock.time() if turn.runtime is not None else None
         turn.timers[name] = make_timer(
-            ac, name, method=method, after=after, at=at, every=every, args=args, kwargs=kwargs, now=now
+            ac,
+            name,
+            method=method,
+            after=after,
+            at=at,
+            every=every,
+            cron=cron,
+            tz=tz,
+            args=args,
+            kwargs=kwargs,
+            now=now,
         )
 
     def cancel(self, name: str) -> None:

@@ -1,8 +1,11 @@
 """Durable timers on actors.
 
-Inside a method, ``workflow.timers.set(name, after=|at=, every=None, method=..., args=...)`` and
-``workflow.timers.cancel(name)`` take effect with the turn's commit (if the method raises, they
-never happened). A timer lives in storage, indexed by when it is next due, and survives
+Inside a method, ``workflow.timers.set(name, after=|at=, every=|cron=, tz=, method=..., args=...)``
+and ``workflow.timers.cancel(name)`` take effect with the turn's commit (if the method raises,
+they never happened). ``after`` is seconds from now; ``at`` an epoch time or an ISO-8601 date
+and time; ``every`` seconds, an ISO-8601 duration (``PT5M``) or repeating interval (``R5/PT1M``:
+five ticks, then the timer ends); ``cron`` a cron expression read in zone ``tz`` (see
+:mod:`actorflow.actor._schedule`). A timer lives in storage, indexed by when it is next due, and survives
 restarts of everything.
 
 Firing: a scheduler pass (a background task of every actor runtime; ``POST /v1/timers/tick``
@@ -12,10 +15,12 @@ method with the idempotency key ``timer:{name}:{setting}:{due}``: delivery is at
 exactly once. The turn that runs the method also commits the timer's next state (its next tick,
 or its removal), in the same atomic write as the effect and the idempotency record.
 
-* A periodic timer whose ticks were missed while nothing ran fires **once**, and the method
+* A repeating timer whose ticks were missed while nothing ran fires **once**, and the method
   learns how many further ticks that firing stands for: ``missed`` (passed as the ``missed``
   keyword when the method accepts one, and readable as ``workflow.timers.firing().missed``),
-  the number of ticks due by now besides the one being fired: ``floor((now - due) / every)``.
+  the number of ticks due by now besides the one being fired: for a period,
+  ``floor((now - due) / every)``; for cron, the expression's instants in ``(due, now]``. Missed
+  ticks count against a bounded repetition (``R5/...``).
   A timer whose first due tick was ten and a half periods ago fires once with ``missed == 10``;
   ten periods of downtime give 9 or 10, depending on where in a period it stopped. The next tick
   is then the first one after now.
@@ -27,6 +32,7 @@ or its removal), in the same atomic write as the effect and the idempotency reco
 from __future__ import annotations
 
 import contextvars
+import datetime
 import math
 import time
 import uuid
@@ -37,7 +43,8 @@ from typing import Any
 from actorflow import _codec
 from actorflow._ids import check_id
 from actorflow.actor._keys import TIMER_INDEX, tick_key
-from actorflow.errors import ConfigError
+from actorflow.actor._schedule import Schedule, instant, zone
+from actorflow.errors import InvalidTimerError
 from actorflow.storage import Batch
 
 MIN_PERIOD = 1.0
@@ -69,52 +76,86 @@ class Timer:
     # time, after its tick fired) gets a new one, so its ticks are not taken for the old ones.
     # None for timers stored before it existed.
     setting: str | None = None
+    # How it repeats beyond a plain period (cron, a bounded or ISO-8601 repetition), as
+    # Schedule.to_json(); ``remaining``: ticks left, this one included (None: no end).
+    schedule: dict[str, Any] | None = None
+    remaining: int | None = None
 
     def tick_key(self) -> str:
         """The idempotency key of the tick being fired: ``timer:{name}:{setting}:{due}``."""
         return tick_key(self.name, self.setting, self.due)
 
     def encode(self) -> bytes:
-        return _codec.json_dumps(asdict(self))
+        data = asdict(self)
+        for key in ("schedule", "remaining"):  # absent unless used: a plain timer stays readable
+            if data[key] is None:  # by a version from before schedules (during an upgrade)
+                del data[key]
+        return _codec.json_dumps(data)
 
     @classmethod
     def decode(cls, raw: bytes) -> Timer:
         return cls(**_codec.json_loads(raw))
 
     def public(self) -> dict[str, Any]:
+        repeats = self.repeats()
         return {
             "name": self.name,
             "method": self.method,
             "args": self.args,
             "kwargs": self.kwargs,
             "due": self.due,
+            "due_at": self.due_at(),
             "every": self.every,
+            "schedule": repeats.describe() if repeats is not None else None,
+            "remaining": self.remaining,
             "attempts": self.attempts,
         }
 
-    def missed_at(self, now: float) -> int:
-        if not self.every:
-            return 0
-        return max(0, math.floor((now - self.due) / self.every))
+    def repeats(self) -> Schedule | None:
+        """How the timer repeats (None: it fires once)."""
+        if self.schedule is not None:
+            return Schedule.from_json(self.schedule)
+        if self.every:
+            return Schedule(text=f"{self.every:g}", period=self.every)
+        return None
 
-    def following(self, now: float) -> float:
-        """The first tick strictly after ``now`` (periodic timers)."""
-        assert self.every
-        return self.due + (self.missed_at(now) + 1) * self.every
+    def due_at(self) -> str:
+        """The tick being fired as ISO-8601 text, in the schedule's zone (else UTC)."""
+        repeats = self.repeats()
+        tz = zone(repeats.tz if repeats is not None else None)
+        return datetime.datetime.fromtimestamp(self.due, tz).isoformat(timespec="seconds")
+
+    def missed_at(self, now: float) -> int:
+        """Ticks due by ``now`` besides the one being fired (see the module docstring)."""
+        repeats = self.repeats()
+        if repeats is None:
+            return 0
+        missed = repeats.ticks_in(self.due, now, anchor=self.due)
+        if self.remaining is not None:
+            missed = min(missed, self.remaining - 1)
+        return max(0, missed)
+
+    def following(self, now: float) -> float | None:
+        """The first tick strictly after ``now`` (repeating timers; None: there is none)."""
+        repeats = self.repeats()
+        assert repeats is not None
+        if self.remaining is not None and self.remaining - 1 - self.missed_at(now) <= 0:
+            return None
+        return repeats.next_after(now, anchor=self.due)
 
 
 def _seconds(label: str, value: Any) -> float | None:
-    """A timer field as a finite float, or ``ConfigError`` (``None`` stays ``None``)."""
+    """A timer field as a finite float, or ``InvalidTimerError`` (``None`` stays ``None``)."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"timer {label!r} must be a number of seconds, got {value!r}")
+        raise InvalidTimerError(f"timer {label!r} must be a number of seconds, got {value!r}")
     try:
         seconds = float(value)
     except OverflowError:
-        raise ConfigError(f"timer {label!r} is out of range") from None
+        raise InvalidTimerError(f"timer {label!r} is out of range") from None
     if not math.isfinite(seconds):
-        raise ConfigError(f"timer {label!r} must be finite")
+        raise InvalidTimerError(f"timer {label!r} must be finite")
     return seconds
 
 
@@ -124,52 +165,100 @@ def make_timer(
     *,
     method: str,
     after: float | None = None,
-    at: float | None = None,
-    every: float | None = None,
+    at: float | str | None = None,
+    every: float | str | None = None,
+    cron: str | None = None,
+    tz: str | None = None,
     args: Any = (),
     kwargs: dict[str, Any] | None = None,
     now: float | None = None,
 ) -> Timer:
-    """Validate a timer request (raises ``ConfigError``, ``ActorMethodNotFoundError`` or
-    ``ActorArgumentsError``) and build it. ``after`` is seconds from now, ``at`` an epoch time;
-    ``every`` (seconds, at least ``MIN_PERIOD``) makes it periodic, first due at ``after``/``at``
-    or one period from ``now`` (the clock's reading; default: the system's)."""
+    """Validate a timer request (raises :class:`~actorflow.errors.InvalidTimerError`,
+    ``ActorMethodNotFoundError`` or ``ActorArgumentsError``) and build it.
+
+    ``after`` is seconds from now; ``at`` an epoch time or an ISO-8601 date and time (one
+    without an offset is read in ``tz``). ``every`` (seconds, an ISO-8601 duration or a
+    repeating interval, a period of at least ``MIN_PERIOD``) or ``cron`` (with ``tz``, default
+    UTC) makes it repeat; it is first due at ``after``/``at``, else at the repeating
+    interval's start, else one period from ``now`` or the cron expression's next instant
+    (``now``: the clock's reading; default: the system's)."""
     check_id("timer name", name)
     if "/" in name:
-        raise ConfigError("timer names may not contain '/'")
+        raise InvalidTimerError("timer names may not contain '/'")
     if not isinstance(method, str):
-        raise ConfigError(f"timer 'method' must be a method name (a string), got {type(method).__name__}")
-    after, at, every = _seconds("after", after), _seconds("at", at), _seconds("every", every)
-    if after is not None and at is not None:
-        raise ConfigError("give a timer either 'after' or 'at', not both")
-    if after is not None and not 0 <= after <= MAX_SECONDS:
-        raise ConfigError(f"timer 'after' must be between 0 and {MAX_SECONDS:.0f} s, got {after}")
-    now = time.time() if now is None else now
-    if at is not None and not 0 <= at <= now + MAX_SECONDS:
-        raise ConfigError(f"timer 'at' must be an epoch time between 0 and {MAX_SECONDS:.0f} s from now")
-    if every is not None and not MIN_PERIOD <= every <= MAX_SECONDS:
-        raise ConfigError(
-            f"timer period 'every' must be between {MIN_PERIOD} and {MAX_SECONDS:.0f} s, got {every}"
+        raise InvalidTimerError(
+            f"timer 'method' must be a method name (a string), got {type(method).__name__}"
         )
+    now = time.time() if now is None else now
+    if tz is not None:
+        zone(tz)
+        if cron is None and not isinstance(at, str):
+            raise InvalidTimerError(
+                "timer 'tz' is the zone of 'cron', or of an 'at' date and time without offset"
+            )
+    after = _seconds("after", after)
+    at = instant(at, tz) if isinstance(at, str) else _seconds("at", at)
+    if after is not None and at is not None:
+        raise InvalidTimerError("give a timer either 'after' or 'at', not both")
+    if every is not None and cron is not None:
+        raise InvalidTimerError("give a repeating timer either 'every' or 'cron', not both")
+    if after is not None and not 0 <= after <= MAX_SECONDS:
+        raise InvalidTimerError(f"timer 'after' must be between 0 and {MAX_SECONDS:.0f} s, got {after}")
+    if at is not None and not 0 <= at <= now + MAX_SECONDS:
+        raise InvalidTimerError(
+            f"timer 'at' must be an epoch time between 0 and {MAX_SECONDS:.0f} s from now"
+        )
+    repeats = None
+    if every is not None:
+        repeats = Schedule.every(every, MIN_PERIOD, MAX_SECONDS)
+    elif cron is not None:
+        repeats = Schedule.from_cron(cron, tz, now)
     if not isinstance(args, (list, tuple)):
-        raise ConfigError(f"timer 'args' must be a list, got {type(args).__name__}")
+        raise InvalidTimerError(f"timer 'args' must be a list, got {type(args).__name__}")
     if kwargs is not None and not (isinstance(kwargs, dict) and all(isinstance(k, str) for k in kwargs)):
-        raise ConfigError(f"timer 'kwargs' must be an object of named arguments, not {type(kwargs).__name__}")
-    if after is not None:
-        due = now + float(after)
-    elif at is not None:
-        due = float(at)
-    elif every is not None:
-        due = now + float(every)
-    else:
-        raise ConfigError("a timer needs 'after' (seconds) or 'at' (epoch time), or a period 'every'")
+        raise InvalidTimerError(
+            f"timer 'kwargs' must be an object of named arguments, not {type(kwargs).__name__}"
+        )
+    due = _first_due(after, at, repeats, now)
     kwargs = dict(kwargs or {})
     info = ac.method(method)
     info.check_args(ac.type_name, tuple(args), kwargs)
     _codec.check_json([list(args), kwargs], what="timer arguments")
-    period = float(every) if every else None
-    setting = uuid.uuid4().hex[:16]
-    return Timer(name, method, list(args), kwargs, due, period, next_try=due, created_at=now, setting=setting)
+    # A plain period keeps the stored form timers always had; anything more is a schedule.
+    plain = repeats is not None and repeats.cron is None and repeats.count is None and repeats.start is None
+    return Timer(
+        name,
+        method,
+        list(args),
+        kwargs,
+        due,
+        repeats.period if repeats is not None else None,
+        next_try=due,
+        created_at=now,
+        setting=uuid.uuid4().hex[:16],
+        schedule=None if repeats is None or plain else repeats.to_json(),
+        remaining=repeats.count if repeats is not None else None,
+    )
+
+
+def _first_due(after: float | None, at: float | None, repeats: Schedule | None, now: float) -> float:
+    if after is not None:
+        return now + after
+    if at is not None:
+        return at
+    if repeats is None:
+        raise InvalidTimerError(
+            "a timer needs 'after' (seconds) or 'at' (a time), or a repetition 'every' or 'cron'"
+        )
+    if repeats.start is not None:  # R5/start/PT1M: its first tick not yet past
+        if repeats.start >= now:
+            return repeats.start
+        first = repeats.next_after(now, anchor=repeats.start)
+    else:
+        first = repeats.next_after(now)
+    if first is None:
+        raise InvalidTimerError(f"the schedule {repeats.text!r} has no tick after now")
+    return first
 
 
 @dataclass(frozen=True)
@@ -205,9 +294,14 @@ class Completion:
         batch.require(self.key, self.claimed)
         if self.timer.name in written:
             return  # the fired method set or cancelled this very timer
-        if self.timer.every:
-            nxt = self.timer.following(now)
-            after = replace(self.timer, due=nxt, next_try=nxt, attempts=0, claim=None, claim_until=0.0)
+        nxt = self.timer.following(now) if self.timer.repeats() is not None else None
+        if nxt is not None:
+            left = self.timer.remaining
+            if left is not None:
+                left -= 1 + self.timer.missed_at(now)
+            after = replace(
+                self.timer, due=nxt, next_try=nxt, attempts=0, claim=None, claim_until=0.0, remaining=left
+            )
             batch.put(self.key, after.encode()).index_add(TIMER_INDEX, self.member, nxt)
-        else:
+        else:  # fired once, or its repetitions are used up
             batch.delete(self.key).index_remove(TIMER_INDEX, self.member)

@@ -184,14 +184,28 @@ def list_timers(
 
 def _print_timers(got: dict[str, Any]) -> None:
     rows = [
-        (name, t.get("method"), when(t.get("due")), f"{t['every']:g}s" if t.get("every") else "-")
+        (name, t.get("method"), when(t.get("due")), _schedule(t))
         for name, t in sorted(got.get("timers", {}).items())
     ]
     if rows:
-        print_table(("TIMER", "METHOD", "DUE", "EVERY"), rows)
+        print_table(("TIMER", "METHOD", "DUE", "SCHEDULE"), rows)
     failed = got.get("failed_timers") or {}
     if failed:
         click.echo(f"failed timer ticks: {len(failed)} ({', '.join(sorted(map(str, failed)))})")
+
+
+def _schedule(timer: dict[str, Any]) -> str:
+    """How a listed timer repeats, in the words it was set with (``-``: it fires once)."""
+    schedule = timer.get("schedule") or {}
+    if schedule.get("cron"):
+        text = f"cron {schedule['cron']} ({schedule.get('tz') or 'UTC'})"
+    elif schedule.get("every"):
+        text = f"every {schedule['every']}" + ("s" if str(schedule["every"])[-1:].isdigit() else "")
+    else:
+        return "-"
+    if timer.get("remaining") is not None:
+        text += f", {timer['remaining']} left"
+    return text
 
 
 @click.group()

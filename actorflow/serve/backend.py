@@ -187,15 +187,15 @@ class LocalBackend:
     async def set_timer(
         self, type_name: str, actor_id: str, name: str, spec: dict[str, Any]
     ) -> dict[str, Any]:
-        from actorflow.errors import ConfigError
+        from actorflow.errors import InvalidTimerError
 
         ac = lookup(type_name)
         check_actor_id(actor_id)
-        unknown = set(spec) - {"after", "at", "every", "method", "args", "kwargs"}
+        unknown = set(spec) - {"after", "at", "every", "cron", "tz", "method", "args", "kwargs"}
         if unknown:
-            raise ConfigError(f"unknown timer fields {sorted(unknown)}")
+            raise InvalidTimerError(f"unknown timer fields {sorted(unknown)}")
         if "method" not in spec:
-            raise ConfigError("a timer needs the 'method' to call")
+            raise InvalidTimerError("a timer needs the 'method' to call")
         timer = await self._run(self.actors.scheduler.set_timer(ac, actor_id, name, **spec))
         return timer.public()
 

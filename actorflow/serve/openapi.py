@@ -65,7 +65,7 @@ _ROUTE_ERRORS: dict[str, tuple[int, ...]] = {
     "delete_actor": (400, 404, 409),
     "list_actors": (400, 404, 422),
     "list_timers": (400, 404),
-    "set_timer": (*_BODY, 404, 409),
+    "set_timer": (*_BODY, 404, 409, 422),
     "get_timer": (400, 404),
     "cancel_timer": (400, 404, 409),
     "tick": (),

@@ -169,8 +169,17 @@ def fixed_schemas() -> dict[str, Schema]:
             "type": "object",
             "properties": {
                 "after": {**number, "description": "seconds from now (or at)"},
-                "at": {**number, "description": "a Unix time (or after)"},
-                "every": {**number, "minimum": 1, "description": "repeat every so many seconds"},
+                "at": {
+                    "anyOf": [number, text],
+                    "description": "a Unix time, or an ISO-8601 date and time (or after)",
+                },
+                "every": {
+                    "anyOf": [{**number, "minimum": 1}, text],
+                    "description": "repeat: seconds, an ISO-8601 duration (PT5M) or repeating "
+                    "interval (R5/PT1M)",
+                },
+                "cron": {**text, "description": "repeat at a cron expression's times (or every)"},
+                "tz": {**text, "description": "IANA zone of cron, or of an at without offset"},
                 "method": {**text, "description": "the method the timer calls"},
                 "args": {"type": "array", "items": {}},
                 "kwargs": {"type": "object", "additionalProperties": True},
