@@ -32,3 +32,23 @@ def test_virtual_actor_snippet_runs_and_exits_quietly(tmp_path: pathlib.Path) ->
         assert done.stdout == f"{expected}\n"
         assert done.stderr == "", done.stderr
     assert (tmp_path / "data" / "actorflow" / "actorflow.db").exists()
+
+
+def test_the_testing_section_runs_as_written_and_fast() -> None:
+    """The README's example tests of actorflow.testing, run here as pytest would run them:
+    the module is the README's block, each ``test_`` function called; a day of timers in
+    well under 2 s."""
+    import time
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Testing without waiting", 1)[1].split("\n## ", 1)[0]
+    [block] = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    namespace: dict[str, object] = {"__name__": "readme_testing"}
+    exec(compile(block, "README.md (Testing without waiting)", "exec"), namespace)
+    tests = [f for name, f in namespace.items() if name.startswith("test_") and callable(f)]
+    assert len(tests) == 2
+    for test in tests:
+        started = time.perf_counter()
+        test()
+        took = time.perf_counter() - started
+        assert took < 2.0, f"{test.__name__} took {took:.2f} s"

@@ -1,4 +1,7 @@
-"""Durable timers and external events on actors, in embedded mode, on both backends."""
+"""Durable timers and external events on actors, in embedded mode, on every backend, in real
+time: what needs it (a full stop of everything, two schedulers side by side, scheduler
+lateness, a thousand timers). What only waits for time to pass is tested on a moved clock in
+tests/test_testing.py."""
 
 from __future__ import annotations
 
@@ -124,17 +127,6 @@ def test_timer_fires_once_within_tolerance() -> None:
     assert a.timer_names.run() == []  # a one-shot timer is gone once it fired
 
 
-def test_cancelled_timer_never_fires_and_a_raising_turn_sets_none() -> None:
-    a = Alarm.get_or_create("cancel")
-    a.arm.run("t2", after=0.4)
-    a.disarm.run("t2")
-    with pytest.raises(RuntimeError):
-        a.arm_then_raise.run()
-    time.sleep(1.0)
-    assert a.history.run() == [] and logged() == []
-    assert a.timer_names.run() == []
-
-
 def test_timer_survives_a_full_stop_and_fires_exactly_once(storage_url: str) -> None:
     a = Alarm.get_or_create("restart")
     a.arm.run("t3", after=0.3)
@@ -146,21 +138,8 @@ def test_timer_survives_a_full_stop_and_fires_exactly_once(storage_url: str) -> 
     assert len(logged()) == 1
 
 
-def test_periodic_timer_coalesces_missed_ticks(storage_url: str) -> None:
-    a = Alarm.get_or_create("periodic")
-    # First due 10.5 periods ago: as if everything had been down for ten periods.
-    a.arm.run("p", every=1.0, at=time.time() - 10.5)
-    wait_until(lambda: len(a.history.run()) >= 1)
-    time.sleep(0.3)
-    rings = a.history.run()
-    assert len(rings) == 1, rings  # one firing, not a flood
-    assert rings[0][2] == 10  # that firing stands for ten more ticks
-    # The next tick is the first one after now, and it reports nothing missed.
-    wait_until(lambda: len(a.history.run()) == 2, timeout=5)
-    assert a.history.run()[1][2] == 0
-    a.disarm.run("p")
-
-    # Real downtime: three periods with nothing running.
+def test_periodic_timer_coalesces_ticks_missed_in_real_downtime(storage_url: str) -> None:
+    """Coalescing by the clock is tested in tests/test_testing.py; this one stops everything."""
     b = Alarm.get_or_create("periodic-down")
     b.arm.run("q", every=1.0, after=0.2)
     wait_until(lambda: len(Alarm.get("periodic-down").history.run()) == 1)
@@ -172,20 +151,6 @@ def test_periodic_timer_coalesces_missed_ticks(storage_url: str) -> None:
     # 3.3 s down covers three or four ticks; one firing stands for them all.
     assert rings[1][2] in (2, 3), rings
     Alarm.get("periodic-down").disarm.run("q")
-
-
-def test_a_fired_method_that_sets_or_cancels_its_own_timer_wins() -> None:
-    """The turn a tick runs also commits the timer's next state; a write the method itself
-    made to that timer takes precedence (re-armed: it stays; cancelled: it goes)."""
-    a = Alarm.get_or_create("self-timing")
-    a.start_chain.run(3)
-    wait_until(lambda: logged().count("chain-1") == 1)
-    a.arm_ring_twice.run("twice")
-    wait_until(lambda: logged().count("twice-ring") == 2)
-    time.sleep(1.3)  # a third period passes: the cancelled timer must not ring again
-    assert [line for line in logged() if line.startswith("chain")] == ["chain-3", "chain-2", "chain-1"]
-    assert logged().count("twice-ring") == 2
-    assert a.timer_names.run() == []
 
 
 @workflow.virtual_actor
@@ -264,22 +229,6 @@ def test_two_schedulers_fire_each_tick_once(storage_url: str) -> None:
         assert other.config.tick_interval > 0
     finally:
         second.close()
-
-
-def test_raising_timer_is_retried_with_backoff_then_recorded_as_failed() -> None:
-    rt = actor_runtime(default_runtime())
-    rt.config.timer_backoff = 0.05
-    a = Alarm.get_or_create("flaky")
-    a.failing.run(2)
-    wait_until(lambda: len(a.history.run()) == 1)
-    assert logged() == ["flaky"] * 3
-
-    b = Alarm.get_or_create("hopeless")
-    b.failing.run(100)
-    wait_until(lambda: bool(rt.blocking(rt.scheduler.timer_failures("Alarm", "hopeless"))), timeout=30)
-    failure = rt.blocking(rt.scheduler.timer_failures("Alarm", "hopeless"))["flaky"]
-    assert failure["attempts"] == 5 and "not yet" in failure["error"]
-    assert b.timer_names.run() == []
 
 
 def test_bad_timers_are_rejected_and_store_nothing() -> None:

@@ -10,7 +10,7 @@ from actorflow.actor._handle import ActorCall, ActorHandle, ActorMethod
 from actorflow.actor._idempotency import client_key
 from actorflow.actor._inside import send, timers
 from actorflow.actor._methods import error_status, is_method_error, mark_method_error
-from actorflow.actor._runtime import ActorRuntime, actor_runtime
+from actorflow.actor._runtime import ActorRuntime, actor_runtime, adopt
 from actorflow.actor._state import Snapshot
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "Snapshot",
     "VirtualActorClass",
     "actor_runtime",
+    "adopt",
     "client_key",
     "error_status",
     "is_method_error",

@@ -37,6 +37,7 @@ from actorflow.actor._scheduler import Scheduler
 from actorflow.actor._state import Snapshot, capture, encode, is_live
 from actorflow.actor._turns import Request, Turns, declared
 from actorflow.engine import WorkflowRuntime, default_runtime, runtime_for
+from actorflow.errors import ActorError
 
 log = logging.getLogger("actorflow.actor")
 T = TypeVar("T")
@@ -208,6 +209,17 @@ def actor_runtime(workflows: WorkflowRuntime) -> ActorRuntime:
             rt = _runtimes[workflows] = ActorRuntime(workflows).start()
             workflows.on_close(rt.close)
         return rt
+
+
+def adopt(workflows: WorkflowRuntime, actors: ActorRuntime) -> None:
+    """Make ``actors`` the actor runtime of ``workflows`` (what handles on its storage use),
+    in place of one :func:`actor_runtime` would start: for harnesses that drive its loops by
+    hand (:mod:`actorflow.testing`). It closes with ``workflows``."""
+    with _runtimes_lock:
+        if _runtimes.get(workflows) not in (None, actors):
+            raise ActorError("?", None, "this workflow runtime already has an actor runtime")
+        _runtimes[workflows] = actors
+    workflows.on_close(actors.close)
 
 
 def _embedded(storage_url: str | None) -> ActorRuntime:

@@ -28,7 +28,6 @@ from typing import Any
 
 from actorflow import _codec
 from actorflow._aio import start_now
-from actorflow._ray import ensure_ray
 from actorflow.actor import _idempotency
 from actorflow.actor._cache import SnapshotCache, instance_of
 from actorflow.actor._class import MethodInfo, VirtualActorClass
@@ -354,7 +353,7 @@ class Turns:
         wf = as_workflow(result)
         launched = None
         if wf is not None:
-            await asyncio.to_thread(ensure_ray)
+            await asyncio.to_thread(self.engine.runner.ready)
             launched = workflow_id(t, actor_id, new.version)
             prepared = self.engine.prepare(wf, launched, {"actor": name, "version": new.version})
             batch.merge(prepared.batch)

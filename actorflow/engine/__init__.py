@@ -9,6 +9,7 @@ from actorflow.engine._dag import StepFunction, StepOptions, Workflow, step
 from actorflow.engine._engine import Prepared, WorkflowEngine, as_status
 from actorflow.engine._events import EventListener, sleep, wait_for_event
 from actorflow.engine._raydag import as_workflow, continuation, options
+from actorflow.engine._runners import InlineRunner, RayRunner, StepRunner
 from actorflow.engine._runtime import (
     WorkflowRuntime,
     canonical_url,
@@ -16,17 +17,21 @@ from actorflow.engine._runtime import (
     default_runtime,
     init,
     runtime_for,
+    use_default,
 )
 from actorflow.engine._steps import StepFailure, current_step
 from actorflow.engine._store import Lease, WorkflowStatus
 
 __all__ = [
     "EventListener",
+    "InlineRunner",
     "Lease",
     "Prepared",
+    "RayRunner",
     "StepFailure",
     "StepFunction",
     "StepOptions",
+    "StepRunner",
     "Workflow",
     "WorkflowEngine",
     "WorkflowRuntime",
@@ -43,5 +48,6 @@ __all__ = [
     "runtime_for",
     "sleep",
     "step",
+    "use_default",
     "wait_for_event",
 ]

@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 
 from actorflow import _codec
 from actorflow._ids import check_id, check_workflow_id, new_workflow_id
-from actorflow._ray import ensure_ray
 from actorflow.engine._dag import IdAssigner, StepSpec, Workflow, flatten
 from actorflow.engine._executor import Executor, commit_fenced, lease_margin, ride_out
+from actorflow.engine._runners import RayRunner, StepRunner
 from actorflow.engine._store import (
     INDEX_PREFIX,
     Lease,
@@ -71,14 +71,24 @@ class WorkflowEngine:
     ``lease_ttl`` is how long a runner may go silent before its workflow is considered
     abandoned (RESUMABLE); on the runner's own host a dead process is noticed at once.
     ``storage_url`` is what steps (Ray tasks, in other processes) open to reach the same storage.
+    ``runner`` is where steps run (:class:`~actorflow.engine._runners.RayRunner` by default).
     """
 
-    def __init__(self, storage: Storage, storage_url: str, lease_ttl: float = DEFAULT_LEASE_TTL) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        storage_url: str,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
+        runner: StepRunner | None = None,
+    ) -> None:
         self.storage = storage
         self.storage_url = storage_url
         self.lease_ttl = lease_ttl
+        self.runner: StepRunner = runner if runner is not None else RayRunner()
         self.store = WorkflowStore(storage)
         self._recovering: set[str] = set()
+        #: The workflows running here now (their executors).
+        self.executors: set[Executor] = set()
 
     def prepare(
         self, wf: Workflow[Any], workflow_id: str | None, metadata: dict[str, Any] | None
@@ -134,9 +144,13 @@ class WorkflowEngine:
     ) -> Any:
         """Run the workflow's steps while holding ``lease``; its output, or the failing step's
         exception."""
-        ex = Executor(self.store, wid, lease, self.lease_ttl, self.storage_url)
-        await ex.load(specs, counters, fresh=fresh)
-        return await ex.run()
+        ex = Executor(self.store, wid, lease, self.lease_ttl, self.storage_url, self.runner)
+        self.executors.add(ex)
+        try:
+            await ex.load(specs, counters, fresh=fresh)
+            return await ex.run()
+        finally:
+            self.executors.discard(ex)
 
     async def _through_blips(
         self, op: Callable[[], Coroutine[Any, Any, T]], what: str, within: float | None = None
@@ -327,7 +341,7 @@ class WorkflowEngine:
         resumable = await self.list_workflows({WorkflowStatus.RESUMABLE})
         stale = [wid for wid, _ in resumable if wid not in self._recovering]
         if stale:
-            await asyncio.to_thread(ensure_ray)
+            await asyncio.to_thread(self.runner.ready)
         for wid in stale:
             self._recovering.add(wid)
             task = asyncio.ensure_future(self.resume(wid))

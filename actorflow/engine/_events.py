@@ -112,14 +112,17 @@ def wait_for_event(source: str | type[EventListener], *args: Any, **kwargs: Any)
 
 @step(name="sleep_deadline")
 def _deadline(seconds: float) -> float:
-    return time.time() + seconds
+    ctx = current_step()
+    return (ctx.now() if ctx is not None else time.time()) + seconds
 
 
 @step(name="sleep", num_cpus=0)
 def _sleep_until(deadline: float) -> None:
-    remaining = deadline - time.time()
-    if remaining > 0:
-        time.sleep(remaining)
+    ctx = current_step()
+    if ctx is not None:
+        ctx.sleep_until(deadline)  # the step's clock: the system's, or a test's
+    elif deadline > time.time():
+        time.sleep(deadline - time.time())
 
 
 def sleep(seconds: float) -> Workflow[None]:

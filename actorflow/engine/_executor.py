@@ -28,7 +28,8 @@ from typing import Any, TypeVar
 
 from actorflow import _codec
 from actorflow.engine._dag import IdAssigner, StepRef, StepSpec, flatten, map_values
-from actorflow.engine._steps import StepContext, StepFailure, portable_exception, remote_for
+from actorflow.engine._runners import RayRunner, StepRunner
+from actorflow.engine._steps import StepContext, StepFailure, portable_exception
 from actorflow.engine._store import (
     Lease,
     WorkflowStatus,
@@ -135,9 +136,17 @@ class Executor:
     """Executes one workflow while holding its lease."""
 
     def __init__(
-        self, store: WorkflowStore, wid: str, lease: Lease, lease_ttl: float, storage_url: str
+        self,
+        store: WorkflowStore,
+        wid: str,
+        lease: Lease,
+        lease_ttl: float,
+        storage_url: str,
+        runner: StepRunner | None = None,
     ) -> None:
         self.storage_url = storage_url
+        self.runner: StepRunner = runner if runner is not None else RayRunner()
+        self.waiting = False  # parked until a step completes (what actorflow.testing waits for)
         self.store = store
         self.storage = store.storage
         self.wid = wid
@@ -327,14 +336,14 @@ class Executor:
         args = map_values(spec.args, sub)
         kwargs = map_values(spec.kwargs, sub)
         ctx = StepContext(self.storage_url, self.wid, sid)
-        ref = remote_for(spec.func, spec.options).remote(*args, _actorflow_ctx=ctx, **kwargs)
-        self.in_flight[sid] = ref
+        running = self.runner.submit(spec.func, spec.options, tuple(args), dict(kwargs), ctx)
+        self.in_flight[sid] = running
         loop = asyncio.get_running_loop()
 
         def on_done(fut: Any, sid: str = sid) -> None:
             loop.call_soon_threadsafe(self._completed, sid, fut)
 
-        ref.future().add_done_callback(on_done)
+        running.future.add_done_callback(on_done)
 
     def _completed(self, sid: str, fut: Any) -> None:
         self.completions.append((sid, fut))
@@ -358,11 +367,8 @@ class Executor:
                 await hb
 
     async def _on_lease_lost(self, lost: LeaseLost) -> None:
-        import ray
-
-        for ref in self.in_flight.values():
-            with contextlib.suppress(Exception):
-                ray.cancel(ref, force=True)  # a polite cancel cannot interrupt a blocking call
+        for running in self.in_flight.values():
+            running.cancel()
         if lost.__cause__ is not None:
             # We gave up (storage unreachable for too long, or failing): nobody has taken over
             # yet. The lease lapses by itself and the workflow then reads RESUMABLE.
@@ -388,7 +394,9 @@ class Executor:
                 if failure is not None:
                     break
                 raise WorkflowError(self.wid, f"workflow {self.wid!r} has no runnable step (internal error)")
+            self.waiting = not self.completions
             await self.wakeup.wait()
+            self.waiting = False
             self.wakeup.clear()
             if self._lost is not None:
                 raise self._lost

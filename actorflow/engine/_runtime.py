@@ -15,9 +15,9 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from actorflow._ids import check_workflow_id
-from actorflow._ray import ensure_ray
 from actorflow.engine._dag import Workflow
 from actorflow.engine._engine import DEFAULT_LEASE_TTL, WorkflowEngine, as_status
+from actorflow.engine._runners import InlineRunner, StepRunner
 from actorflow.engine._store import WorkflowStatus
 from actorflow.storage import Storage, default_storage_url, open_storage, parse_storage_url
 
@@ -29,8 +29,8 @@ class WorkflowRuntime:
     """Runs and manages workflows stored in one storage.
 
     All storage I/O happens on one event loop, a private thread's (or, with :meth:`attach`, the
-    host's); the public methods are blocking and thread-safe. ``lease_ttl``: see
-    :class:`~actorflow.engine._engine.WorkflowEngine`.
+    host's); the public methods are blocking and thread-safe. ``lease_ttl`` and ``runner`` (where
+    steps run: Ray by default): see :class:`~actorflow.engine._engine.WorkflowEngine`.
     """
 
     def __init__(
@@ -38,6 +38,7 @@ class WorkflowRuntime:
         storage: str | None = None,
         *,
         lease_ttl: float = DEFAULT_LEASE_TTL,
+        runner: StepRunner | None = None,
         _storage: Storage | None = None,
     ) -> None:
         self.storage_url = canonical_url(storage or default_storage_url())
@@ -57,7 +58,7 @@ class WorkflowRuntime:
             except BaseException:
                 self._stop_loop()
                 raise
-        self.engine = WorkflowEngine(self.storage, self.storage_url, lease_ttl)
+        self.engine = WorkflowEngine(self.storage, self.storage_url, lease_ttl, runner)
 
     @classmethod
     async def attach(cls, storage: str, *, lease_ttl: float = DEFAULT_LEASE_TTL) -> WorkflowRuntime:
@@ -135,17 +136,22 @@ class WorkflowRuntime:
     ) -> T:
         """Run ``wf`` in this process until it ends; see :meth:`Workflow.run`."""
         prepared = self.engine.prepare(wf, workflow_id, metadata)
-        ensure_ray()
+        self.engine.runner.ready()
         result: T = self.blocking(self.engine.start(prepared))
         return result
 
     def run_async(
         self, wf: Workflow[Any], *, workflow_id: str | None = None, metadata: dict[str, Any] | None = None
     ) -> Any:
-        """Store ``wf`` and run it in a Ray task; return that task's ``ObjectRef``."""
+        """Store ``wf`` and run it in a Ray task; return that task's ``ObjectRef``. (With the
+        inline runner of :mod:`actorflow.testing`: on this runtime's loop, and a
+        :class:`concurrent.futures.Future`.)"""
         prepared = self.engine.prepare(wf, workflow_id, metadata)
-        ensure_ray()
+        self.engine.runner.ready()
         created = self.blocking(self.storage.commit(prepared.batch))
+        if isinstance(self.engine.runner, InlineRunner):
+            run = self.engine.run_committed(prepared.wid, prepared.lease) if created else None
+            return asyncio.run_coroutine_threadsafe(run or self.engine.resume(prepared.wid), self._loop)
         lease = prepared.lease.encode() if created else None
         return _remote_resume().remote(self.storage_url, self.lease_ttl, prepared.wid, lease)
 
@@ -158,14 +164,17 @@ class WorkflowRuntime:
         """
         wid = check_workflow_id(workflow_id)
         self.blocking(self.engine.store.read_head(wid))
-        ensure_ray()
+        self.engine.runner.ready()
         return self.blocking(self.engine.resume(wid))
 
     def resume_async(self, workflow_id: str) -> Any:
-        """Like :meth:`resume`, run in a Ray task; returns its ``ObjectRef``."""
+        """Like :meth:`resume`, run in a Ray task; returns its ``ObjectRef`` (with the inline
+        runner: on this runtime's loop, a :class:`concurrent.futures.Future`)."""
         wid = check_workflow_id(workflow_id)
         self.blocking(self.engine.store.read_head(wid))
-        ensure_ray()
+        self.engine.runner.ready()
+        if isinstance(self.engine.runner, InlineRunner):
+            return asyncio.run_coroutine_threadsafe(self.engine.resume(wid), self._loop)
         return _remote_resume().remote(self.storage_url, self.lease_ttl, wid, None)
 
     def resume_all(self, include_failed: bool = False) -> list[tuple[str, Any]]:
@@ -282,6 +291,18 @@ def init(
         rt.start_recovery()
     _default = rt
     return rt
+
+
+def use_default(rt: WorkflowRuntime | None) -> WorkflowRuntime | None:
+    """Make ``rt`` the default runtime (and this process's runtime for its storage URL), or
+    clear the default with None; return the one it replaces. For harnesses such as
+    :mod:`actorflow.testing`, which put a runtime of their own behind the module functions."""
+    global _default
+    with _runtimes_lock:
+        before, _default = _default, rt
+        if rt is not None:
+            _runtimes[rt.storage_url] = rt
+    return before
 
 
 def default_runtime() -> WorkflowRuntime:

@@ -43,11 +43,26 @@ def portable_exception(exc: BaseException) -> BaseException:
 
 @dataclass(frozen=True)
 class StepContext:
-    """Where the running step belongs: its storage URL, workflow id and step id."""
+    """Where the running step belongs: its storage URL, workflow id and step id; ``clock``, the
+    time steps such as ``workflow.sleep`` read, when they run in the process that owns it (the
+    inline runner of :mod:`actorflow.testing`; None: the system's)."""
 
     storage_url: str
     workflow_id: str
     step_id: str
+    clock: Any = None
+
+    def now(self) -> float:
+        return float(self.clock.time()) if self.clock is not None else time.time()
+
+    def sleep_until(self, deadline: float) -> None:
+        """Block until the step's clock reads ``deadline``."""
+        if self.clock is not None:
+            self.clock.sleep_until(deadline)
+            return
+        remaining = deadline - time.time()
+        if remaining > 0:
+            time.sleep(remaining)
 
 
 _current_step: contextvars.ContextVar[StepContext | None] = contextvars.ContextVar(
@@ -115,6 +130,12 @@ def _digest(func: Callable[..., Any]) -> str:
     return d
 
 
+def body_for(func: Callable[..., Any], options: StepOptions) -> Callable[..., Any]:
+    """The function that runs a step of ``func`` in whatever process it lands in: retries,
+    ``catch_exceptions``, and the outcome tuple the executor commits."""
+    return _make_body(func, options.max_retries, options.catch_exceptions)
+
+
 def remote_for(func: Callable[..., Any], options: StepOptions) -> Any:
     """The Ray remote function that runs steps of ``func`` with ``options`` (cached).
 
@@ -133,7 +154,7 @@ def remote_for(func: Callable[..., Any], options: StepOptions) -> Any:
             _remotes.move_to_end(key)
             return remote
     opts = {"max_retries": options.max_retries, "retry_exceptions": False, **options.ray_options}
-    remote = ray.remote(**opts)(_make_body(func, options.max_retries, options.catch_exceptions))
+    remote = ray.remote(**opts)(body_for(func, options))
     with _cache_lock:
         _remotes[key] = remote
         while len(_remotes) > _REMOTE_CACHE_SIZE:
@@ -145,6 +166,7 @@ __all__ = [
     "StepContext",
     "StepFailure",
     "Workflow",
+    "body_for",
     "current_step",
     "portable_exception",
     "remote_for",

@@ -169,12 +169,10 @@ class LocalBackend:
         return {**meta, "steps": await self._run(self.engine.steps(wid))}
 
     async def resume_workflow(self, workflow_id: str) -> str:
-        from actorflow._ray import ensure_ray
-
         wid = check_workflow_id(workflow_id)
         status = await self._run(self.engine.status(wid))
         if status.value in ("RESUMABLE", "FAILED"):
-            await asyncio.to_thread(ensure_ray)
+            await asyncio.to_thread(self.engine.runner.ready)
             # Runs here in the background; the caller polls GET /v1/workflows/{id}.
             task = asyncio.run_coroutine_threadsafe(self.engine.resume(wid), self.workflows.loop)
             task.add_done_callback(functools.partial(_log_resume, wid))

@@ -1,0 +1,126 @@
+"""Where workflow steps run: as Ray tasks (the default), or in threads of this process for
+tests (:class:`InlineRunner`, what :mod:`actorflow.testing` uses).
+
+A runner takes a step's body, its arguments and its :class:`~actorflow.engine._steps.StepContext`
+and gives back a handle whose ``future`` (a :class:`concurrent.futures.Future`) settles with the
+body's outcome tuple. The executor is the same either way: it commits what the future brings.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import threading
+from typing import Any, Protocol
+
+import cloudpickle
+
+from actorflow._clock import Clock
+from actorflow.engine._dag import StepOptions
+from actorflow.engine._steps import StepContext, body_for, remote_for
+
+
+class Running(Protocol):
+    """One submitted step."""
+
+    future: concurrent.futures.Future[Any]
+
+    def cancel(self) -> None: ...
+
+
+class StepRunner(Protocol):
+    def ready(self) -> None:
+        """Make sure steps can run (start or connect to Ray); blocking, cheap once done."""
+
+    def submit(
+        self, func: Any, options: StepOptions, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: StepContext
+    ) -> Running: ...
+
+
+@dataclasses.dataclass
+class _RayTask:
+    ref: Any
+    future: concurrent.futures.Future[Any]
+
+    def cancel(self) -> None:
+        import ray
+
+        with contextlib.suppress(Exception):
+            ray.cancel(self.ref, force=True)  # a polite cancel cannot interrupt a blocking call
+
+
+class RayRunner:
+    """Each step a Ray task (with the step's Ray options), anywhere in the cluster."""
+
+    def ready(self) -> None:
+        from actorflow._ray import ensure_ray
+
+        ensure_ray()
+
+    def submit(
+        self, func: Any, options: StepOptions, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: StepContext
+    ) -> Running:
+        ref = remote_for(func, options).remote(*args, _actorflow_ctx=ctx, **kwargs)
+        return _RayTask(ref, ref.future())
+
+
+@dataclasses.dataclass
+class _Thread:
+    future: concurrent.futures.Future[Any]
+
+    def cancel(self) -> None:
+        self.future.cancel()  # a step already running runs on; its result is then ignored
+
+
+class InlineRunner:
+    """Each step in a thread of this process, with no Ray, reading time from ``clock``.
+
+    Arguments are copied as Ray would copy them (pickled and unpickled), so a step cannot
+    change its caller's objects. Ray's resource options (``num_cpus``...) mean nothing here;
+    retries of application errors work as with Ray. ``busy()`` says how many steps run and are
+    not waiting on the clock: what :mod:`actorflow.testing` waits on before it moves time.
+    """
+
+    def __init__(self, clock: Clock, max_workers: int = 64) -> None:
+        self.clock = clock
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers, thread_name_prefix="actorflow-step")
+        self._lock = threading.Lock()
+        self._running = 0
+
+    def ready(self) -> None:
+        pass
+
+    def submit(
+        self, func: Any, options: StepOptions, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: StepContext
+    ) -> Running:
+        args, kwargs = cloudpickle.loads(cloudpickle.dumps((args, kwargs)))
+        body = body_for(func, options)
+        ctx = dataclasses.replace(ctx, clock=self.clock)
+
+        def run() -> Any:
+            try:
+                return body(*args, _actorflow_ctx=ctx, **kwargs)
+            finally:
+                with self._lock:
+                    self._running -= 1
+
+        with self._lock:
+            self._running += 1
+        try:
+            return _Thread(self._pool.submit(run))
+        except BaseException:
+            with self._lock:
+                self._running -= 1
+            raise
+
+    def running(self) -> int:
+        """Steps submitted and not yet returned (those asleep on the clock included)."""
+        with self._lock:
+            return self._running
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+__all__ = ["InlineRunner", "RayRunner", "Running", "StepRunner"]
