@@ -7,7 +7,8 @@ scheduler died. A firing calls the timer's method with the idempotency key
 ``timer:{name}:{setting}:{due}`` in a turn that also commits the timer's next state (its next tick, or
 its removal), so the effect and the record that the tick fired never come apart. A tick whose
 claim was lost meanwhile (the timer replaced, cancelled, deleted with its actor) is dropped.
-A method that raises is retried with backoff, then recorded as failed on the actor.
+A method that raises is retried with backoff, then recorded as failed on the actor. A scheduler
+claims only the ticks of actor types its process has registered (see :func:`ours`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import uuid
 from typing import Any
 
 from actorflow import _codec
-from actorflow.actor._class import VirtualActorClass, lookup
+from actorflow.actor._class import VirtualActorClass, lookup, registered_types
 from actorflow.actor._config import ActorConfig
 from actorflow.actor._keys import (
     TIMER_DIR,
@@ -51,7 +52,6 @@ from actorflow.errors import (
     ActorConflictError,
     ActorMethodNotFoundError,
     ActorNotFoundError,
-    ActorTypeNotFoundError,
     StorageUnavailableError,
 )
 from actorflow.storage import Batch, Storage
@@ -138,7 +138,7 @@ class Scheduler:
                 if room > 0:
                     now = self.config.clock.time()
                     due = await self.storage.index_range(TIMER_INDEX, max_score=now, limit=room)
-                for claim in await self.claim([member for member, _ in due]):
+                for claim in await self.claim(ours(due)):
                     pending += 1
                     task = asyncio.ensure_future(fire(claim))
                     self._background.add(task)
@@ -161,8 +161,9 @@ class Scheduler:
         counts (fired, retried, failed; skipped: claimed elsewhere or changed meanwhile)."""
         counts = {"fired": 0, "retried": 0, "failed": 0, "skipped": 0}
         due = await self.storage.index_range(TIMER_INDEX, max_score=self.config.clock.time(), limit=limit)
-        claims = await self.claim([member for member, _ in due])
-        counts["skipped"] = len(due) - len(claims)
+        mine = ours(due)
+        claims = await self.claim(mine)
+        counts["skipped"] = len(mine) - len(claims)
         sem = asyncio.Semaphore(self.config.timer_concurrency)
 
         async def one(claim: Completion) -> None:
@@ -246,7 +247,11 @@ class Scheduler:
         except Dropped:
             return "skipped"
         except Exception as exc:
-            gone = (ActorNotFoundError, ActorTypeNotFoundError, ActorMethodNotFoundError)
+            # Only a deleted actor drops its timer here. A type this process does not know (it
+            # filtered them out, but a type can be unknown to the turn's own lookup too) or a
+            # method it lacks (another version of the code, during an upgrade) are not the
+            # timer's fault: the first is retried, the second counts as a failed attempt.
+            gone = (ActorNotFoundError,)
             if isinstance(exc, gone) and not is_method_error(exc):  # not one a nested call raised
                 drop = Batch().require(claim.key, claim.claimed).delete(claim.key)
                 await self.storage.commit(drop.index_remove(TIMER_INDEX, member))
@@ -271,7 +276,8 @@ class Scheduler:
     def _retry_after(self, exc: Exception, timer: Timer) -> float | None:
         """Seconds until the tick is tried again, or ``None`` when it has had its attempts.
         Trouble that is not the method's (storage, contention) is tried again in a second."""
-        if not is_method_error(exc) and not isinstance(exc, ActorArgumentsError):
+        counted = (ActorArgumentsError, ActorMethodNotFoundError)
+        if not is_method_error(exc) and not isinstance(exc, counted):
             return 1.0
         timer.attempts += 1
         if timer.attempts < MAX_ATTEMPTS:
@@ -304,3 +310,11 @@ class Scheduler:
             .index_add(TIMER_INDEX, claim.member, timer.next_try)
         )
         await self.storage.commit(batch)
+
+
+def ours(due: list[tuple[str, float]]) -> list[str]:
+    """The due index members of actor types this process has registered. The others are left
+    unclaimed for a process that knows them: one that imported fewer modules (a Ray worker
+    running a workflow step, a script) must not take, and lose, another type's ticks."""
+    known = registered_types()
+    return [member for member, _ in due if split_member(member)[0] in known]
