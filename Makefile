@@ -17,7 +17,7 @@ PORT ?= 8000
 
 # The service with the example actors on the embedded default storage (SQLite per user).
 run: install
-	$(VENV)/bin/actorflow serve examples.bank examples.cart examples.order --port $(PORT)
+	$(VENV)/bin/actorflow serve examples.bank examples.cart examples.order examples.trip examples.approval --port $(PORT)
 
 test: install
 	$(PY) -m pytest -q

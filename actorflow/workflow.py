@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from actorflow.actor import ActorHandle, VirtualActorClass, send, timers, virtual_actor
+from actorflow.actor import ActorHandle, VirtualActorClass, current_actor, send, timers, virtual_actor
 from actorflow.actor._context import set_invoker
 from actorflow.engine import (
     EventListener,
@@ -163,6 +163,7 @@ __all__ = [
     "WorkflowTimeoutError",
     "cancel",
     "continuation",
+    "current_actor",
     "delete",
     "get_metadata",
     "get_output",

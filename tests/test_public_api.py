@@ -21,6 +21,7 @@ def test_workflow_exports_are_pinned() -> None:
         "WorkflowTimeoutError",
         "cancel",
         "continuation",
+        "current_actor",
         "delete",
         "get_metadata",
         "get_output",

@@ -8,7 +8,7 @@ from actorflow.actor._class import VirtualActorClass, lookup, registered_types, 
 from actorflow.actor._config import ActorConfig
 from actorflow.actor._handle import ActorCall, ActorHandle, ActorMethod
 from actorflow.actor._idempotency import client_key
-from actorflow.actor._inside import send, timers
+from actorflow.actor._inside import current_actor, send, timers
 from actorflow.actor._methods import error_status, is_method_error, mark_method_error
 from actorflow.actor._runtime import ActorRuntime, actor_runtime, adopt
 from actorflow.actor._state import Snapshot
@@ -24,6 +24,7 @@ __all__ = [
     "actor_runtime",
     "adopt",
     "client_key",
+    "current_actor",
     "error_status",
     "is_method_error",
     "lookup",

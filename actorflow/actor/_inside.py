@@ -37,6 +37,15 @@ def send(method: Any, *args: Any, **kwargs: Any) -> None:
     turn.messages.append(Message(ac.type_name, method.handle.actor_id, method.name, args, kwargs))
 
 
+def current_actor() -> Any:
+    """A handle on the actor whose method is running (its ``actor_type`` and ``actor_id``; its
+    methods' ``.step`` for the workflow it returns). ``ActorError`` outside actor methods."""
+    turn = current_turn()
+    if turn is None:
+        raise ActorError("?", None, "current_actor() works inside actor methods")
+    return lookup(turn.actor_type).get(turn.actor_id)
+
+
 class TimersApi:
     """``workflow.timers``: set, cancel and list the current actor's timers from its methods."""
 
