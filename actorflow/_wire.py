@@ -58,6 +58,7 @@ ERRORS: tuple[tuple[type[errors.ActorflowError], int, str], ...] = (
     (errors.WorkflowCancelledError, 409, "workflow_cancelled"),
     (errors.WorkflowNotResumableError, 409, "workflow_not_resumable"),
     (errors.WorkflowTimeoutError, 504, "timeout"),
+    (errors.WorkflowExecutionError, 500, "workflow_failed"),
     (errors.RemoteError, 502, "remote_error"),
     (errors.StorageUnavailableError, 503, "storage_unavailable"),
     (errors.StorageError, 503, "storage_error"),

@@ -17,6 +17,7 @@
     │   ├── WorkflowNotFoundError
     │   ├── WorkflowRunningError        the operation needs a workflow that is not running
     │   ├── WorkflowCancelledError
+    │   ├── WorkflowExecutionError      a step failed (also of the step's exception class, its cause)
     │   ├── WorkflowNotResumableError   asked for the output of a workflow that needs ``resume``
     │   ├── WorkflowTimeoutError        ``get_output(timeout=)`` ran out (also a TimeoutError)
     │   └── WorkflowStepNotFoundError   ``get_metadata(wid, name=...)`` with an unknown step
@@ -149,6 +150,44 @@ class WorkflowCancelledError(WorkflowError):
         super().__init__(workflow_id, f"workflow {workflow_id!r} was cancelled")
 
 
+class WorkflowExecutionError(WorkflowError):
+    """A workflow failed: a step raised after its retries. ``__cause__`` is that exception, and
+    the error is also an instance of the cause's class where Python allows it (see
+    :func:`execution_error`), so ``except ValueError`` still catches a step's ValueError. What
+    Ray's ``ray.workflow`` raised from ``run`` and ``get_output``."""
+
+    def __init__(self, workflow_id: str, message: str | None = None) -> None:
+        super().__init__(workflow_id, message or f"Workflow[id={workflow_id}] failed during execution.")
+
+
+_execution_types: dict[type[BaseException], type[WorkflowExecutionError]] = {}
+
+
+def execution_error(workflow_id: str, cause: BaseException) -> WorkflowExecutionError:
+    """The :class:`WorkflowExecutionError` for ``cause``, of a class that derives from both it
+    and ``cause``'s class (cached per class), carrying ``cause``'s attributes, with ``cause``
+    as ``__cause__``; a plain one when the two classes cannot be combined."""
+    if isinstance(cause, WorkflowExecutionError):
+        return cause
+    kind = type(cause)
+    cls = _execution_types.get(kind)
+    if cls is None:
+        try:
+            name = f"WorkflowExecutionError[{kind.__name__}]"
+            cls = type(name, (WorkflowExecutionError, kind), {"__module__": __name__, "__qualname__": name})
+        except TypeError:  # an incompatible layout (some builtin exceptions), or a final class
+            cls = WorkflowExecutionError
+        _execution_types[kind] = cls
+    exc = cls.__new__(cls)
+    message = f"Workflow[id={workflow_id}] failed during execution: {type(cause).__name__}: {cause}"
+    BaseException.__init__(exc, message)
+    if cls is not WorkflowExecutionError:
+        exc.__dict__.update(getattr(cause, "__dict__", {}))
+    exc.workflow_id = workflow_id
+    exc.__cause__ = cause
+    return exc
+
+
 class WorkflowNotResumableError(WorkflowError):
     """The workflow stopped without finishing (its runner died); call ``resume`` first."""
 
@@ -261,6 +300,7 @@ __all__ = [
     "UnencodableResultError",
     "WorkflowCancelledError",
     "WorkflowError",
+    "WorkflowExecutionError",
     "WorkflowNotFoundError",
     "WorkflowNotResumableError",
     "WorkflowRunningError",

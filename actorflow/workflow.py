@@ -41,7 +41,21 @@ from actorflow.engine import (
     wait_for_event,
 )
 from actorflow.engine import init as init_storage
-from actorflow.errors import WorkflowTimeoutError
+from actorflow.errors import (
+    WorkflowCancelledError,
+    WorkflowError,
+    WorkflowExecutionError,
+    WorkflowNotFoundError,
+    WorkflowTimeoutError,
+)
+
+# Ray's ray.workflow names for the same things.
+WorkflowCancellationError = WorkflowCancelledError
+RUNNING = WorkflowStatus.RUNNING
+SUCCESSFUL = WorkflowStatus.SUCCESSFUL
+FAILED = WorkflowStatus.FAILED
+RESUMABLE = WorkflowStatus.RESUMABLE
+CANCELED = WorkflowStatus.CANCELED
 
 
 def init(
@@ -123,9 +137,34 @@ def get_status(workflow_id: str) -> WorkflowStatus:
     return default_runtime().get_status(workflow_id)
 
 
-def get_output(workflow_id: str, *, timeout: float | None = None) -> Any:
-    """The workflow's output, waiting while it runs."""
-    return default_runtime().get_output(workflow_id, timeout=timeout)
+def get_output(
+    workflow_id: str, name: str | None = None, *, task_id: str | None = None, timeout: float | None = None
+) -> Any:
+    """The workflow's output, waiting while it runs; or the stored output of one step (``name``,
+    as Ray 1.x called it, or Ray 2.x's ``task_id``). A failed workflow raises
+    ``WorkflowExecutionError``, caused by (and also of the class of) the step's exception."""
+    return default_runtime().get_output(workflow_id, timeout=timeout, task_id=name or task_id)
+
+
+def get_output_async(workflow_id: str, *, task_id: str | None = None) -> Any:
+    """Like :func:`get_output`, as an ``ObjectRef`` of the output (``ray.get`` it, or await it)."""
+    import concurrent.futures
+
+    from actorflow.actor import promise_for
+
+    rt = default_runtime()
+    fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def wait() -> None:
+        try:
+            fut.set_result(rt.get_output(workflow_id, task_id=task_id))
+        except BaseException as exc:
+            fut.set_exception(exc)
+
+    import threading
+
+    threading.Thread(target=wait, name=f"actorflow-output-{workflow_id}", daemon=True).start()
+    return promise_for(fut)
 
 
 def list_all(
@@ -151,6 +190,11 @@ def get_metadata(workflow_id: str, name: str | None = None, *, task_id: str | No
 
 
 __all__ = [
+    "CANCELED",
+    "FAILED",
+    "RESUMABLE",
+    "RUNNING",
+    "SUCCESSFUL",
     "ActorHandle",
     "EventListener",
     "StepFailure",
@@ -158,6 +202,11 @@ __all__ = [
     "StepOptions",
     "VirtualActorClass",
     "Workflow",
+    "WorkflowCancellationError",
+    "WorkflowCancelledError",
+    "WorkflowError",
+    "WorkflowExecutionError",
+    "WorkflowNotFoundError",
     "WorkflowRuntime",
     "WorkflowStatus",
     "WorkflowTimeoutError",
@@ -167,6 +216,7 @@ __all__ = [
     "delete",
     "get_metadata",
     "get_output",
+    "get_output_async",
     "get_status",
     "init",
     "list_all",

@@ -10,6 +10,7 @@ from actorflow.actor._handle import ActorCall, ActorHandle, ActorMethod
 from actorflow.actor._idempotency import client_key
 from actorflow.actor._inside import current_actor, send, timers
 from actorflow.actor._methods import error_status, is_method_error, mark_method_error
+from actorflow.actor._promise import promise_for
 from actorflow.actor._runtime import ActorRuntime, actor_runtime, adopt
 from actorflow.actor._state import Snapshot
 
@@ -29,6 +30,7 @@ __all__ = [
     "is_method_error",
     "lookup",
     "mark_method_error",
+    "promise_for",
     "registered_types",
     "send",
     "timers",

@@ -165,7 +165,8 @@ class WorkflowEngine:
         """Become the workflow's runner if its lease is still ``expected_lease``."""
         meta, meta_raw, _ = await self._through_blips(lambda: self.store.read_head(wid), "a take-over")
         lease = Lease.new(self.lease_ttl)
-        meta.update(status=WorkflowStatus.RUNNING.value, end_time=None, error=None)
+        # Each run starts anew: a resumed workflow's start time is the resume's (as with Ray).
+        meta.update(status=WorkflowStatus.RUNNING.value, start_time=time.time(), end_time=None, error=None)
         batch = Batch().require(k_lease(wid), expected_lease).require(k_meta(wid), meta_raw)
         batch.put(k_lease(wid), lease.encode())
         self.store.put_meta(batch, wid, meta)
@@ -173,6 +174,30 @@ class WorkflowEngine:
         # ours (commit_fenced). Retry only while that lease, if it did apply, would be valid.
         deadline = lease.expires - lease_margin(self.lease_ttl)
         return lease if await commit_fenced(self.storage, batch, lambda: deadline, "a take-over") else None
+
+    async def take_over_for(self, wid: str) -> bytes | None:
+        """Take a stopped (RESUMABLE or FAILED) workflow over for a runner elsewhere, and return
+        the lease to hand to it (``resume(wid, handed_lease=...)``); None when there is nothing
+        to take over (it ended, or runs). The workflow reads RUNNING from here on; if the
+        runner never starts, the lease lapses and it reads RESUMABLE again."""
+        meta, _, lease_raw = await self._through_blips(lambda: self.store.read_head(wid), "a take-over")
+        status = effective_status(meta, Lease.decode(lease_raw))
+        if status not in (WorkflowStatus.RESUMABLE, WorkflowStatus.FAILED):
+            return None
+        mine = await self._take_over(wid, lease_raw)
+        return mine.encode() if mine is not None else None
+
+    async def step_output(self, wid: str, step: str) -> Any:
+        """The stored output of one step; ``WorkflowStepNotFoundError`` while it has none (or
+        for a step of another workflow)."""
+        raw = await self.storage.get(k_step(wid, step))
+        if raw is None:
+            await self.store.read_head(wid)  # WorkflowNotFoundError for an unknown workflow
+            raise WorkflowStepNotFoundError(wid, step)
+        header, value = await self.store.load_payload(wid, raw)
+        if header.get("kind") == "err":
+            raise WorkflowStepNotFoundError(wid, step)
+        return value
 
     async def resume(self, wid: str, handed_lease: bytes | None = None) -> Any:
         """Continue the workflow here (taking its lease over if it is free or ``handed_lease``)
@@ -263,7 +288,9 @@ class WorkflowEngine:
                 "workflow_id": wid,
                 "status": effective_status(meta, Lease.decode(lease_raw)).value,
                 "user_metadata": meta.get("user_metadata") or {},
-                "stats": {"start_time": meta.get("start_time"), "end_time": meta.get("end_time")},
+                # As Ray had it: no end time while it runs, nor for a cancelled one.
+                "stats": {"start_time": meta.get("start_time")}
+                | ({"end_time": meta["end_time"]} if meta.get("end_time") is not None else {}),
                 "error": meta.get("error"),
             }
         raw = await self.storage.get(k_step(wid, step))
@@ -359,7 +386,7 @@ class WorkflowEngine:
             meta, meta_raw, _ = await self.store.read_head(wid)
             if meta["status"] in (WorkflowStatus.SUCCESSFUL.value, WorkflowStatus.CANCELED.value):
                 return
-            meta.update(status=WorkflowStatus.CANCELED.value, end_time=time.time())
+            meta.update(status=WorkflowStatus.CANCELED.value, end_time=None)
             batch = Batch().require(k_meta(wid), meta_raw).delete(k_lease(wid))
             if await self.storage.commit(self.store.put_meta(batch, wid, meta)):
                 return

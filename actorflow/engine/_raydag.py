@@ -19,6 +19,22 @@ OPTIONS_LABEL = "actorflow.workflow/options"
 _WORKFLOW_OPTION_NAMES = {"task_id", "checkpoint", "catch_exceptions", "max_retries", "metadata", "name"}
 
 
+def app_retries(ray_opts: dict[str, Any]) -> int:
+    """How often a ``@ray.remote`` task's application exception is retried as a step, as Ray has
+    it: ``max_retries`` (default 3) times when ``retry_exceptions`` is true, else never (Ray's
+    ``max_retries`` alone is about dead workers, which a step survives anyway: it is re-run by
+    ``resume``). A list of exception types, or ``max_retries=-1`` (forever), is refused."""
+    retry = ray_opts.get("retry_exceptions", False)
+    if isinstance(retry, (list, tuple)):
+        raise ConfigError("retry_exceptions with a list of exception types is not supported; give True")
+    if not retry:
+        return 0
+    tries = ray_opts.get("max_retries", 3)
+    if isinstance(tries, bool) or not isinstance(tries, int) or tries < 0:
+        raise ConfigError(f"max_retries must be an integer >= 0 with retry_exceptions, got {tries!r}")
+    return tries
+
+
 def options(**kwargs: Any) -> dict[str, Any]:
     """Workflow options for one Ray task: ``f.options(**workflow.options(task_id="x")).bind()``.
 
@@ -89,9 +105,9 @@ def from_ray_dag(root: Any) -> Workflow[Any]:
         wf_opts = json.loads(labels.pop(OPTIONS_LABEL, "{}"))
         if labels:
             ray_opts["_labels"] = labels
+        if "max_retries" not in wf_opts:
+            wf_opts["max_retries"] = app_retries(ray_opts)
         ray_opts.pop("retry_exceptions", None)
-        if "max_retries" in ray_opts and "max_retries" not in wf_opts:
-            wf_opts["max_retries"] = max(0, ray_opts["max_retries"])
         ray_opts.pop("max_retries", None)
         opts: StepOptions = make_options(**wf_opts, **ray_opts)
         sub = lambda v: done[id(v)] if isinstance(v, DAGNode) else v  # noqa: E731

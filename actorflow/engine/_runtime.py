@@ -19,9 +19,33 @@ from actorflow.engine._dag import Workflow
 from actorflow.engine._engine import DEFAULT_LEASE_TTL, WorkflowEngine, as_status
 from actorflow.engine._runners import InlineRunner, StepRunner
 from actorflow.engine._store import WorkflowStatus
+from actorflow.errors import (
+    ConfigError,
+    StorageError,
+    WorkflowCancelledError,
+    WorkflowNotFoundError,
+    WorkflowNotResumableError,
+    WorkflowRunningError,
+    WorkflowStepNotFoundError,
+    WorkflowTimeoutError,
+    execution_error,
+)
 from actorflow.storage import Storage, default_storage_url, open_storage, parse_storage_url
 
 T = TypeVar("T")
+
+#: What a run, resume or wait can raise that is not the workflow failing.
+_NOT_A_FAILURE = (
+    ConfigError,
+    StorageError,
+    WorkflowCancelledError,
+    WorkflowNotFoundError,
+    WorkflowNotResumableError,
+    WorkflowRunningError,
+    WorkflowStepNotFoundError,
+    WorkflowTimeoutError,
+)
+
 log = logging.getLogger("actorflow.workflow")
 
 
@@ -137,8 +161,17 @@ class WorkflowRuntime:
         """Run ``wf`` in this process until it ends; see :meth:`Workflow.run`."""
         prepared = self.engine.prepare(wf, workflow_id, metadata)
         self.engine.runner.ready()
-        result: T = self.blocking(self.engine.start(prepared))
+        result: T = self._outcome(prepared.wid, self.engine.start(prepared))
         return result
+
+    def _outcome(self, wid: str, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """What a run, resume or wait gives; a failed workflow as ``WorkflowExecutionError``."""
+        try:
+            return self.blocking(coro, timeout)
+        except _NOT_A_FAILURE:
+            raise
+        except Exception as exc:
+            raise execution_error(wid, exc) from exc
 
     def run_async(
         self, wf: Workflow[Any], *, workflow_id: str | None = None, metadata: dict[str, Any] | None = None
@@ -165,7 +198,7 @@ class WorkflowRuntime:
         wid = check_workflow_id(workflow_id)
         self.blocking(self.engine.store.read_head(wid))
         self.engine.runner.ready()
-        return self.blocking(self.engine.resume(wid))
+        return self._outcome(wid, self.engine.resume(wid))
 
     def resume_async(self, workflow_id: str) -> Any:
         """Like :meth:`resume`, run in a Ray task; returns its ``ObjectRef`` (with the inline
@@ -175,7 +208,10 @@ class WorkflowRuntime:
         self.engine.runner.ready()
         if isinstance(self.engine.runner, InlineRunner):
             return asyncio.run_coroutine_threadsafe(self.engine.resume(wid), self._loop)
-        return _remote_resume().remote(self.storage_url, self.lease_ttl, wid, None)
+        # Taken over here, so the workflow reads RUNNING (with a fresh start time) as soon as
+        # this returns; the task continues under the lease it is handed.
+        handed = self.blocking(self.engine.take_over_for(wid))
+        return _remote_resume().remote(self.storage_url, self.lease_ttl, wid, handed)
 
     def resume_all(self, include_failed: bool = False) -> list[tuple[str, Any]]:
         """Resume every RESUMABLE workflow (and FAILED ones if asked): ``[(id, ObjectRef)]``."""
@@ -187,13 +223,21 @@ class WorkflowRuntime:
         """The workflow's status; RUNNING whose runner is gone reads RESUMABLE."""
         return self.blocking(self.engine.status(check_workflow_id(workflow_id)))
 
-    def get_output(self, workflow_id: str, *, timeout: float | None = None) -> Any:
-        """The workflow's output, waiting while it runs.
+    def get_output(
+        self, workflow_id: str, *, timeout: float | None = None, task_id: str | None = None
+    ) -> Any:
+        """The workflow's output, waiting while it runs; with ``task_id``, the stored output of
+        that one step (``WorkflowStepNotFoundError`` if it has none yet).
 
-        Raises the failing step's exception for a FAILED workflow, ``WorkflowCancelledError``,
-        ``WorkflowNotResumableError`` for a RESUMABLE one, ``WorkflowTimeoutError`` on timeout.
+        Raises ``WorkflowExecutionError`` (caused by, and also of the class of, the failing
+        step's exception) for a FAILED workflow, ``WorkflowCancelledError`` (Ray's
+        ``WorkflowCancellationError``), ``WorkflowNotResumableError`` for a RESUMABLE one,
+        ``WorkflowTimeoutError`` on timeout.
         """
-        return self.blocking(self.engine.wait(check_workflow_id(workflow_id), timeout))
+        wid = check_workflow_id(workflow_id)
+        if task_id is not None:
+            return self.blocking(self.engine.step_output(wid, task_id))
+        return self._outcome(wid, self.engine.wait(wid, timeout))
 
     def list_all(
         self, status_filter: str | WorkflowStatus | Iterable[str | WorkflowStatus] | None = None

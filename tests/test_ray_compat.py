@@ -1,0 +1,166 @@
+"""Ray's ``ray.workflow`` behaviour that code converted by renaming the import relies on, each
+from Ray's documentation: the module's status names and error classes; a failed workflow
+raising ``WorkflowExecutionError`` with the step's exception as its cause; one step's output by
+``task_id`` (2.x) or ``name`` (1.x) and ``get_output_async``; ``retry_exceptions`` deciding
+whether a task's application error is retried; ``resume_async`` reading RUNNING as soon as it
+returns, with a new start time; no ``end_time`` while a workflow runs or once it is cancelled.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import threading
+import time
+from typing import Any
+
+import pytest
+import ray
+
+from actorflow import workflow
+from actorflow.engine import WorkflowStatus
+
+pytestmark = pytest.mark.usefixtures("wf_storage", "ray_session")
+
+COUNTS: dict[str, str] = {}  # where a test's tasks count their runs (a file; tasks run elsewhere)
+
+
+def runs(path: str) -> int:
+    p = pathlib.Path(path)
+    return len(p.read_text().split()) if p.exists() else 0
+
+
+def test_status_names_and_error_classes_are_rays() -> None:
+    for name in ("RUNNING", "SUCCESSFUL", "FAILED", "RESUMABLE", "CANCELED"):
+        assert getattr(workflow, name) is WorkflowStatus[name]
+    assert issubclass(workflow.WorkflowExecutionError, workflow.WorkflowError)
+    assert workflow.WorkflowCancellationError is workflow.WorkflowCancelledError
+    assert issubclass(workflow.WorkflowNotFoundError, workflow.WorkflowError)
+
+
+@workflow.step(max_retries=0)
+def fails(message: str) -> int:
+    raise ValueError(message)
+
+
+@workflow.step
+def succeed(x: int) -> int:
+    return x + 1
+
+
+def test_a_failed_workflow_raises_workflow_execution_error_caused_by_the_step() -> None:
+    with pytest.raises(workflow.WorkflowExecutionError) as caught:
+        succeed.step(fails.step("card declined")).run(workflow_id="exec-err")
+    err = caught.value
+    assert isinstance(err, ValueError)  # code that caught the step's ValueError still does
+    assert isinstance(err.__cause__, ValueError) and str(err.__cause__) == "card declined"
+    assert err.workflow_id == "exec-err" and "Workflow[id=exec-err] failed during execution" in str(err)
+    assert workflow.get_status("exec-err") == workflow.FAILED
+    with pytest.raises(workflow.WorkflowExecutionError) as again:
+        workflow.get_output("exec-err")
+    assert str(again.value.__cause__) == "card declined"
+
+
+def test_a_cancelled_workflows_output_raises_workflow_cancellation_error() -> None:
+    @workflow.step
+    def slow() -> int:
+        time.sleep(5)
+        return 1
+
+    ref = slow.step().run_async(workflow_id="to-cancel")
+    deadline = time.monotonic() + 30
+    while workflow.get_status("to-cancel") != workflow.RUNNING:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert "end_time" not in workflow.get_metadata("to-cancel")["stats"]  # none while it runs
+    workflow.cancel("to-cancel")
+    assert workflow.get_status("to-cancel") == workflow.CANCELED
+    assert "end_time" not in workflow.get_metadata("to-cancel")["stats"]  # nor once cancelled
+    with pytest.raises(workflow.WorkflowCancellationError):
+        workflow.get_output("to-cancel")
+    ray.cancel(ref, force=True)
+
+
+def test_one_tasks_output_by_task_id_or_name_and_get_output_async() -> None:
+    @ray.remote
+    def double(x: int) -> int:
+        return 2 * x
+
+    @ray.remote
+    def plus(x: int, y: int) -> int:
+        return x + y
+
+    first = double.options(**workflow.options(task_id="first")).bind(5)
+    dag = plus.options(**workflow.options(task_id="last")).bind(first, 1)
+    assert workflow.run(dag, workflow_id="outputs") == 11
+    assert workflow.get_output("outputs", task_id="first") == 10  # Ray 2.x
+    assert workflow.get_output("outputs", name="first") == 10  # Ray 1.x
+    assert ray.get(workflow.get_output_async("outputs")) == 11
+    assert ray.get(workflow.get_output_async("outputs", task_id="first")) == 10
+    with pytest.raises(workflow.WorkflowError):
+        workflow.get_output("outputs", task_id="no-such-task")
+
+
+def test_retry_exceptions_decides_whether_an_application_error_is_retried(tmp_path: pathlib.Path) -> None:
+    counter = str(tmp_path / "count")
+
+    def make(**options: Any) -> Any:
+        def flaky(path: str) -> None:
+            with open(path, "a") as f:
+                f.write("run\n")
+            raise RuntimeError("always")
+
+        return ray.remote(**options)(flaky) if options else ray.remote(flaky)
+
+    once = make(max_retries=10, retry_exceptions=False)
+    with pytest.raises(workflow.WorkflowExecutionError):
+        workflow.run(once.bind(counter), workflow_id="no-retries")
+    assert runs(counter) == 1  # asked to run once: it ran once
+    pathlib.Path(counter).unlink()
+    thrice = make(max_retries=2, retry_exceptions=True)
+    with pytest.raises(workflow.WorkflowExecutionError):
+        workflow.run(thrice.bind(counter), workflow_id="two-retries")
+    assert runs(counter) == 3
+    pathlib.Path(counter).unlink()
+    with pytest.raises(workflow.WorkflowExecutionError):
+        workflow.run(make().bind(counter), workflow_id="ray-default")
+    assert runs(counter) == 1  # Ray's default: application errors are not retried
+
+
+@workflow.step(max_retries=0)
+def until_flag(path: str) -> str:
+    if not pathlib.Path(path).exists():
+        raise RuntimeError("no flag yet")
+    time.sleep(1.0)
+    return "done"
+
+
+def test_resume_async_reads_running_at_once_with_a_new_start_time(tmp_path: pathlib.Path) -> None:
+    flag = str(tmp_path / "flag")
+    with pytest.raises(workflow.WorkflowExecutionError):
+        until_flag.step(flag).run(workflow_id="resumed")
+    first_start = workflow.get_metadata("resumed")["stats"]["start_time"]
+    assert workflow.get_status("resumed") == workflow.FAILED
+    pathlib.Path(flag).write_text("go")
+    time.sleep(0.05)
+    ref = workflow.resume_async("resumed")
+    assert workflow.get_status("resumed") == workflow.RUNNING  # as soon as resume_async returns
+    meta = workflow.get_metadata("resumed")
+    assert meta["stats"]["start_time"] > first_start and "end_time" not in meta["stats"]
+    assert ray.get(ref) == "done"
+    stats = workflow.get_metadata("resumed")["stats"]
+    assert stats["end_time"] >= stats["start_time"] > first_start
+
+
+def test_resuming_from_threads_at_once_runs_the_workflow_once(tmp_path: pathlib.Path) -> None:
+    flag = str(tmp_path / "flag")
+    with pytest.raises(workflow.WorkflowExecutionError):
+        until_flag.step(flag).run(workflow_id="raced")
+    pathlib.Path(flag).write_text("go")
+    refs: list[Any] = []
+    threads = [threading.Thread(target=lambda: refs.append(workflow.resume_async("raced"))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert [ray.get(r) for r in refs] == ["done"] * 3
+    assert workflow.get_metadata("raced", task_id="until_flag")["stats"]["attempts"] == 1
