@@ -100,7 +100,8 @@ def run(dag: Any, workflow_id: str | None = None, metadata: dict[str, Any] | Non
 
 
 def run_async(dag: Any, workflow_id: str | None = None, metadata: dict[str, Any] | None = None) -> Any:
-    """Start a workflow in a Ray task; return an ``ObjectRef`` of its output."""
+    """Start a workflow where it outlives this process (a detached Ray actor); return an
+    ``ObjectRef`` of its output."""
     return default_runtime().run_async(_as_workflow(dag), workflow_id=workflow_id, metadata=metadata)
 
 
@@ -123,7 +124,7 @@ def resume(workflow_id: str) -> Any:
 
 
 def resume_async(workflow_id: str) -> Any:
-    """Continue a stopped workflow in a Ray task; return an ``ObjectRef`` of its output."""
+    """Continue a stopped workflow in the detached Ray actor; return an ``ObjectRef`` of its output."""
     return default_runtime().resume_async(workflow_id)
 
 

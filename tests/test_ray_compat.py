@@ -77,7 +77,8 @@ def test_a_cancelled_workflows_output_raises_workflow_cancellation_error() -> No
     assert "end_time" not in workflow.get_metadata("to-cancel")["stats"]  # nor once cancelled
     with pytest.raises(workflow.WorkflowCancellationError):
         workflow.get_output("to-cancel")
-    ray.cancel(ref, force=True)
+    with pytest.raises(ray.exceptions.RayTaskError):  # its ObjectRef says so too
+        ray.get(ref, timeout=60)
 
 
 def test_one_tasks_output_by_task_id_or_name_and_get_output_async() -> None:
@@ -164,3 +165,58 @@ def test_resuming_from_threads_at_once_runs_the_workflow_once(tmp_path: pathlib.
         t.join(timeout=30)
     assert [ray.get(r) for r in refs] == ["done"] * 3
     assert workflow.get_metadata("raced", task_id="until_flag")["stats"]["attempts"] == 1
+
+
+DRIVER = r"""
+import sys, time
+from actorflow import workflow
+
+storage, tally = sys.argv[1:3]
+workflow.init(storage)
+
+@workflow.step
+def leg(n: int, before: int) -> int:
+    with open(tally, "a") as f:
+        f.write(f"leg{n}\n")
+    time.sleep(2)
+    return before + n
+
+wf = leg.step(0, 0)
+for n in range(1, 5):
+    wf = leg.step(n, wf)
+workflow.run_async(wf, workflow_id="fire-and-forget")  # five 2 s steps, one after another
+time.sleep(1)
+print("leaving", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_workflow_started_by_a_driver_that_exits_runs_to_the_end(
+    tmp_path: pathlib.Path, wf_storage: str, ray_address: str
+) -> None:
+    """As with Ray: run_async from a short-lived script is fire and forget. The workflow runs
+    in a detached actor that outlives the driver; another process sees it finish, each step once."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    tally = tmp_path / "tally"
+    env = {**os.environ, "RAY_ADDRESS": ray_address}
+    done = subprocess.run(
+        [sys.executable, str(script), wf_storage, str(tally)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "leaving" in done.stdout, done.stderr[-2000:]
+    assert workflow.get_status("fire-and-forget") == workflow.RUNNING  # the driver is gone
+    deadline = time.monotonic() + 90
+    while workflow.get_status("fire-and-forget") != workflow.SUCCESSFUL:
+        assert workflow.get_status("fire-and-forget") == workflow.RUNNING
+        assert time.monotonic() < deadline, "the workflow did not finish without its driver"
+        time.sleep(0.2)
+    assert workflow.get_output("fire-and-forget") == 0 + 1 + 2 + 3 + 4
+    assert tally.read_text().split() == ["leg0", "leg1", "leg2", "leg3", "leg4"]  # each once

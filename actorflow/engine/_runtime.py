@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from actorflow._ids import check_workflow_id
 from actorflow.engine._dag import Workflow
+from actorflow.engine._detached import run_detached
 from actorflow.engine._engine import DEFAULT_LEASE_TTL, WorkflowEngine, as_status
 from actorflow.engine._runners import InlineRunner, StepRunner
 from actorflow.engine._store import WorkflowStatus
@@ -176,7 +177,8 @@ class WorkflowRuntime:
     def run_async(
         self, wf: Workflow[Any], *, workflow_id: str | None = None, metadata: dict[str, Any] | None = None
     ) -> Any:
-        """Store ``wf`` and run it in a Ray task; return that task's ``ObjectRef``. (With the
+        """Store ``wf`` and run it in the storage's detached Ray actor, where it outlives this
+        process (see :mod:`actorflow.engine._detached`); return an ``ObjectRef`` of its output. (With the
         inline runner of :mod:`actorflow.testing`: on this runtime's loop, and a
         :class:`concurrent.futures.Future`.)"""
         prepared = self.engine.prepare(wf, workflow_id, metadata)
@@ -186,7 +188,7 @@ class WorkflowRuntime:
             run = self.engine.run_committed(prepared.wid, prepared.lease) if created else None
             return asyncio.run_coroutine_threadsafe(run or self.engine.resume(prepared.wid), self._loop)
         lease = prepared.lease.encode() if created else None
-        return _remote_resume().remote(self.storage_url, self.lease_ttl, prepared.wid, lease)
+        return run_detached(self.storage_url, self.lease_ttl, prepared.wid, lease)
 
     def resume(self, workflow_id: str) -> Any:
         """Continue a RESUMABLE or FAILED workflow in this process and return its output.
@@ -201,7 +203,8 @@ class WorkflowRuntime:
         return self._outcome(wid, self.engine.resume(wid))
 
     def resume_async(self, workflow_id: str) -> Any:
-        """Like :meth:`resume`, run in a Ray task; returns its ``ObjectRef`` (with the inline
+        """Like :meth:`resume`, run in the storage's detached Ray actor; returns an ``ObjectRef`` of
+        its output (with the inline
         runner: on this runtime's loop, a :class:`concurrent.futures.Future`)."""
         wid = check_workflow_id(workflow_id)
         self.blocking(self.engine.store.read_head(wid))
@@ -211,7 +214,7 @@ class WorkflowRuntime:
         # Taken over here, so the workflow reads RUNNING (with a fresh start time) as soon as
         # this returns; the task continues under the lease it is handed.
         handed = self.blocking(self.engine.take_over_for(wid))
-        return _remote_resume().remote(self.storage_url, self.lease_ttl, wid, handed)
+        return run_detached(self.storage_url, self.lease_ttl, wid, handed)
 
     def resume_all(self, include_failed: bool = False) -> list[tuple[str, Any]]:
         """Resume every RESUMABLE workflow (and FAILED ones if asked): ``[(id, ObjectRef)]``."""
@@ -352,20 +355,3 @@ def use_default(rt: WorkflowRuntime | None) -> WorkflowRuntime | None:
 def default_runtime() -> WorkflowRuntime:
     """The runtime behind the module-level functions, created with defaults on first use."""
     return _default if _default is not None else init()
-
-
-_remote_fn: Any = None
-
-
-def _remote_resume() -> Any:
-    global _remote_fn
-    if _remote_fn is None:
-        import ray
-
-        @ray.remote(num_cpus=0, max_retries=3)
-        def actorflow_workflow(url: str, lease_ttl: float, wid: str, lease: bytes | None) -> Any:
-            rt = runtime_for(url, lease_ttl)
-            return rt.blocking(rt.engine.resume(wid, lease))
-
-        _remote_fn = actorflow_workflow
-    return _remote_fn
