@@ -130,3 +130,6 @@ def wf_storage(storage_url: str) -> Iterator[str]:
         yield storage_url
     finally:
         _runtime.close_all()
+        from actorflow.engine._detached import stop_host
+
+        stop_host(_runtime.canonical_url(storage_url))  # the detached actor run_async started

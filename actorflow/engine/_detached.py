@@ -85,3 +85,20 @@ def run_detached(storage_url: str, lease_ttl: float, workflow_id: str, lease: by
     host = workflow_host(storage_url, lease_ttl)
     host.start.remote(workflow_id, lease)
     return host.output.remote(workflow_id)
+
+
+def stop_host(storage_url: str) -> bool:
+    """Kill the storage's detached actor if there is one (workflows it runs read RESUMABLE and
+    can be resumed anywhere); whether there was one. For tests and for tearing a storage down."""
+    import ray
+
+    with _handles_lock:
+        _handles.pop(storage_url, None)
+    if not ray.is_initialized():
+        return False
+    try:
+        handle = ray.get_actor(host_name(storage_url), namespace=NAMESPACE)
+    except ValueError:
+        return False
+    ray.kill(handle, no_restart=True)
+    return True
