@@ -4,6 +4,7 @@
 
     ActorflowError
     ├── ConfigError                 bad settings: storage URL, init arguments
+    │   ├── InvalidDefinitionError      metadata or a class that cannot work (also a ValueError)
     │   └── InvalidTimerError           a timer field that makes no timer (HTTP 422; also a ValueError)
     ├── BadRequestError             input from a client that breaks the API's rules (also a ValueError)
     ├── InvalidIdError              a workflow, actor or step id that breaks the id rules
@@ -78,6 +79,12 @@ class ConfigError(ActorflowError):
 class InvalidTimerError(ConfigError, ValueError):
     """A timer request whose fields cannot make a timer: a bad time, period, cron expression
     or zone (HTTP 422). Nothing is set."""
+
+
+class InvalidDefinitionError(ConfigError, ValueError):
+    """A workflow, step or actor class given in a way that cannot work: metadata that is not a
+    JSON object, a class with only one of ``__getstate__``/``__setstate__``. Also a
+    ``ValueError``, as Ray raised for these."""
 
 
 class BadRequestError(ActorflowError, ValueError):
@@ -290,6 +297,7 @@ __all__ = [
     "ConfigError",
     "IdempotencyKeyReusedError",
     "IdempotencyWindowFullError",
+    "InvalidDefinitionError",
     "InvalidIdError",
     "InvalidTimerError",
     "RemoteError",

@@ -220,3 +220,43 @@ def test_a_workflow_started_by_a_driver_that_exits_runs_to_the_end(
         time.sleep(0.2)
     assert workflow.get_output("fire-and-forget") == 0 + 1 + 2 + 3 + 4
     assert tally.read_text().split() == ["leg0", "leg1", "leg2", "leg3", "leg4"]  # each once
+
+
+def test_bad_metadata_and_a_half_custom_state_class_are_value_errors() -> None:
+    @workflow.step
+    def one() -> int:
+        return 1
+
+    for bad in ("not a dict", {"x": object()}, {"nan": float("nan")}):
+        with pytest.raises(ValueError, match="metadata"):
+            one.step().run(workflow_id="bad-metadata", metadata=bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="metadata"):
+            one.options(metadata=bad).step()  # type: ignore[arg-type]
+    with pytest.raises(workflow.WorkflowNotFoundError):
+        workflow.get_status("bad-metadata")  # nothing was stored
+    with pytest.raises(ValueError, match="define both __getstate__ and __setstate__"):
+
+        @workflow.virtual_actor
+        class OnlySetstate:
+            def __init__(self) -> None:
+                self.x = 1
+
+            def __setstate__(self, state: Any) -> None:
+                self.x = state
+
+
+@ray.remote
+def countdown(n: int) -> Any:
+    """Ray's recursion idiom: the same function is a workflow's task and a plain call."""
+    if n == 0:
+        return "liftoff"
+    return workflow.continuation(countdown.bind(n - 1))
+
+
+def test_continuation_outside_a_workflow_runs_the_dag_and_refuses_an_object_ref() -> None:
+    assert workflow.run(countdown.bind(3), workflow_id="countdown") == "liftoff"  # durable
+    assert ray.get(countdown.remote(3)) == "liftoff"  # a plain Ray call: each level runs the next
+    with pytest.raises(TypeError, match="continuation takes a DAG"):
+        workflow.continuation(countdown.remote(0))
+    with pytest.raises(TypeError):
+        workflow.continuation(42)

@@ -14,6 +14,7 @@ import ray
 from actorflow import workflow
 from actorflow.errors import (
     ConfigError,
+    InvalidDefinitionError,
     InvalidIdError,
     SerializationError,
     WorkflowCancelledError,
@@ -300,8 +301,9 @@ def test_wrong_arguments_and_options() -> None:
         add.step(1)  # type: ignore[call-arg]
     with pytest.raises(ConfigError):
         workflow.step(max_retries=-1)
-    with pytest.raises(SerializationError):
+    with pytest.raises(InvalidDefinitionError) as caught:  # a ValueError, as with Ray
         workflow.step(metadata={"x": object()})
+    assert isinstance(caught.value, ValueError) and isinstance(caught.value.__cause__, SerializationError)
     with pytest.raises(ConfigError):
         workflow.step(num_cpuz=1)
     with pytest.raises(InvalidIdError):

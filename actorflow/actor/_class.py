@@ -19,6 +19,7 @@ from actorflow.errors import (
     ActorNotFoundError,
     ActorTypeNotFoundError,
     ConfigError,
+    InvalidDefinitionError,
 )
 
 C = TypeVar("C")
@@ -73,7 +74,7 @@ class VirtualActorClass:
         self.schema_version = schema_version
         get, put = defines_custom_state(cls)
         if get != put:
-            raise ConfigError(
+            raise InvalidDefinitionError(
                 f"virtual actor {self.type_name}: define both __getstate__ and __setstate__, or neither "
                 f"(only {'__getstate__' if get else '__setstate__'} is defined)"
             )

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from actorflow import _codec
 from actorflow._ids import check_id, step_name_for
-from actorflow.errors import ConfigError, InvalidIdError
+from actorflow.errors import ConfigError, InvalidDefinitionError, InvalidIdError, SerializationError
 
 if TYPE_CHECKING:
     import ray
@@ -50,6 +50,14 @@ class StepOptions:
         return make_options(self, **changes)
 
 
+def check_metadata(metadata: dict[str, Any], what: str) -> None:
+    """:class:`~actorflow.errors.InvalidDefinitionError` unless ``metadata`` is strict JSON."""
+    try:
+        _codec.check_json(metadata, what=what)
+    except SerializationError as exc:
+        raise InvalidDefinitionError(str(exc)) from exc
+
+
 _OPTION_NAMES = {"max_retries", "catch_exceptions", "name", "metadata", "checkpoint"}
 
 
@@ -74,9 +82,9 @@ def make_options(base: StepOptions | None = None, **kwargs: Any) -> StepOptions:
         if md is None:
             own["metadata"] = {}
         elif not isinstance(md, dict):
-            raise ConfigError(f"metadata must be a dict, got {type(md).__name__}")
+            raise InvalidDefinitionError(f"metadata must be a dict, got {type(md).__name__}")
         else:
-            _codec.check_json(md, what="step metadata")
+            check_metadata(md, "step metadata")
     if ray_opts:
         if ray_opts.get("num_returns", 1) != 1:
             raise ConfigError("steps return one value; num_returns is not supported")

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from actorflow import _codec
 from actorflow._ids import check_id, check_workflow_id, new_workflow_id
-from actorflow.engine._dag import IdAssigner, StepSpec, Workflow, flatten
+from actorflow.engine._dag import IdAssigner, StepSpec, Workflow, check_metadata, flatten
 from actorflow.engine._executor import Executor, commit_fenced, lease_margin, ride_out
 from actorflow.engine._runners import RayRunner, StepRunner
 from actorflow.engine._store import (
@@ -41,6 +41,7 @@ from actorflow.engine._store import (
 )
 from actorflow.errors import (
     ConfigError,
+    InvalidDefinitionError,
     SerializationError,
     WorkflowCancelledError,
     WorkflowNotResumableError,
@@ -100,8 +101,8 @@ class WorkflowEngine:
             raise TypeError(f"expected a Workflow (the result of f.step(...)), got {type(wf).__name__}")
         wid = check_workflow_id(workflow_id) if workflow_id is not None else new_workflow_id()
         if metadata is not None and not isinstance(metadata, dict):
-            raise ConfigError(f"workflow metadata must be a dict, got {type(metadata).__name__}")
-        _codec.check_json(metadata or {}, what="workflow metadata")
+            raise InvalidDefinitionError(f"workflow metadata must be a dict, got {type(metadata).__name__}")
+        check_metadata(metadata or {}, "workflow metadata")
         assigner = IdAssigner()
         specs = flatten(wf, assigner)
         batch = Batch().require(k_meta(wid), None)

@@ -58,8 +58,19 @@ class Continuation:
         self.dag = dag
 
 
-def continuation(dag: Any) -> Continuation:
-    """Return this from a workflow task to continue the workflow with ``dag``."""
+def continuation(dag: Any) -> Any:
+    """Return this from a workflow task to continue the workflow with ``dag``. Called outside a
+    workflow (a plain call of a function that returns one), it runs a Ray DAG with Ray, not
+    durably, and returns its value, as Ray does, so one function serves both. Anything but a
+    DAG or a step (an ``ObjectRef``, a value) is a TypeError."""
+    from actorflow.engine._steps import current_step
+
+    if not (isinstance(dag, Workflow) or _is_ray_dag(dag)):
+        raise TypeError(f"continuation takes a DAG (f.bind(...)) or a step, not {type(dag).__name__}")
+    if current_step() is None and _is_ray_dag(dag):
+        import ray
+
+        return ray.get(dag.execute())
     return Continuation(dag)
 
 

@@ -75,14 +75,25 @@ def current_step() -> StepContext | None:
     return _current_step.get()
 
 
-def _enter_step(ctx: StepContext) -> None:
+def _enter_step(ctx: StepContext) -> contextvars.Token[StepContext | None]:
     # A module function, so step bodies (pickled by value) refer to it by name.
-    _current_step.set(ctx)
+    return _current_step.set(ctx)
+
+
+def _leave_step(token: contextvars.Token[StepContext | None]) -> None:
+    # A Ray worker runs other tasks after a step: they must not think they are in it.
+    _current_step.reset(token)
 
 
 def _make_body(func: Callable[..., Any], retries: int, catch: bool) -> Callable[..., Any]:
     def actorflow_step(*args: Any, _actorflow_ctx: StepContext, **kwargs: Any) -> tuple[Any, ...]:
-        _enter_step(_actorflow_ctx)
+        token = _enter_step(_actorflow_ctx)
+        try:
+            return run(args, kwargs)
+        finally:
+            _leave_step(token)
+
+    def run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
         start = time.time()
         attempts = 0
         out: Any = None
