@@ -260,3 +260,57 @@ def test_continuation_outside_a_workflow_runs_the_dag_and_refuses_an_object_ref(
         workflow.continuation(countdown.remote(0))
     with pytest.raises(TypeError):
         workflow.continuation(42)
+
+
+@ray.remote
+def ten() -> int:
+    return 10
+
+
+@ray.remote
+def broken() -> int:
+    raise ValueError("inner step failed")
+
+
+@ray.remote
+def continue_with(inner: str) -> Any:
+    return workflow.continuation((ten if inner == "ten" else broken).bind())
+
+
+@ray.remote
+def descend(n: int) -> Any:
+    if n == 1:
+        raise ValueError(f"depth {n}")
+    return workflow.continuation(descend.bind(n - 1))
+
+
+def test_catch_exceptions_covers_what_a_continuation_returns() -> None:
+    catching = workflow.options(catch_exceptions=True)
+    assert workflow.run(continue_with.options(**catching).bind("ten"), workflow_id="c-ok") == (10, None)
+    value, err = workflow.run(continue_with.options(**catching).bind("broken"), workflow_id="c-err")
+    assert value is None and isinstance(err, ValueError) and str(err) == "inner step failed"
+    assert workflow.get_status("c-err") == workflow.SUCCESSFUL  # caught: the workflow did not fail
+    value, err = workflow.run(descend.options(**catching).bind(3), workflow_id="c-deep")
+    assert value is None and isinstance(err, ValueError) and str(err) == "depth 1"
+
+
+@workflow.step
+def twenty() -> int:
+    return 20
+
+
+@workflow.step(max_retries=0)
+def refuses() -> int:
+    raise KeyError("nope")
+
+
+@workflow.step(catch_exceptions=True)
+def returns_a_step(good: bool) -> Any:
+    return twenty.step() if good else refuses.step()
+
+
+def test_catch_exceptions_covers_a_returned_step_in_the_1x_api() -> None:
+    assert returns_a_step.step(True).run(workflow_id="s-ok") == (20, None)
+    value, err = returns_a_step.step(False).run(workflow_id="s-err")
+    assert value is None and isinstance(err, KeyError)
+    assert workflow.resume("s-err")[0] is None  # resuming finds the caught outcome stored

@@ -157,6 +157,8 @@ class Executor:
         self.specs: dict[str, StepSpec] = {}
         self.dependents: dict[str, list[str]] = {}
         self.cont_parents: dict[str, list[str]] = {}
+        # The step whose continuation added each step (what catches its failure, see _catcher).
+        self.owner: dict[str, str] = {}
         self.done: dict[str, Any] = {}
         self.active: set[str] = set()
         self.missing: dict[str, int] = {}
@@ -176,22 +178,52 @@ class Executor:
                 self.dependents.setdefault(d, []).append(s.step_id)
 
     def _finish(self, sid: str, value: Any) -> None:
-        stack = [sid]
+        stack = [(sid, value)]
         while stack:
-            s = stack.pop()
+            s, v = stack.pop()
             if s in self.done:
                 continue
-            self.done[s] = value
+            self.done[s] = v
             self.active.discard(s)
-            stack.extend(self.cont_parents.pop(s, ()))
+            stack.extend((p, self._as_output_of(p, v)) for p in self.cont_parents.pop(s, ()))
             for dep in self.dependents.get(s, ()):
                 if dep in self.active:
                     self.missing[dep] -= 1
                     if self.missing[dep] == 0:
                         self.ready.append(dep)
 
+    def _as_output_of(self, parent: str, value: Any) -> Any:
+        """A continuation's value as the output of the step that returned it: ``(value, None)``
+        when that step catches exceptions, as its own value would have been."""
+        return (value, None) if self.specs[parent].options.catch_exceptions else value
+
+    def _catcher(self, sid: str) -> str | None:
+        """The nearest step that catches exceptions and whose continuation ``sid`` belongs to
+        (directly or through continuations within it), if it has not ended yet."""
+        parent = self.owner.get(sid)
+        while parent is not None:
+            if self.specs[parent].options.catch_exceptions:
+                return None if parent in self.done else parent
+            parent = self.owner.get(parent)
+        return None
+
+    def _abandon(self, catcher: str) -> None:
+        """Steps of ``catcher``'s continuation that are not needed any more (it caught a failure
+        in it) are not started; those running finish and are ignored."""
+
+        def under(s: str) -> bool:
+            o = self.owner.get(s)
+            while o is not None and o != catcher:
+                o = self.owner.get(o)
+            return o == catcher
+
+        for s in [s for s in self.active if under(s)]:
+            self.active.discard(s)
+
     def _continue_with(self, parent: str, specs: list[StepSpec]) -> None:
         self._add_specs(specs)
+        for s in specs:
+            self.owner.setdefault(s.step_id, parent)
         sub_root = specs[-1].step_id
         self.cont_parents.setdefault(sub_root, []).append(parent)
         for s in specs:
@@ -243,6 +275,8 @@ class Executor:
                 elif kind == "cont":
                     _, sub = await self._load_payload(raw)  # type: ignore[arg-type]
                     self._add_specs(sub)
+                    for s in sub:
+                        self.owner.setdefault(s.step_id, sid)
                     self.active.add(sid)  # waits for its sub-graph; never runs again
                     self.missing[sid] = -1
                     self.cont_parents.setdefault(sub[-1].step_id, []).append(sid)
@@ -265,12 +299,13 @@ class Executor:
 
     def _finish_parents(self, sub_root: str) -> None:
         value = self.done[sub_root]
-        stack = list(self.cont_parents.pop(sub_root, ()))
+        stack = [(p, self._as_output_of(p, value)) for p in self.cont_parents.pop(sub_root, ())]
         while stack:
-            p = stack.pop()
+            p, v = stack.pop()
             if p not in self.done:
-                self.done[p] = value
-            stack.extend(self.cont_parents.pop(p, ()))
+                self.done[p] = v
+            v = self.done[p]
+            stack.extend((q, self._as_output_of(q, v)) for q in self.cont_parents.pop(p, ()))
 
     # ----------------------------------------------------------------- running
     def _deadline(self) -> float:
@@ -387,7 +422,7 @@ class Executor:
         while self.root not in self.done:
             if failure is None:
                 for sid in self.ready:
-                    if sid not in self.in_flight and sid not in self.done:
+                    if sid not in self.in_flight and sid not in self.done and sid in self.active:
                         self._submit(sid)
             self.ready.clear()
             if not self.in_flight:
@@ -408,48 +443,9 @@ class Executor:
             continued: list[tuple[str, list[StepSpec]]] = []
             for sid, fut in items:
                 self.in_flight.pop(sid, None)
-                spec = self.specs[sid]
-                try:
-                    kind, out, start, end, attempts, tb = fut.result()
-                except BaseException as exc:  # the task itself died (worker crash, cancel)
-                    kind, out, start, end, attempts, tb = (
-                        "err",
-                        portable_exception(exc),
-                        time.time(),
-                        time.time(),
-                        1,
-                        "",
-                    )
-                header = {
-                    "kind": kind,
-                    "name": spec.name,
-                    "start_time": start,
-                    "end_time": end,
-                    "attempts": attempts,
-                    "user_metadata": spec.options.metadata,
-                }
-                what = f"the output of step {sid!r} of workflow {self.wid!r}"
-                try:
-                    if kind == "ok":
-                        if spec.options.checkpoint:
-                            self.store.put_payload(batch, self.wid, k_step(self.wid, sid), header, out, what)
-                        finished.append((sid, out))
-                    elif kind == "cont":
-                        sub = flatten(out, self.assigner)
-                        self.store.put_payload(batch, self.wid, k_step(self.wid, sid), header, sub, what)
-                        batch.put(k_counters(self.wid), _codec.json_dumps(self.assigner.counters))
-                        continued.append((sid, sub))
-                    else:
-                        log.warning("step %s of workflow %s failed:\n%s", sid, self.wid, tb or out)
-                        batch.put(k_step(self.wid, sid), _codec.pack({**header, "error": repr(out)}))
-                        if failure is None:
-                            failure = (sid, out, tb)
-                except Exception as exc:  # output that cannot be stored fails the step
-                    batch.put(
-                        k_step(self.wid, sid), _codec.pack({**header, "kind": "err", "error": repr(exc)})
-                    )
-                    if failure is None:
-                        failure = (sid, exc, "")
+                failed = self._record(sid, fut, batch, finished, continued)
+                if failed is not None and failure is None:
+                    failure = failed
             if batch:
                 await self._commit(batch)
             for sid, out in finished:
@@ -459,6 +455,71 @@ class Executor:
         if failure is not None and self.root not in self.done:
             await self._fail(*failure)
         return await self._succeed()
+
+    def _record(
+        self,
+        sid: str,
+        fut: Any,
+        batch: Batch,
+        finished: list[tuple[str, Any]],
+        continued: list[tuple[str, list[StepSpec]]],
+    ) -> tuple[str, BaseException, str] | None:
+        """Add one completed step's record to ``batch`` (and its output to ``finished``, or its
+        continuation to ``continued``); the failure it is, unless a catching step caught it."""
+        spec = self.specs[sid]
+        try:
+            kind, out, start, end, attempts, tb = fut.result()
+        except BaseException as exc:  # the task itself died (worker crash, cancel)
+            kind, out, start, end, attempts, tb = (
+                "err",
+                portable_exception(exc),
+                time.time(),
+                time.time(),
+                1,
+                "",
+            )
+        header = {
+            "kind": kind,
+            "name": spec.name,
+            "start_time": start,
+            "end_time": end,
+            "attempts": attempts,
+            "user_metadata": spec.options.metadata,
+        }
+        what = f"the output of step {sid!r} of workflow {self.wid!r}"
+        try:
+            if kind == "ok":
+                if spec.options.checkpoint:
+                    self.store.put_payload(batch, self.wid, k_step(self.wid, sid), header, out, what)
+                finished.append((sid, out))
+            elif kind == "cont":
+                sub = flatten(out, self.assigner)
+                self.store.put_payload(batch, self.wid, k_step(self.wid, sid), header, sub, what)
+                batch.put(k_counters(self.wid), _codec.json_dumps(self.assigner.counters))
+                continued.append((sid, sub))
+            else:
+                log.warning("step %s of workflow %s failed:\n%s", sid, self.wid, tb or out)
+                batch.put(k_step(self.wid, sid), _codec.pack({**header, "error": repr(out)}))
+                catcher = self._catcher(sid)
+                if catcher is not None:  # a step that catches exceptions returned this work
+                    caught = (None, out)
+                    spec_c = self.specs[catcher]
+                    kept = {
+                        **header,
+                        "kind": "ok",
+                        "name": spec_c.name,
+                        "user_metadata": spec_c.options.metadata,
+                    }
+                    key = k_step(self.wid, catcher)
+                    self.store.put_payload(batch, self.wid, key, kept, caught, what)
+                    self._abandon(catcher)
+                    finished.append((catcher, caught))
+                elif sid in self.active:
+                    return (sid, out, tb)
+        except Exception as exc:  # output that cannot be stored fails the step
+            batch.put(k_step(self.wid, sid), _codec.pack({**header, "kind": "err", "error": repr(exc)}))
+            return (sid, exc, "")
+        return None
 
     async def _succeed(self) -> Any:
         value = self.done[self.root]
