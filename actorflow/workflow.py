@@ -94,19 +94,34 @@ def init(
         init_storage(storage, lease_ttl=lease_ttl, recovery=recovery)
 
 
-def run(dag: Any, workflow_id: str | None = None, metadata: dict[str, Any] | None = None) -> Any:
-    """Run a workflow (a ``Workflow`` or a Ray DAG of ``@ray.remote`` functions) to the end."""
-    return default_runtime().run(_as_workflow(dag), workflow_id=workflow_id, metadata=metadata)
+def run(
+    dag: Any,
+    *args: Any,
+    workflow_id: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Run a workflow (a ``Workflow`` or a Ray DAG of ``@ray.remote`` functions) to the end.
+    ``args`` and ``kwargs`` are the inputs of a DAG built on an ``InputNode``, as with Ray."""
+    wf = _as_workflow(dag, args, kwargs)
+    return default_runtime().run(wf, workflow_id=workflow_id, metadata=metadata)
 
 
-def run_async(dag: Any, workflow_id: str | None = None, metadata: dict[str, Any] | None = None) -> Any:
+def run_async(
+    dag: Any,
+    *args: Any,
+    workflow_id: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> Any:
     """Start a workflow where it outlives this process (a detached Ray actor); return an
     ``ObjectRef`` of its output."""
-    return default_runtime().run_async(_as_workflow(dag), workflow_id=workflow_id, metadata=metadata)
+    wf = _as_workflow(dag, args, kwargs)
+    return default_runtime().run_async(wf, workflow_id=workflow_id, metadata=metadata)
 
 
-def _as_workflow(dag: Any) -> Workflow[Any]:
-    wf = as_workflow(dag)
+def _as_workflow(dag: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> Workflow[Any]:
+    wf = as_workflow(dag, args, kwargs)
     if wf is None:
         raise TypeError(f"expected a workflow step or a Ray DAG (f.bind(...)), got {type(dag).__name__}")
     return wf

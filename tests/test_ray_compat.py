@@ -81,15 +81,17 @@ def test_a_cancelled_workflows_output_raises_workflow_cancellation_error() -> No
         ray.get(ref, timeout=60)
 
 
+@ray.remote
+def double(x: int) -> int:
+    return 2 * x
+
+
+@ray.remote
+def plus(x: int, y: int) -> int:
+    return x + y
+
+
 def test_one_tasks_output_by_task_id_or_name_and_get_output_async() -> None:
-    @ray.remote
-    def double(x: int) -> int:
-        return 2 * x
-
-    @ray.remote
-    def plus(x: int, y: int) -> int:
-        return x + y
-
     first = double.options(**workflow.options(task_id="first")).bind(5)
     dag = plus.options(**workflow.options(task_id="last")).bind(first, 1)
     assert workflow.run(dag, workflow_id="outputs") == 11
@@ -314,3 +316,36 @@ def test_catch_exceptions_covers_a_returned_step_in_the_1x_api() -> None:
     value, err = returns_a_step.step(False).run(workflow_id="s-err")
     assert value is None and isinstance(err, KeyError)
     assert workflow.resume("s-err")[0] is None  # resuming finds the caught outcome stored
+
+
+@workflow.options(task_id="greet", metadata={"team": "payments"})
+@ray.remote
+def greet(name: str) -> str:
+    return f"hello {name}"
+
+
+def test_workflow_options_as_a_decorator_on_a_remote_function() -> None:
+    assert workflow.run(greet.bind("ann"), workflow_id="decorated") == "hello ann"
+    step = workflow.get_metadata("decorated", task_id="greet")
+    assert step["user_metadata"] == {"team": "payments"}
+    with pytest.raises(TypeError, match=r"above @ray\.remote"):
+        workflow.options(task_id="x")(lambda: 1)
+
+
+def test_dags_built_on_an_input_node_take_the_runs_inputs() -> None:
+    from ray.dag import InputNode
+
+    with InputNode() as inp:
+        dag = plus.bind(double.bind(inp[0]), inp.y)
+    assert workflow.run(dag, 5, y=1, workflow_id="inputs") == 11
+    assert workflow.run(dag, 7, y=2, workflow_id="inputs-2") == 16  # one DAG, two runs
+    with InputNode() as whole:
+        single = double.bind(whole)
+    assert workflow.run(single, 21, workflow_id="single-input") == 42
+    assert ray.get(workflow.run_async(single, 4, workflow_id="single-async")) == 8
+    with pytest.raises(TypeError, match="takes inputs"):
+        workflow.run(dag, workflow_id="no-inputs")
+    with pytest.raises(TypeError, match="without an InputNode"):
+        workflow.run(double.bind(1), 5, workflow_id="stray-input")
+    with pytest.raises(workflow.WorkflowNotFoundError):
+        workflow.get_status("no-inputs")  # refused before anything was stored

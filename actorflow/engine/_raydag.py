@@ -35,8 +35,20 @@ def app_retries(ray_opts: dict[str, Any]) -> int:
     return tries
 
 
-def options(**kwargs: Any) -> dict[str, Any]:
-    """Workflow options for one Ray task: ``f.options(**workflow.options(task_id="x")).bind()``.
+class WorkflowOptions(dict[str, Any]):
+    """What :func:`options` returns: Ray task options to unpack (``f.options(**opts)``), and a
+    decorator that applies them to a ``@ray.remote`` function (``@workflow.options(...)`` above
+    ``@ray.remote``), as Ray's was."""
+
+    def __call__(self, remote_function: Any) -> Any:
+        if not hasattr(remote_function, "options"):
+            raise TypeError("@workflow.options(...) goes above @ray.remote, on a remote function")
+        return remote_function.options(**self)
+
+
+def options(**kwargs: Any) -> WorkflowOptions:
+    """Workflow options for one Ray task: ``f.options(**workflow.options(task_id="x")).bind()``,
+    or ``@workflow.options(task_id="x")`` above ``@ray.remote``.
 
     Accepts ``task_id`` (the step's name), ``checkpoint``, ``catch_exceptions``,
     ``max_retries`` and ``metadata``; the values are validated here.
@@ -48,7 +60,7 @@ def options(**kwargs: Any) -> dict[str, Any]:
         )
     step_opts = {("name" if k == "task_id" else k): v for k, v in kwargs.items()}
     make_options(**step_opts)  # validate now, with a clear message
-    return {"_labels": {OPTIONS_LABEL: json.dumps(step_opts)}}
+    return WorkflowOptions(_labels={OPTIONS_LABEL: json.dumps(step_opts)})
 
 
 class Continuation:
@@ -81,26 +93,67 @@ def _is_ray_dag(obj: Any) -> bool:
     return cls is not None and isinstance(obj, cls)
 
 
-def as_workflow(obj: Any) -> Workflow[Any] | None:
-    """The workflow a step returned, if it returned one (a node, a Ray DAG, a continuation)."""
+def as_workflow(
+    obj: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+) -> Workflow[Any] | None:
+    """The workflow a step returned, if it returned one (a node, a Ray DAG, a continuation).
+    ``args`` and ``kwargs`` are the inputs of a DAG built on an ``InputNode``."""
     if isinstance(obj, Continuation):
         obj = obj.dag
     if isinstance(obj, Workflow):
+        if args or kwargs:
+            raise TypeError("a workflow of steps takes no inputs; only a Ray DAG with an InputNode does")
         return obj
     if _is_ray_dag(obj):
-        return from_ray_dag(obj)
+        return from_ray_dag(obj, args, kwargs or {})
     return None
 
 
-def from_ray_dag(root: Any) -> Workflow[Any]:
-    """Convert a Ray DAG of ``FunctionNode``s into a workflow graph (shared nodes stay shared)."""
-    from ray.dag import DAGNode, FunctionNode
+def _input_value(node: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """What an ``InputNode`` or one of its attributes stands for, given the run's inputs, as
+    ``dag.execute(*args, **kwargs)`` has it: one positional input is the input itself (and its
+    items or attributes the attributes); otherwise ``inp[i]`` is ``args[i]``, ``inp.x``
+    ``kwargs["x"]``."""
+    from ray.dag import InputNode
+
+    if not args and not kwargs:
+        raise TypeError(
+            "the DAG takes inputs (it has an InputNode): pass them, workflow.run(dag, *args, **kwargs)"
+        )
+    single = len(args) == 1 and not kwargs
+    if isinstance(node, InputNode):
+        if single:
+            return args[0]
+        raise TypeError("with several inputs, use the InputNode's items or attributes (inp[0], inp.x)")
+    key, accessor = node._key, node._accessor_method
+    try:
+        if single:
+            obj = args[0]
+            return getattr(obj, key) if accessor == "__getattr__" else obj[key]
+        return args[key] if isinstance(key, int) else kwargs[key]
+    except (IndexError, KeyError, AttributeError, TypeError) as exc:
+        raise TypeError(f"the DAG's input {key!r} was not given: {exc!r}") from None
+
+
+def from_ray_dag(
+    root: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+) -> Workflow[Any]:
+    """Convert a Ray DAG of ``FunctionNode``s into a workflow graph (shared nodes stay shared),
+    its ``InputNode`` replaced by the run's inputs (stored with the graph, so a resume has them)."""
+    from ray.dag import DAGNode, FunctionNode, InputAttributeNode, InputNode
+
+    kwargs = kwargs or {}
+    uses_input = False
 
     done: dict[int, Workflow[Any]] = {}
     stack: list[tuple[Any, bool]] = [(root, False)]
     while stack:
         node, expanded = stack.pop()
         if id(node) in done:
+            continue
+        if isinstance(node, (InputNode, InputAttributeNode)):
+            done[id(node)] = _input_value(node, args, kwargs)
+            uses_input = True
             continue
         if not isinstance(node, FunctionNode):
             raise ConfigError(
@@ -128,4 +181,6 @@ def from_ray_dag(root: Any) -> Workflow[Any]:
             map_values(tuple(node.get_args()), sub),
             map_values(dict(node.get_kwargs()), sub),
         )
+    if (args or kwargs) and not uses_input:
+        raise TypeError("inputs were given for a DAG without an InputNode")
     return done[id(root)]
