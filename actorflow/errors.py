@@ -142,7 +142,9 @@ class WorkflowError(ActorflowError):
         super().__init__(message)
 
 
-class WorkflowNotFoundError(WorkflowError):
+class WorkflowNotFoundError(WorkflowError, ValueError):
+    """No workflow has that id (also a ValueError, as Ray raised for unknown ids)."""
+
     def __init__(self, workflow_id: str) -> None:
         super().__init__(workflow_id, f"no workflow with id {workflow_id!r}")
 
@@ -203,7 +205,9 @@ class WorkflowTimeoutError(WorkflowError, TimeoutError):
     """``get_output(..., timeout=)`` ran out of time; the workflow goes on."""
 
 
-class WorkflowStepNotFoundError(WorkflowError):
+class WorkflowStepNotFoundError(WorkflowError, ValueError):
+    """The workflow has no step of that id, or none with an output yet (also a ValueError)."""
+
     def __init__(self, workflow_id: str, step_id: str) -> None:
         self.step_id = step_id
         super().__init__(workflow_id, f"no step {step_id!r} in workflow {workflow_id!r}")

@@ -127,6 +127,22 @@ def _as_workflow(dag: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | 
     return wf
 
 
+def get_actor(actor_id: str) -> ActorHandle:
+    """Ray 1.x: a handle on the stored virtual actor ``actor_id``, of whichever type (among those
+    this process has imported) holds it. ``ActorNotFoundError`` when none does, ``ActorError``
+    when several types have an actor of that id (then use ``Cls.get(actor_id)``)."""
+    from actorflow.actor import registered_types
+    from actorflow.errors import ActorError, ActorNotFoundError
+
+    found = [ac for ac in registered_types().values() if ac.exists(actor_id)]
+    if not found:
+        raise ActorNotFoundError("?", actor_id, "no imported actor type has an actor of that id")
+    if len(found) > 1:
+        names = ", ".join(sorted(ac.type_name for ac in found))
+        raise ActorError("?", actor_id, f"actors of types {names} have the id {actor_id!r}: use Cls.get(id)")
+    return found[0].get(actor_id)
+
+
 def post_event(workflow_id: str, key: str, payload: Any = None) -> bool:
     """Deliver an event to ``wait_for_event(key)`` in a workflow (buffered if nothing waits
     yet). Returns False if that key already had an event (the first one is kept)."""
@@ -230,6 +246,7 @@ __all__ = [
     "continuation",
     "current_actor",
     "delete",
+    "get_actor",
     "get_metadata",
     "get_output",
     "get_output_async",

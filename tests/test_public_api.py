@@ -33,6 +33,7 @@ def test_workflow_exports_are_pinned() -> None:
         "continuation",
         "current_actor",
         "delete",
+        "get_actor",
         "get_metadata",
         "get_output",
         "get_output_async",

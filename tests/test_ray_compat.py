@@ -18,6 +18,7 @@ import ray
 
 from actorflow import workflow
 from actorflow.engine import WorkflowStatus
+from actorflow.errors import ActorNotFoundError
 
 pytestmark = pytest.mark.usefixtures("wf_storage", "ray_session")
 
@@ -349,3 +350,39 @@ def test_dags_built_on_an_input_node_take_the_runs_inputs() -> None:
         workflow.run(double.bind(1), 5, workflow_id="stray-input")
     with pytest.raises(workflow.WorkflowNotFoundError):
         workflow.get_status("no-inputs")  # refused before anything was stored
+
+
+@workflow.virtual_actor(name="CompatLedger")
+class CompatLedger:
+    def __init__(self, owner: str) -> None:  # needs an argument: calls do not activate it
+        self.owner = owner
+
+    @workflow.virtual_actor.readonly
+    def whose(self) -> str:
+        return self.owner
+
+
+def test_get_actor_and_ready_as_in_ray_1x() -> None:
+    CompatLedger.get_or_create("ledger-1", "ann")
+    handle = workflow.get_actor("ledger-1")
+    assert handle.actor_type == "CompatLedger" and handle.whose.run() == "ann"
+    assert ray.get(handle.ready()) is True
+    with pytest.raises(ActorNotFoundError, match="no imported actor type"):
+        workflow.get_actor("nobody-has-this-id")
+    with pytest.raises(ActorNotFoundError):
+        CompatLedger.get("ledger-2")  # a class whose calls do not activate it: must exist
+
+
+def test_unknown_ids_are_value_errors_as_with_ray() -> None:
+    for call in (
+        lambda: workflow.get_status("no-such-workflow"),
+        lambda: workflow.get_metadata("no-such-workflow"),
+        lambda: workflow.get_output("no-such-workflow"),
+    ):
+        with pytest.raises(ValueError):
+            call()
+        with pytest.raises(workflow.WorkflowNotFoundError):
+            call()
+    assert workflow.run(succeed.step(1), workflow_id="known") == 2
+    with pytest.raises(ValueError):
+        workflow.get_metadata("known", task_id="no-such-step")

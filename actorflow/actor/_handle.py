@@ -81,11 +81,27 @@ class ActorHandle:
     def actor_class(self) -> VirtualActorClass:
         return self._class
 
-    def __getattr__(self, name: str) -> ActorMethod:
+    def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)  # protocol probes (copy, pickle) must see a plain miss
+        if name == "ready" and "ready" not in self._class.methods:
+            return self._ready  # Ray 1.x's handle.ready(); an actor method of that name wins
         self._class.method(name)  # raises ActorMethodNotFoundError (an AttributeError)
         return ActorMethod(self, name)
+
+    def _ready(self) -> Any:
+        """An ``ObjectRef`` that resolves to True once the actor exists (at once: creating one
+        commits before ``get_or_create`` returns); ``ActorNotFoundError`` for a missing actor of
+        a class that calls do not activate."""
+        import concurrent.futures
+
+        from actorflow.actor._promise import promise_for  # Ray, loaded only for this
+
+        if not self._class.activates and not self._class.exists(self._id):
+            raise self._class.not_found(self._id, deleted=False)
+        done: concurrent.futures.Future[bool] = concurrent.futures.Future()
+        done.set_result(True)
+        return promise_for(done)
 
     def delete(self) -> None:
         """Delete this actor (see ``VirtualActorClass.delete``)."""
