@@ -148,3 +148,24 @@ def test_ctrl_c_during_start_up_stops_cleanly_once_started(tmp_path: pathlib.Pat
     assert "Ctrl-C stops it." not in text  # it never said it was serving
     assert not (haproxy_pids() - before), "a HAProxy outlived actorflow serve"
     assert not answers(f"http://127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize("after", [0.05, 0.15, 0.3])
+def test_ctrl_c_while_the_command_loads_is_one_line(after: float) -> None:
+    """Ctrl-C in the first moments of the command, while Python is still importing it: one
+    line and status 130, never Python's KeyboardInterrupt traceback."""
+    command = pathlib.Path(sys.executable).with_name("actorflow")
+    proc = subprocess.Popen(
+        [str(command), "workflows", "list", "--address", f"http://127.0.0.1:{free_port()}"],
+        env=user_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(after)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    # Interrupted (130) while loading; or it had loaded and then failed to reach the address (1).
+    assert proc.returncode in (130, 1), (proc.returncode, err)
+    assert err.count("\n") == 1 and err.startswith("actorflow: "), err
