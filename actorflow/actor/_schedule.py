@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,20 +172,19 @@ class Schedule:
     # ------------------------------------------------------------------ reading
     def next_after(self, t: float, anchor: float | None = None) -> float | None:
         """The first tick strictly after ``t`` (None: never). A period counts from
-        ``anchor``, a tick it already had."""
+        ``anchor``, a tick it already had (without one, from ``t``)."""
         if self.period is not None:
-            base = t if anchor is None else anchor
             if anchor is None:
                 return t + self.period
-            steps = max(0, math.floor((t - base) / self.period)) + 1
-            return base + steps * self.period
+            return anchor + (max(0, math.floor((t - anchor) / self.period)) + 1) * self.period
+        return next(self._cron_ticks(t), None)
+
+    def _cron_ticks(self, t: float) -> Iterator[float]:
+        """The cron expression's instants strictly after ``t``, in order, as epoch times."""
         from cronsim import CronSim
 
         start = dt.datetime.fromtimestamp(t, _UTC).astimezone(zone(self.tz))
-        try:
-            return next(iter(CronSim(self.cron or "", start))).timestamp()
-        except StopIteration:
-            return None
+        return (tick.timestamp() for tick in CronSim(self.cron or "", start))
 
     def ticks_in(self, after: float, until: float, anchor: float) -> int:
         """How many ticks fall in ``(after, until]`` (a period's ticks count from ``anchor``;
@@ -195,12 +195,9 @@ class Schedule:
             return max(0, math.floor((until - anchor) / self.period)) - max(
                 0, math.floor((after - anchor) / self.period)
             )
-        from cronsim import CronSim
-
-        it = iter(CronSim(self.cron or "", dt.datetime.fromtimestamp(after, _UTC).astimezone(zone(self.tz))))
         n = 0
-        for tick in it:
-            if tick.timestamp() > until or n >= MAX_COUNTED:
+        for tick in self._cron_ticks(after):
+            if tick > until or n >= MAX_COUNTED:
                 break
             n += 1
         return n

@@ -125,9 +125,10 @@ class Timer:
         tz = zone(repeats.tz if repeats is not None else None)
         return datetime.datetime.fromtimestamp(self.due, tz).isoformat(timespec="seconds")
 
-    def missed_at(self, now: float) -> int:
-        """Ticks due by ``now`` besides the one being fired (see the module docstring)."""
-        repeats = self.repeats()
+    def missed_at(self, now: float, repeats: Schedule | None = None) -> int:
+        """Ticks due by ``now`` besides the one being fired (see the module docstring);
+        ``repeats``: :meth:`repeats`, when the caller has it already."""
+        repeats = repeats or self.repeats()
         if repeats is None:
             return 0
         missed = repeats.ticks_in(self.due, now, anchor=self.due)
@@ -135,13 +136,18 @@ class Timer:
             missed = min(missed, self.remaining - 1)
         return max(0, missed)
 
-    def following(self, now: float) -> float | None:
-        """The first tick strictly after ``now`` (repeating timers; None: there is none)."""
+    def next_state(self, now: float) -> tuple[float, int | None] | None:
+        """After the tick being fired, at ``now``: the next tick (the first strictly after
+        ``now``) and the repetitions left then; None when the timer is done (it fires once, or
+        its repetitions, the missed ticks included, are used up)."""
         repeats = self.repeats()
-        assert repeats is not None
-        if self.remaining is not None and self.remaining - 1 - self.missed_at(now) <= 0:
+        if repeats is None:
             return None
-        return repeats.next_after(now, anchor=self.due)
+        left = None if self.remaining is None else self.remaining - 1 - self.missed_at(now, repeats)
+        if left is not None and left <= 0:
+            return None
+        nxt = repeats.next_after(now, anchor=self.due)
+        return None if nxt is None else (nxt, left)
 
 
 def _seconds(label: str, value: Any) -> float | None:
@@ -294,11 +300,9 @@ class Completion:
         batch.require(self.key, self.claimed)
         if self.timer.name in written:
             return  # the fired method set or cancelled this very timer
-        nxt = self.timer.following(now) if self.timer.repeats() is not None else None
-        if nxt is not None:
-            left = self.timer.remaining
-            if left is not None:
-                left -= 1 + self.timer.missed_at(now)
+        state = self.timer.next_state(now)
+        if state is not None:
+            nxt, left = state
             after = replace(
                 self.timer, due=nxt, next_try=nxt, attempts=0, claim=None, claim_until=0.0, remaining=left
             )
