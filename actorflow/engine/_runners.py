@@ -8,6 +8,7 @@ body's outcome tuple. The executor is the same either way: it commits what the f
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -18,6 +19,7 @@ import cloudpickle
 
 from actorflow._clock import Clock
 from actorflow.engine._dag import StepOptions
+from actorflow.engine._detached import run_detached
 from actorflow.engine._steps import StepContext, body_for, remote_for
 
 
@@ -36,6 +38,10 @@ class StepRunner(Protocol):
     def submit(
         self, func: Any, options: StepOptions, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: StepContext
     ) -> Running: ...
+
+    def run_workflow(self, runtime: Any, workflow_id: str, lease: bytes | None) -> Any:
+        """Run a stored workflow of ``runtime`` in the background (``run_async``,
+        ``resume_async``), under ``lease`` when one is handed over; a handle on its output."""
 
 
 @dataclasses.dataclass
@@ -63,6 +69,10 @@ class RayRunner:
     ) -> Running:
         ref = remote_for(func, options).remote(*args, _actorflow_ctx=ctx, **kwargs)
         return _RayTask(ref, ref.future())
+
+    def run_workflow(self, runtime: Any, workflow_id: str, lease: bytes | None) -> Any:
+        """In the storage's detached actor, where it outlives the caller: an ``ObjectRef``."""
+        return run_detached(runtime.storage_url, runtime.lease_ttl, workflow_id, lease)
 
 
 @dataclasses.dataclass
@@ -113,6 +123,10 @@ class InlineRunner:
             with self._lock:
                 self._running -= 1
             raise
+
+    def run_workflow(self, runtime: Any, workflow_id: str, lease: bytes | None) -> Any:
+        """On the runtime's own loop: a :class:`concurrent.futures.Future` of its output."""
+        return asyncio.run_coroutine_threadsafe(runtime.engine.resume(workflow_id, lease), runtime.loop)
 
     def running(self) -> int:
         """Steps submitted and not yet returned (those asleep on the clock included)."""

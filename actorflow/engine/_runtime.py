@@ -16,9 +16,8 @@ from typing import Any, TypeVar
 
 from actorflow._ids import check_workflow_id
 from actorflow.engine._dag import Workflow
-from actorflow.engine._detached import run_detached
 from actorflow.engine._engine import DEFAULT_LEASE_TTL, WorkflowEngine, as_status
-from actorflow.engine._runners import InlineRunner, StepRunner
+from actorflow.engine._runners import StepRunner
 from actorflow.engine._store import WorkflowStatus
 from actorflow.errors import (
     ConfigError,
@@ -184,11 +183,8 @@ class WorkflowRuntime:
         prepared = self.engine.prepare(wf, workflow_id, metadata)
         self.engine.runner.ready()
         created = self.blocking(self.storage.commit(prepared.batch))
-        if isinstance(self.engine.runner, InlineRunner):
-            run = self.engine.run_committed(prepared.wid, prepared.lease) if created else None
-            return asyncio.run_coroutine_threadsafe(run or self.engine.resume(prepared.wid), self._loop)
         lease = prepared.lease.encode() if created else None
-        return run_detached(self.storage_url, self.lease_ttl, prepared.wid, lease)
+        return self.engine.runner.run_workflow(self, prepared.wid, lease)
 
     def resume(self, workflow_id: str) -> Any:
         """Continue a RESUMABLE or FAILED workflow in this process and return its output.
@@ -209,12 +205,10 @@ class WorkflowRuntime:
         wid = check_workflow_id(workflow_id)
         self.blocking(self.engine.store.read_head(wid))
         self.engine.runner.ready()
-        if isinstance(self.engine.runner, InlineRunner):
-            return asyncio.run_coroutine_threadsafe(self.engine.resume(wid), self._loop)
         # Taken over here, so the workflow reads RUNNING (with a fresh start time) as soon as
-        # this returns; the task continues under the lease it is handed.
+        # this returns; the runner continues under the lease it is handed.
         handed = self.blocking(self.engine.take_over_for(wid))
-        return run_detached(self.storage_url, self.lease_ttl, wid, handed)
+        return self.engine.runner.run_workflow(self, wid, handed)
 
     def resume_all(self, include_failed: bool = False) -> list[tuple[str, Any]]:
         """Resume every RESUMABLE workflow (and FAILED ones if asked): ``[(id, ObjectRef)]``."""
