@@ -30,6 +30,7 @@ sockets. Nothing here patches ``time.time``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import time
 import uuid
@@ -44,7 +45,6 @@ from actorflow.errors import ActorflowError
 
 #: Seconds the environment waits for work to settle before it reports it as stuck.
 SETTLE_TIMEOUT = 30.0
-_TIMERS = "timers"  # the scheduler's index of due timers (actorflow.actor._keys.TIMER_INDEX)
 
 
 class StuckError(ActorflowError):
@@ -77,10 +77,10 @@ class Environment:
         self.workflows = WorkflowRuntime(
             storage or f"memory://actorflow-testing-{uuid.uuid4().hex}", runner=self.runner
         )
-        settings = dict(config.__dict__) if config is not None else {}
-        settings["clock"] = self.clock
         # Not started: its loops (the timer scheduler, outbox recovery) run when advance() says.
-        self.actors = ActorRuntime(self.workflows, ActorConfig(**settings))
+        self.actors = ActorRuntime(
+            self.workflows, dataclasses.replace(config or ActorConfig(), clock=self.clock)
+        )
         adopt(self.workflows, self.actors)
         self._before = use_default(self.workflows)
         self._closed = False
@@ -157,8 +157,7 @@ class Environment:
         )
 
     def _next_timer(self) -> float | None:
-        first = self._blocking(self.workflows.storage.index_range(_TIMERS, limit=1))
-        return first[0][1] if first else None
+        return self._blocking(self.actors.scheduler.next_due())
 
     def _due_now(self) -> bool:
         nxt = self._next_timer()

@@ -156,6 +156,12 @@ class Scheduler:
                 log.exception("the timer scheduler pass failed; trying again")
             await asyncio.sleep(self.config.tick_interval)
 
+    async def next_due(self) -> float | None:
+        """When the scheduler next has something to do: the earliest time in its index (a tick
+        due, a retry, a claim that lapses), or None without timers."""
+        first = await self.storage.index_range(TIMER_INDEX, limit=1)
+        return first[0][1] if first else None
+
     async def fire_due(self, limit: int = 1000) -> dict[str, int]:
         """One pass: claim every timer due now, fire them and wait for the firings. Returns
         counts (fired, retried, failed; skipped: claimed elsewhere or changed meanwhile)."""
