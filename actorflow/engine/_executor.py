@@ -23,7 +23,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from actorflow import _codec
@@ -197,28 +197,25 @@ class Executor:
         when that step catches exceptions, as its own value would have been."""
         return (value, None) if self.specs[parent].options.catch_exceptions else value
 
+    def _owners(self, sid: str) -> Iterator[str]:
+        """The steps whose continuations ``sid`` belongs to, innermost first."""
+        parent = self.owner.get(sid)
+        while parent is not None:
+            yield parent
+            parent = self.owner.get(parent)
+
     def _catcher(self, sid: str) -> str | None:
         """The nearest step that catches exceptions and whose continuation ``sid`` belongs to
         (directly or through continuations within it), if it has not ended yet."""
-        parent = self.owner.get(sid)
-        while parent is not None:
+        for parent in self._owners(sid):
             if self.specs[parent].options.catch_exceptions:
                 return None if parent in self.done else parent
-            parent = self.owner.get(parent)
         return None
 
     def _abandon(self, catcher: str) -> None:
         """Steps of ``catcher``'s continuation that are not needed any more (it caught a failure
         in it) are not started; those running finish and are ignored."""
-
-        def under(s: str) -> bool:
-            o = self.owner.get(s)
-            while o is not None and o != catcher:
-                o = self.owner.get(o)
-            return o == catcher
-
-        for s in [s for s in self.active if under(s)]:
-            self.active.discard(s)
+        self.active -= {s for s in self.active if catcher in self._owners(s)}
 
     def _continue_with(self, parent: str, specs: list[StepSpec]) -> None:
         self._add_specs(specs)
