@@ -180,23 +180,9 @@ def get_output(
 
 def get_output_async(workflow_id: str, *, task_id: str | None = None) -> Any:
     """Like :func:`get_output`, as an ``ObjectRef`` of the output (``ray.get`` it, or await it)."""
-    import concurrent.futures
-
     from actorflow.actor import promise_for
 
-    rt = default_runtime()
-    fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-    def wait() -> None:
-        try:
-            fut.set_result(rt.get_output(workflow_id, task_id=task_id))
-        except BaseException as exc:
-            fut.set_exception(exc)
-
-    import threading
-
-    threading.Thread(target=wait, name=f"actorflow-output-{workflow_id}", daemon=True).start()
-    return promise_for(fut)
+    return promise_for(default_runtime().get_output_future(workflow_id, task_id=task_id))
 
 
 def list_all(

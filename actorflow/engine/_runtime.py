@@ -49,6 +49,17 @@ _NOT_A_FAILURE = (
 log = logging.getLogger("actorflow.workflow")
 
 
+async def _failing_as_execution_error(wid: str, coro: Coroutine[Any, Any, T]) -> T:
+    """``coro``'s result; a failure of the workflow (not of the machinery) as
+    ``WorkflowExecutionError``."""
+    try:
+        return await coro
+    except _NOT_A_FAILURE:
+        raise
+    except Exception as exc:
+        raise execution_error(wid, exc) from exc
+
+
 class WorkflowRuntime:
     """Runs and manages workflows stored in one storage.
 
@@ -166,12 +177,7 @@ class WorkflowRuntime:
 
     def _outcome(self, wid: str, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """What a run, resume or wait gives; a failed workflow as ``WorkflowExecutionError``."""
-        try:
-            return self.blocking(coro, timeout)
-        except _NOT_A_FAILURE:
-            raise
-        except Exception as exc:
-            raise execution_error(wid, exc) from exc
+        return self.blocking(_failing_as_execution_error(wid, coro), timeout)
 
     def run_async(
         self, wf: Workflow[Any], *, workflow_id: str | None = None, metadata: dict[str, Any] | None = None
@@ -231,10 +237,18 @@ class WorkflowRuntime:
         ``WorkflowCancellationError``), ``WorkflowNotResumableError`` for a RESUMABLE one,
         ``WorkflowTimeoutError`` on timeout.
         """
+        return self.blocking(self._output(workflow_id, task_id, timeout))
+
+    def get_output_future(self, workflow_id: str, *, task_id: str | None = None) -> Any:
+        """:meth:`get_output` as a :class:`concurrent.futures.Future`, waited for on this
+        runtime's loop (no thread of its own)."""
+        return asyncio.run_coroutine_threadsafe(self._output(workflow_id, task_id, None), self._loop)
+
+    async def _output(self, workflow_id: str, task_id: str | None, timeout: float | None) -> Any:
         wid = check_workflow_id(workflow_id)
         if task_id is not None:
-            return self.blocking(self.engine.step_output(wid, task_id))
-        return self._outcome(wid, self.engine.wait(wid, timeout))
+            return await self.engine.step_output(wid, task_id)
+        return await _failing_as_execution_error(wid, self.engine.wait(wid, timeout))
 
     def list_all(
         self, status_filter: str | WorkflowStatus | Iterable[str | WorkflowStatus] | None = None
