@@ -76,8 +76,9 @@ _ROUTE_ERRORS: dict[str, tuple[int, ...]] = {
     "resume_workflow": (400, 404, 409),
     "cancel_workflow": (400, 404, 409),
 }
-_METHOD_ERRORS = (*_BODY, 404, 409, 422, 429)
-_CREATE_ERRORS = (*_BODY, 404, 409, 422)
+# A typed operation is the generic route's request, so it answers the same errors.
+_METHOD_ERRORS = _ROUTE_ERRORS["call_actor"]
+_CREATE_ERRORS = _ROUTE_ERRORS["create_actor"]
 _NO_SERVICE_ERRORS = {"healthz", "metrics"}
 
 
