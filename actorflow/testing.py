@@ -152,9 +152,16 @@ class Environment:
 
     def _quiet(self) -> bool:
         executors = list(self.workflows.engine.executors)
-        return self.runner.running() == self.clock.sleeping() and all(
-            ex.waiting and not ex.completions for ex in executors
-        )
+        if self.runner.running() != self.clock.sleeping():
+            return False
+        if not all(ex.waiting and not ex.completions for ex in executors):
+            return False
+        # A workflow is RUNNING in storage from the commit that creates it (or the take-over
+        # that resumes it), before its executor exists here: until one waits for each of
+        # them, a run is still starting (loading its steps on the runtime's loop).
+        waiting = {ex.wid for ex in executors}
+        running = self.workflows.list_all("RUNNING")
+        return all(wid in waiting for wid, _ in running)
 
     def _next_timer(self) -> float | None:
         return self._blocking(self.actors.scheduler.next_due())

@@ -11,6 +11,7 @@ the ones that need real time: a full stop of everything, scheduler lateness)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from typing import Any
@@ -221,5 +222,27 @@ def test_a_step_that_never_settles_is_reported(storage_url: str) -> None:
     with testing.Environment(storage=storage_url) as env:
         running = real_wait.step().run_async(workflow_id="stuck")
         with pytest.raises(testing.StuckError, match=r"did not settle within 0\.1 s"):
+            env.settle(timeout=0.1)
+        running.result(timeout=10)
+
+
+def test_a_workflow_still_loading_its_steps_is_not_settled() -> None:
+    # The run is RUNNING in storage before its executor exists: loading its steps takes a while
+    # (a slow or reconnecting storage, as the CI's Redis once was), and settle must wait for it.
+    @workflow.step
+    def real_wait() -> None:
+        time.sleep(0.5)
+
+    with testing.Environment() as env:
+        store = env.workflows.engine.store
+        load = store.load_dag
+
+        async def slow_load(wid: str) -> Any:
+            await asyncio.sleep(0.3)
+            return await load(wid)
+
+        store.load_dag = slow_load  # type: ignore[method-assign]
+        running = real_wait.step().run_async(workflow_id="starting")
+        with pytest.raises(testing.StuckError, match="did not settle"):
             env.settle(timeout=0.1)
         running.result(timeout=10)
