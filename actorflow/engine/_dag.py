@@ -184,11 +184,9 @@ class StepSpec:
     kwargs: dict[str, Any]
 
     def deps(self) -> list[str]:
-        out: list[str] = []
-        for v in walk_values((self.args, self.kwargs)):
-            if isinstance(v, StepRef) and v.step_id not in out:
-                out.append(v.step_id)
-        return out
+        """The ids of the steps whose outputs this one takes, each once, in argument order."""
+        refs = (v.step_id for v in walk_values((self.args, self.kwargs)) if isinstance(v, StepRef))
+        return list(dict.fromkeys(refs))
 
     @property
     def name(self) -> str:

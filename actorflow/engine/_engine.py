@@ -59,11 +59,14 @@ DEFAULT_LEASE_TTL = 30.0
 
 @dataclass(frozen=True)
 class Prepared:
-    """A workflow ready to be stored: its id, the batch that creates it, the runner's lease."""
+    """A workflow ready to be stored: its id, the batch that creates it, the runner's lease,
+    and the graph that batch stores (so a run in this process need not read it back)."""
 
     wid: str
     batch: Batch
     lease: Lease
+    specs: list[StepSpec]
+    counters: dict[str, int]
 
 
 class WorkflowEngine:
@@ -123,13 +126,15 @@ class WorkflowEngine:
             "error": None,
         }
         self.store.put_meta(batch, wid, meta)
-        return Prepared(wid, batch, lease)
+        return Prepared(wid, batch, lease, specs, dict(assigner.counters))
 
     async def start(self, prepared: Prepared) -> Any:
         """Store a prepared workflow and run it here to its end; return its output. A workflow
         with that id that exists already is resumed (or waited for) instead."""
         if await self.storage.commit(prepared.batch):
-            return await self.run_committed(prepared.wid, prepared.lease)
+            return await self.execute(
+                prepared.wid, prepared.lease, prepared.specs, prepared.counters, fresh=True
+            )
         return await self.resume(prepared.wid)
 
     async def run_committed(self, wid: str, lease: Lease) -> Any:

@@ -5,6 +5,9 @@ once (a fan-out runs in parallel); completions are drained in groups and checkpo
 atomic commit per group, and only then are the steps that depend on them submitted. So:
 
 * a step starts only after the outputs it consumes are durable;
+* at most :data:`MAX_IN_FLIGHT` steps are submitted at once, and an output is dropped from
+  the driver's memory once every step that consumes it has been submitted, so a wide graph
+  costs the driver a window of it, not all of it;
 * a step whose output is stored never runs again (on resume it is loaded instead);
 * every commit requires the runner's lease, so a cancelled or superseded runner stops writing;
 * a storage blip (:class:`~actorflow.errors.StorageUnavailableError`) is ridden out: reads and
@@ -19,6 +22,7 @@ its own output becomes the sub-graph's output.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -50,6 +54,20 @@ T = TypeVar("T")
 #: with every further retry, up to ``RETRY_MAX_DELAY``.
 RETRY_FIRST_DELAY = 0.05
 RETRY_MAX_DELAY = 1.0
+
+#: Steps an executor keeps submitted at once; the rest of a wide fan-out waits its turn, so
+#: the driver (and Ray's bookkeeping of tasks it owns) holds a window of the graph, not all of it.
+MAX_IN_FLIGHT = 1000
+
+
+class _Released:
+    """Stands in :attr:`Executor.done` for an output every consumer has been given already."""
+
+    def __repr__(self) -> str:
+        return "<released output>"
+
+
+RELEASED: Any = _Released()
 
 
 class LeaseLost(BaseException):
@@ -155,17 +173,23 @@ class Executor:
         self.lease_ttl = lease_ttl
         self._commit_lock = asyncio.Lock()
         self.specs: dict[str, StepSpec] = {}
+        self.deps: dict[str, list[str]] = {}  # each step's StepSpec.deps(), computed once
         self.dependents: dict[str, list[str]] = {}
+        # Consumers of each step's output not submitted yet: at 0 the driver lets the value go.
+        self.readers: collections.Counter[str] = collections.Counter()
         self.cont_parents: dict[str, list[str]] = {}
         # The step whose continuation added each step (what catches its failure, see _catcher).
         self.owner: dict[str, str] = {}
         self.done: dict[str, Any] = {}
         self.active: set[str] = set()
         self.missing: dict[str, int] = {}
-        self.ready: list[str] = []
+        self.ready: collections.deque[str] = collections.deque()
         self.in_flight: dict[str, Any] = {}
         self.assigner = IdAssigner()
-        self.completions: list[tuple[str, Any]] = []
+        # Appended from Ray's callback threads, drained by the loop: a deque, whose append and
+        # popleft are atomic, so nothing is lost between the two.
+        self.completions: collections.deque[tuple[str, Any]] = collections.deque()
+        self._wake_pending = False  # a wake-up of the loop is scheduled and has not run yet
         self.wakeup = asyncio.Event()
         self.root = ""
         self._lost: LeaseLost | None = None  # set by the heartbeat when it could not renew
@@ -174,8 +198,10 @@ class Executor:
     def _add_specs(self, specs: list[StepSpec]) -> None:
         for s in specs:
             self.specs[s.step_id] = s
-            for d in s.deps():
+            self.deps[s.step_id] = deps = s.deps()
+            for d in deps:
                 self.dependents.setdefault(d, []).append(s.step_id)
+                self.readers[d] += 1
 
     def _finish(self, sid: str, value: Any) -> None:
         stack = [(sid, value)]
@@ -233,8 +259,7 @@ class Executor:
             if s in self.active or s in self.done or s not in self.specs:
                 continue
             self.active.add(s)
-            deps = self.specs[s].deps()
-            pending = [d for d in deps if d not in self.done]
+            pending = [d for d in self.deps[s] if d not in self.done]
             self.missing[s] = len(pending)
             if not pending:
                 self.ready.append(s)
@@ -280,7 +305,7 @@ class Executor:
                     nxt.append(sub[-1].step_id)
                 else:
                     pending.append(sid)
-                    nxt.extend(self.specs[sid].deps())
+                    nxt.extend(self.deps[sid])
             frontier = nxt
         # Resolve continuation parents whose sub-graph already finished, innermost first.
         for sub_root in list(self.cont_parents):
@@ -362,6 +387,14 @@ class Executor:
             self.wakeup.set()
             return
 
+    def _submit_ready(self) -> None:
+        """Submit ready steps, up to :data:`MAX_IN_FLIGHT` in flight; the rest stay queued."""
+        ready = self.ready
+        while ready and len(self.in_flight) < MAX_IN_FLIGHT:
+            sid = ready.popleft()
+            if sid not in self.in_flight and sid not in self.done and sid in self.active:
+                self._submit(sid)
+
     def _submit(self, sid: str) -> None:
         spec = self.specs[sid]
         sub: Callable[[Any], Any] = lambda v: self.done[v.step_id] if isinstance(v, StepRef) else v  # noqa: E731
@@ -370,16 +403,33 @@ class Executor:
         ctx = StepContext(self.storage_url, self.wid, sid)
         running = self.runner.submit(spec.func, spec.options, tuple(args), dict(kwargs), ctx)
         self.in_flight[sid] = running
+        self._release_inputs(sid)
         loop = asyncio.get_running_loop()
 
         def on_done(fut: Any, sid: str = sid) -> None:
-            loop.call_soon_threadsafe(self._completed, sid, fut)
+            # From Ray's (or a thread's) callback: the deque's append is atomic, and one wake-up
+            # of the loop serves every completion that arrives before it runs.
+            self.completions.append((sid, fut))
+            if not self._wake_pending:
+                self._wake_pending = True
+                loop.call_soon_threadsafe(self._wake)
 
         running.future.add_done_callback(on_done)
 
-    def _completed(self, sid: str, fut: Any) -> None:
-        self.completions.append((sid, fut))
+    def _wake(self) -> None:
+        self._wake_pending = False
         self.wakeup.set()
+
+    def _release_inputs(self, sid: str) -> None:
+        """Once the last consumer of an output has been submitted (with the value in its
+        arguments), the driver keeps no copy: the output is in storage, where a resume reads it.
+        The root's output, and a sub-graph's whose continuation parents wait on it, stay."""
+        for d in self.deps[sid]:
+            self.readers[d] -= 1
+            if self.readers[d] <= 0 and d != self.root and d not in self.cont_parents:
+                del self.readers[d]
+                if self.done.get(d, RELEASED) is not RELEASED:
+                    self.done[d] = RELEASED
 
     async def run(self) -> Any:
         """Execute to the end; return the output or raise the failing step's exception."""
@@ -418,10 +468,9 @@ class Executor:
         failure: tuple[str, BaseException, str] | None = None
         while self.root not in self.done:
             if failure is None:
-                for sid in self.ready:
-                    if sid not in self.in_flight and sid not in self.done and sid in self.active:
-                        self._submit(sid)
-            self.ready.clear()
+                self._submit_ready()
+            else:
+                self.ready.clear()
             if not self.in_flight:
                 if failure is not None:
                     break
@@ -432,7 +481,7 @@ class Executor:
             self.wakeup.clear()
             if self._lost is not None:
                 raise self._lost
-            items, self.completions = self.completions, []
+            items = [self.completions.popleft() for _ in range(len(self.completions))]
             if not items:
                 continue
             batch = Batch()
