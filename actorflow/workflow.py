@@ -56,6 +56,7 @@ SUCCESSFUL = WorkflowStatus.SUCCESSFUL
 FAILED = WorkflowStatus.FAILED
 RESUMABLE = WorkflowStatus.RESUMABLE
 CANCELED = WorkflowStatus.CANCELED
+PENDING = WorkflowStatus.PENDING
 
 
 def init(
@@ -65,6 +66,8 @@ def init(
     token: str | None = None,
     lease_ttl: float | None = None,
     recovery: bool = False,
+    max_running_workflows: int | None = None,
+    max_pending_workflows: int | None = None,
 ) -> None:
     """Set where the module-level API keeps workflows and finds actors.
 
@@ -80,18 +83,31 @@ def init(
 
     ``recovery=True`` resumes abandoned workflows (whose runner died) automatically from this
     process, every few seconds; the hosted service always does.
+
+    ``max_running_workflows`` and ``max_pending_workflows`` (Ray's queue): past that many
+    workflows running in the cluster on this storage, ``run`` and ``run_async`` store a new one
+    PENDING and it starts when one ends, in the order submitted; past that many pending too,
+    they raise ``queue.Full`` and store nothing. None or -1: no limit (the default). With a
+    limit, every workflow ``run`` or ``run_async`` starts runs in the storage's detached host.
     """
     import os
 
     address = address or os.environ.get("ACTORFLOW_ADDRESS") or None
+    invoker = None
     if address:
         from actorflow.client import connect
 
-        set_invoker(connect(address, token or os.environ.get("ACTORFLOW_TOKEN") or None))
-    else:
-        set_invoker(None)
-    if storage is not None or not address:
-        init_storage(storage, lease_ttl=lease_ttl, recovery=recovery)
+        invoker = connect(address, token or os.environ.get("ACTORFLOW_TOKEN") or None)
+    queue = max_running_workflows is not None or max_pending_workflows is not None
+    if storage is not None or not address or queue:
+        init_storage(
+            storage,
+            lease_ttl=lease_ttl,
+            recovery=recovery,
+            max_running_workflows=max_running_workflows,
+            max_pending_workflows=max_pending_workflows,
+        )
+    set_invoker(invoker)
 
 
 def run(
@@ -210,6 +226,7 @@ def get_metadata(workflow_id: str, name: str | None = None, *, task_id: str | No
 __all__ = [
     "CANCELED",
     "FAILED",
+    "PENDING",
     "RESUMABLE",
     "RUNNING",
     "SUCCESSFUL",

@@ -13,6 +13,7 @@ def test_workflow_exports_are_pinned() -> None:
         "CANCELED",
         "EventListener",
         "FAILED",
+        "PENDING",
         "RESUMABLE",
         "RUNNING",
         "SUCCESSFUL",

@@ -31,7 +31,7 @@ def runs(path: str) -> int:
 
 
 def test_status_names_and_error_classes_are_rays() -> None:
-    for name in ("RUNNING", "SUCCESSFUL", "FAILED", "RESUMABLE", "CANCELED"):
+    for name in ("RUNNING", "SUCCESSFUL", "FAILED", "RESUMABLE", "CANCELED", "PENDING"):
         assert getattr(workflow, name) is WorkflowStatus[name]
     assert issubclass(workflow.WorkflowExecutionError, workflow.WorkflowError)
     assert workflow.WorkflowCancellationError is workflow.WorkflowCancelledError

@@ -215,7 +215,9 @@ def workflows() -> None:
 
 @workflows.command("list")
 @click.option(
-    "--status", metavar="STATUS", help="Only these: RUNNING, SUCCESSFUL, FAILED, RESUMABLE, CANCELED."
+    "--status",
+    metavar="STATUS",
+    help="Only these: RUNNING, SUCCESSFUL, FAILED, RESUMABLE, CANCELED, PENDING.",
 )
 @service_options
 @json_option

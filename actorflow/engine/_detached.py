@@ -7,11 +7,20 @@ storage. ``start`` begins a workflow in the actor's background and returns at on
 waits for a workflow's end and returns its output, so the ``ObjectRef`` a caller gets is only a
 view: if the caller exits, the workflow goes on. Leases and fencing are the same as anywhere
 else: the actor is just another runner, and one that dies leaves its workflows RESUMABLE.
+
+The host also keeps Ray's workflow queue (``workflow.init(max_running_workflows=,
+max_pending_workflows=)``): a workflow submitted while the running ones fill the limit is stored
+PENDING and started, in the order submitted, as slots free up; when the queue is full too,
+:meth:`WorkflowHost.submit` stores nothing and says so (the caller raises ``queue.Full``). The
+queue itself is storage: a host that starts (a new cluster, a restarted actor) queues the PENDING
+workflows it finds, oldest first. The limits count what this host runs (one host per storage
+in a cluster, so per cluster).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import logging
 import threading
@@ -29,23 +38,122 @@ def host_name(storage_url: str) -> str:
 class WorkflowHost:
     """The detached actor's body: one runtime, many workflows at once (an async actor)."""
 
-    def __init__(self, storage_url: str, lease_ttl: float) -> None:
+    def __init__(
+        self,
+        storage_url: str,
+        lease_ttl: float,
+        max_running: int | None = None,
+        max_pending: int | None = None,
+    ) -> None:
         from actorflow.engine._runtime import runtime_for
 
         self.runtime = runtime_for(storage_url, lease_ttl)
+        self.max_running = max_running
+        self.max_pending = max_pending
+        self._lock = threading.Lock()  # actor calls and run callbacks come from two threads
+        self._running: set[str] = set()
+        self._queue: collections.deque[str] = collections.deque()
+        self._queued: set[str] = set()
+        self._committing = 0  # submits between their capacity check and their commit
+        asyncio.run_coroutine_threadsafe(self._restore(), self.runtime.loop)
 
     async def start(self, workflow_id: str, lease: bytes | None) -> None:
         """Run (or resume, holding ``lease`` when one is handed over) the workflow here, in the
         background. Two starts of one workflow are fine: the engine's lease lets one run it
-        and the other wait for it (and the order two callers' starts arrive in is not theirs)."""
+        and the other wait for it (and the order two callers' starts arrive in is not theirs).
+        It counts as running for the queue's limit, but is never queued or refused."""
+        with self._lock:
+            self._launch(workflow_id, lease)
+
+    def configure(self, max_running: int | None, max_pending: int | None) -> None:
+        """Set the queue's limits (None: no limit); workflows queued start if there is room."""
+        with self._lock:
+            self.max_running, self.max_pending = max_running, max_pending
+            self._pump()
+
+    async def submit(self, workflow_id: str, batch: Any) -> str:
+        """Store a workflow prepared PENDING (``batch``) and start it, or queue it when the
+        running ones fill ``max_running``: ``"started"``, ``"queued"``, ``"exists"`` (the id was
+        taken: it is resumed or joined, as a run of a stored id is), or ``"full"`` when the
+        queue holds ``max_pending`` already, and then nothing was stored."""
+        with self._lock:
+            if self._full():
+                return "full"
+            self._committing += 1
+        try:
+            commit = asyncio.run_coroutine_threadsafe(self.runtime.storage.commit(batch), self.runtime.loop)
+            created = await asyncio.wrap_future(commit)
+        finally:
+            with self._lock:
+                self._committing -= 1
+        with self._lock:
+            if not created:
+                self._launch(workflow_id, None)
+                return "exists"
+            if workflow_id in self._running or workflow_id in self._queued:
+                return "queued"  # the start-up scan found it first
+            if self._room():
+                self._launch(workflow_id, None)
+                return "started"
+            self._enqueue(workflow_id)
+            return "queued"
+
+    def queued(self) -> list[str]:
+        """The ids waiting for a slot, next first."""
+        with self._lock:
+            return list(self._queue)
+
+    # The methods below run under self._lock.
+    def _room(self) -> bool:
+        return self.max_running is None or len(self._running) < self.max_running
+
+    def _full(self) -> bool:
+        if self.max_running is None or self.max_pending is None:
+            return False
+        held = len(self._running) + len(self._queue) + self._committing
+        return held >= self.max_running + self.max_pending
+
+    def _enqueue(self, workflow_id: str) -> None:
+        if workflow_id not in self._queued and workflow_id not in self._running:
+            self._queue.append(workflow_id)
+            self._queued.add(workflow_id)
+
+    def _pump(self) -> None:
+        while self._queue and self._room():
+            wid = self._queue.popleft()
+            self._queued.discard(wid)
+            self._launch(wid, None)
+
+    def _launch(self, workflow_id: str, lease: bytes | None) -> None:
+        self._running.add(workflow_id)
         run = self.runtime.engine.resume(workflow_id, lease)
         fut = asyncio.run_coroutine_threadsafe(run, self.runtime.loop)
 
         def ended(done: Any) -> None:
             if not done.cancelled() and done.exception() is not None:
                 log.info("workflow %s ended with %r", workflow_id, done.exception())
+            with self._lock:
+                self._running.discard(workflow_id)
+                self._pump()
 
         fut.add_done_callback(ended)
+
+    async def _restore(self) -> None:
+        """Queue the PENDING workflows storage holds (left by an earlier host), oldest first."""
+        from actorflow.engine._store import WorkflowStatus
+
+        engine = self.runtime.engine
+        try:
+            found = await engine.list_workflows({WorkflowStatus.PENDING})
+            heads = [(await engine.store.read_head(wid))[0] for wid, _ in found]
+        except Exception as exc:  # the next start of this host tries again
+            log.warning("could not read the PENDING workflows of %s: %r", self.runtime.storage_url, exc)
+            return
+        order = sorted(zip(heads, found, strict=True), key=lambda pair: pair[0].get("start_time") or 0)
+        with self._lock:
+            for _, (wid, _) in order:
+                self._enqueue(wid)
+            self._pump()
 
     async def output(self, workflow_id: str) -> Any:
         """The workflow's output once it ends (its failure raised), wherever it runs."""
@@ -60,13 +168,16 @@ _handles: dict[str, Any] = {}
 _handles_lock = threading.Lock()
 
 
-def workflow_host(storage_url: str, lease_ttl: float) -> Any:
-    """The detached actor for ``storage_url`` (created if the cluster has none)."""
+def workflow_host(
+    storage_url: str, lease_ttl: float, limits: tuple[int | None, int | None] = (None, None)
+) -> Any:
+    """The detached actor for ``storage_url`` (created if the cluster has none, with the queue
+    ``limits``: max running, max pending)."""
     with _handles_lock:
-        return _host(storage_url, lease_ttl)
+        return _host(storage_url, lease_ttl, limits)
 
 
-def _host(storage_url: str, lease_ttl: float) -> Any:
+def _host(storage_url: str, lease_ttl: float, limits: tuple[int | None, int | None] = (None, None)) -> Any:
     import ray
 
     handle = _handles.get(storage_url)
@@ -75,7 +186,7 @@ def _host(storage_url: str, lease_ttl: float) -> Any:
         remote: Any = decorate(num_cpus=0, max_concurrency=1000, max_restarts=-1)(WorkflowHost)
         handle = remote.options(
             name=host_name(storage_url), namespace=NAMESPACE, lifetime="detached", get_if_exists=True
-        ).remote(storage_url, lease_ttl)
+        ).remote(storage_url, lease_ttl, *limits)
         _handles[storage_url] = handle
     return handle
 
@@ -85,6 +196,37 @@ def run_detached(storage_url: str, lease_ttl: float, workflow_id: str, lease: by
     host = workflow_host(storage_url, lease_ttl)
     host.start.remote(workflow_id, lease)
     return host.output.remote(workflow_id)
+
+
+def submit_detached(
+    storage_url: str,
+    lease_ttl: float,
+    limits: tuple[int | None, int | None],
+    workflow_id: str,
+    batch: Any,
+) -> Any:
+    """Hand a workflow prepared PENDING to the storage's detached actor, which starts or queues
+    it; an ``ObjectRef`` of its output. ``queue.Full`` (and nothing stored) when the running
+    and pending workflows fill ``limits`` already."""
+    import queue
+
+    import ray
+
+    host = workflow_host(storage_url, lease_ttl, limits)
+    if ray.get(host.submit.remote(workflow_id, batch)) == "full":
+        running, pending = limits
+        raise queue.Full(
+            f"workflow {workflow_id!r} not started: {running} workflows run and {pending} wait already "
+            "(workflow.init(max_running_workflows=, max_pending_workflows=)); nothing was stored"
+        )
+    return host.output.remote(workflow_id)
+
+
+def configure_host(storage_url: str, lease_ttl: float, limits: tuple[int | None, int | None]) -> None:
+    """Set the queue limits of the storage's detached actor (creating it with them if needed)."""
+    import ray
+
+    ray.get(workflow_host(storage_url, lease_ttl, limits).configure.remote(*limits))
 
 
 def stop_host(storage_url: str) -> bool:

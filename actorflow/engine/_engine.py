@@ -95,11 +95,17 @@ class WorkflowEngine:
         self.executors: set[Executor] = set()
 
     def prepare(
-        self, wf: Workflow[Any], workflow_id: str | None, metadata: dict[str, Any] | None
+        self,
+        wf: Workflow[Any],
+        workflow_id: str | None,
+        metadata: dict[str, Any] | None,
+        pending: bool = False,
     ) -> Prepared:
         """Validate and serialize a new workflow before anything is stored (no I/O): the batch
         that creates it, to commit alone (:meth:`start`) or with other writes (an actor's turn
-        that launches it), and the runner's lease, valid once that batch commits."""
+        that launches it), and the runner's lease, valid once that batch commits. ``pending``:
+        the batch stores it PENDING with no lease instead, for a queue to start it later (a
+        :meth:`resume` takes it over then)."""
         if not isinstance(wf, Workflow):
             raise TypeError(f"expected a Workflow (the result of f.step(...)), got {type(wf).__name__}")
         wid = check_workflow_id(workflow_id) if workflow_id is not None else new_workflow_id()
@@ -116,10 +122,11 @@ class WorkflowEngine:
             raise
         lease = Lease.new(self.lease_ttl)
         batch.put(k_counters(wid), _codec.json_dumps(assigner.counters))
-        batch.put(k_lease(wid), lease.encode())
+        if not pending:
+            batch.put(k_lease(wid), lease.encode())
         now = time.time()
         meta = {
-            "status": WorkflowStatus.RUNNING.value,
+            "status": (WorkflowStatus.PENDING if pending else WorkflowStatus.RUNNING).value,
             "user_metadata": metadata or {},
             "start_time": now,
             "end_time": None,

@@ -16,8 +16,9 @@ from typing import Any, TypeVar
 
 from actorflow._ids import check_workflow_id
 from actorflow.engine._dag import Workflow
+from actorflow.engine._detached import configure_host, submit_detached
 from actorflow.engine._engine import DEFAULT_LEASE_TTL, WorkflowEngine, as_status
-from actorflow.engine._runners import StepRunner
+from actorflow.engine._runners import RayRunner, StepRunner
 from actorflow.engine._store import WorkflowStatus
 from actorflow.errors import (
     ConfigError,
@@ -94,6 +95,8 @@ class WorkflowRuntime:
                 self._stop_loop()
                 raise
         self.engine = WorkflowEngine(self.storage, self.storage_url, lease_ttl, runner)
+        #: The queue's limits (max running, max pending; None: none), see :meth:`configure_queue`.
+        self.limits: tuple[int | None, int | None] = (None, None)
 
     @classmethod
     async def attach(cls, storage: str, *, lease_ttl: float = DEFAULT_LEASE_TTL) -> WorkflowRuntime:
@@ -170,10 +173,42 @@ class WorkflowRuntime:
         self, wf: Workflow[T], *, workflow_id: str | None = None, metadata: dict[str, Any] | None = None
     ) -> T:
         """Run ``wf`` in this process until it ends; see :meth:`Workflow.run`."""
+        if self.limits[0] is not None:  # through the queue, which counts it
+            wid, _ = self._submit_queued(wf, workflow_id, metadata)
+            queued: T = self._outcome(wid, self.engine.wait(wid, None))
+            return queued
         prepared = self.engine.prepare(wf, workflow_id, metadata)
         self.engine.runner.ready()
         result: T = self._outcome(prepared.wid, self.engine.start(prepared))
         return result
+
+    def configure_queue(self, max_running: int | None, max_pending: int | None) -> None:
+        """Limit how many workflows started by ``run`` and ``run_async`` run at once in the Ray
+        cluster (on this storage), as Ray's ``workflow.init(max_running_workflows=,
+        max_pending_workflows=)`` did: past ``max_running``, a new workflow is stored PENDING
+        and started, in the order submitted, when one ends; past ``max_pending`` waiting too,
+        ``run``/``run_async`` raise ``queue.Full`` and store nothing. None or -1: no limit.
+        Workflows then run in the storage's detached host (see :mod:`._detached`), which keeps
+        the queue; ``resume_async`` counts as running there but is never queued."""
+        limits = (
+            _limit(max_running, "max_running_workflows", 1),
+            _limit(max_pending, "max_pending_workflows", 0),
+        )
+        if not isinstance(self.engine.runner, RayRunner):
+            raise ConfigError(
+                "the workflow queue lives in a detached Ray actor; this runtime runs no Ray tasks"
+            )
+        self.engine.runner.ready()
+        configure_host(self.storage_url, self.lease_ttl, limits)
+        self.limits = limits
+
+    def _submit_queued(
+        self, wf: Workflow[Any], workflow_id: str | None, metadata: dict[str, Any] | None
+    ) -> tuple[str, Any]:
+        prepared = self.engine.prepare(wf, workflow_id, metadata, pending=True)
+        self.engine.runner.ready()
+        ref = submit_detached(self.storage_url, self.lease_ttl, self.limits, prepared.wid, prepared.batch)
+        return prepared.wid, ref
 
     def _outcome(self, wid: str, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """What a run, resume or wait gives; a failed workflow as ``WorkflowExecutionError``."""
@@ -185,7 +220,10 @@ class WorkflowRuntime:
         """Store ``wf`` and run it in the storage's detached Ray actor, where it outlives this
         process (see :mod:`actorflow.engine._detached`); return an ``ObjectRef`` of its output. (With the
         inline runner of :mod:`actorflow.testing`: on this runtime's loop, and a
-        :class:`concurrent.futures.Future`.)"""
+        :class:`concurrent.futures.Future`.) With queue limits (:meth:`configure_queue`), the
+        host starts or queues it, or ``queue.Full`` is raised."""
+        if self.limits[0] is not None:
+            return self._submit_queued(wf, workflow_id, metadata)[1]
         prepared = self.engine.prepare(wf, workflow_id, metadata)
         self.engine.runner.ready()
         created = self.blocking(self.storage.commit(prepared.batch))
@@ -331,21 +369,45 @@ def close_all() -> None:
 
 
 def init(
-    storage: str | None = None, *, lease_ttl: float | None = None, recovery: bool = False
+    storage: str | None = None,
+    *,
+    lease_ttl: float | None = None,
+    recovery: bool = False,
+    max_running_workflows: int | None = None,
+    max_pending_workflows: int | None = None,
 ) -> WorkflowRuntime:
     """Choose the default runtime's storage. Without ``storage``, keep the current one (or use
-    ``ACTORFLOW_STORAGE``, else a SQLite file in the per-user data directory)."""
+    ``ACTORFLOW_STORAGE``, else a SQLite file in the per-user data directory). The queue limits,
+    when given, are set as :meth:`WorkflowRuntime.configure_queue` says (checked first, so a bad
+    one changes nothing)."""
     global _default
-    if storage is None and _default is not None and lease_ttl is None and not recovery:
+    queue = max_running_workflows is not None or max_pending_workflows is not None
+    if queue:
+        _limit(max_running_workflows, "max_running_workflows", 1)
+        _limit(max_pending_workflows, "max_pending_workflows", 0)
+    if storage is None and _default is not None and lease_ttl is None and not recovery and not queue:
         return _default
     url = storage or default_storage_url()
     rt = runtime_for(url, lease_ttl or DEFAULT_LEASE_TTL)
     if lease_ttl is not None:
         rt.lease_ttl = lease_ttl
+    if queue:
+        rt.configure_queue(max_running_workflows, max_pending_workflows)
     if recovery:
         rt.start_recovery()
     _default = rt
     return rt
+
+
+def _limit(value: int | None, name: str, least: int) -> int | None:
+    """A queue limit as given to ``init``: None or -1 for none, else an int of at least ``least``."""
+    if value is None or (type(value) is int and value == -1):
+        return None
+    if type(value) is not int:
+        raise TypeError(f"{name} must be None or an integer, got {type(value).__name__}")
+    if value < least:
+        raise ValueError(f"{name} must be at least {least}, or -1 for no limit; got {value}")
+    return value
 
 
 def use_default(rt: WorkflowRuntime | None) -> WorkflowRuntime | None:

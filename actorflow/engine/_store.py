@@ -39,7 +39,8 @@ class WorkflowStatus(enum.StrEnum):
     RUNNING: a live process is executing it. RESUMABLE: it was running but that process is
     gone (crash, kill, lost lease); ``resume`` continues it. FAILED: a step raised after its
     retries; ``resume`` re-runs the failed steps. SUCCESSFUL: finished, output stored.
-    CANCELED: stopped by ``cancel``; it cannot be resumed.
+    CANCELED: stopped by ``cancel``; it cannot be resumed. PENDING: stored and waiting in the
+    queue of ``workflow.init(max_running_workflows=...)`` for a free slot.
     """
 
     RUNNING = "RUNNING"
@@ -47,6 +48,7 @@ class WorkflowStatus(enum.StrEnum):
     FAILED = "FAILED"
     RESUMABLE = "RESUMABLE"
     CANCELED = "CANCELED"
+    PENDING = "PENDING"
 
 
 INDEX_PREFIX = "wfs/"

@@ -1,0 +1,115 @@
+"""Ray's workflow queue: ``workflow.init(max_running_workflows=, max_pending_workflows=)``.
+
+Past ``max_running`` a workflow waits PENDING and starts when one ends, in the order submitted;
+past ``max_pending`` too, ``run_async`` raises ``queue.Full`` and stores nothing. The queue is
+storage: a host that dies leaves its PENDING workflows to the next one. Each test on SQLite,
+Redis and Redis Cluster; steps wait on a file the test creates, since they run elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import queue
+import time
+from typing import Any
+
+import pytest
+import ray
+
+from actorflow import workflow
+from actorflow.engine import _runtime
+from actorflow.engine._detached import stop_host
+
+pytestmark = [pytest.mark.usefixtures("wf_storage", "ray_session"), pytest.mark.timeout(120)]
+
+
+@workflow.step(max_retries=0)
+def gated(gate: str, marker: str, value: str) -> str:
+    pathlib.Path(marker).touch()  # it ran
+    deadline = time.time() + 60
+    while not os.path.exists(gate):
+        if time.time() > deadline:
+            raise TimeoutError(gate)
+        time.sleep(0.02)
+    return value
+
+
+def _until(cond: Any, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def _job(tmp: pathlib.Path, name: str) -> Any:
+    return gated.step(str(tmp / "gate"), str(tmp / f"ran-{name}"), name)
+
+
+def test_past_max_running_a_workflow_waits_pending_and_past_max_pending_none_is_stored(
+    wf_storage: str, tmp_path: pathlib.Path
+) -> None:
+    workflow.init(wf_storage, max_running_workflows=1, max_pending_workflows=1)
+    first = _job(tmp_path, "a").run_async(workflow_id="q-a")
+    _until(lambda: (tmp_path / "ran-a").exists(), "the first workflow started")
+    second = _job(tmp_path, "b").run_async(workflow_id="q-b")
+    assert workflow.get_status("q-b") == workflow.PENDING
+    with pytest.raises(queue.Full, match="nothing was stored"):
+        _job(tmp_path, "c").run_async(workflow_id="q-c")
+    with pytest.raises(workflow.WorkflowNotFoundError):
+        workflow.get_status("q-c")
+    assert dict(workflow.list_all(workflow.PENDING)) == {"q-b": workflow.PENDING}
+    time.sleep(0.5)
+    assert not (tmp_path / "ran-b").exists()  # no slot yet
+
+    (tmp_path / "gate").touch()
+    assert ray.get(first, timeout=60) == "a" and ray.get(second, timeout=60) == "b"
+    a, b = workflow.get_metadata("q-a")["stats"], workflow.get_metadata("q-b")["stats"]
+    assert b["start_time"] >= a["end_time"]  # it started once the first ended, not before
+    # With a slot free again, a run goes through the queue and returns its output.
+    assert workflow.run(_job(tmp_path, "d"), workflow_id="q-d") == "d"
+
+
+def test_bad_queue_limits_are_refused_and_change_nothing(wf_storage: str, tmp_path: pathlib.Path) -> None:
+    for bad, error in (
+        ({"max_running_workflows": 0}, ValueError),
+        ({"max_running_workflows": -2}, ValueError),
+        ({"max_pending_workflows": -5}, ValueError),
+        ({"max_running_workflows": "2"}, TypeError),
+        ({"max_running_workflows": True}, TypeError),
+        ({"max_pending_workflows": 1.5}, TypeError),
+    ):
+        with pytest.raises(error, match=r"max_(running|pending)_workflows"):
+            workflow.init(wf_storage, **bad)
+    assert _runtime.default_runtime().limits == (None, None)
+    (tmp_path / "gate").touch()
+    assert workflow.run(_job(tmp_path, "free"), workflow_id="q-free") == "free"
+
+
+def test_a_pending_workflow_cancelled_never_runs(wf_storage: str, tmp_path: pathlib.Path) -> None:
+    workflow.init(wf_storage, max_running_workflows=1, max_pending_workflows=5)
+    first = _job(tmp_path, "a").run_async(workflow_id="qc-a")
+    _until(lambda: (tmp_path / "ran-a").exists(), "the first workflow started")
+    _job(tmp_path, "b").run_async(workflow_id="qc-b")
+    third = _job(tmp_path, "c").run_async(workflow_id="qc-c")
+    workflow.cancel("qc-b")
+    assert workflow.get_status("qc-b") == workflow.CANCELED
+    (tmp_path / "gate").touch()
+    assert ray.get(first, timeout=60) == "a" and ray.get(third, timeout=60) == "c"
+    assert workflow.get_status("qc-b") == workflow.CANCELED
+    assert not (tmp_path / "ran-b").exists()
+
+
+def test_pending_workflows_outlive_their_host(wf_storage: str, tmp_path: pathlib.Path) -> None:
+    workflow.init(wf_storage, max_running_workflows=1, max_pending_workflows=5)
+    _job(tmp_path, "a").run_async(workflow_id="qh-a")
+    _until(lambda: (tmp_path / "ran-a").exists(), "the first workflow started")
+    _job(tmp_path, "b").run_async(workflow_id="qh-b")
+    assert stop_host(_runtime.canonical_url(wf_storage))  # the host and its queue in memory go
+    assert workflow.get_status("qh-b") == workflow.PENDING  # the queue in storage stays
+    (tmp_path / "gate").touch()
+    # The next host (made by this init) finds qh-b and runs it; qh-a, whose runner died with
+    # the host, is RESUMABLE as any workflow whose runner died.
+    workflow.init(wf_storage, max_running_workflows=1, max_pending_workflows=5)
+    assert workflow.get_output("qh-b", timeout=60) == "b"
+    _until(lambda: workflow.get_status("qh-a") == workflow.RESUMABLE, "the first workflow reads RESUMABLE")
