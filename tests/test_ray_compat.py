@@ -386,3 +386,41 @@ def test_unknown_ids_are_value_errors_as_with_ray() -> None:
     assert workflow.run(succeed.step(1), workflow_id="known") == 2
     with pytest.raises(ValueError):
         workflow.get_metadata("known", task_id="no-such-step")
+
+
+@ray.remote
+def kinds(xs: list[Any], d: dict[str, Any], top: int) -> tuple[list[str], dict[str, str], str, int]:
+    total = ray.get(xs[0]) + ray.get(d["a"]) + top
+    named = {k: type(v).__name__ for k, v in d.items()}
+    return [type(x).__name__ for x in xs], named, type(top).__name__, total
+
+
+def test_a_node_nested_in_a_list_or_dict_arrives_as_an_object_ref_as_with_ray() -> None:
+    dag = kinds.bind([double.bind(1)], {"a": double.bind(2)}, double.bind(3))
+    expected = (["ObjectRef"], {"a": "ObjectRef"}, "int", 2 + 4 + 6)
+    assert ray.get(dag.execute()) == expected  # what plain Ray does
+    assert workflow.run(dag, workflow_id="nested-refs") == expected
+
+
+@ray.remote
+def put_five() -> Any:
+    return ray.put(5)
+
+
+@ray.remote
+def receive(ref: Any, counter: str) -> tuple[str, int]:
+    with open(counter, "a") as f:
+        f.write("run\n")
+    if runs(counter) == 1:
+        raise RuntimeError("first attempt fails")
+    return type(ref).__name__, ray.get(ref)
+
+
+def test_an_object_ref_a_task_returns_reaches_the_next_task_as_an_object_ref(tmp_path: pathlib.Path) -> None:
+    counter = str(tmp_path / "count")
+    dag = receive.bind(put_five.bind(), counter)
+    with pytest.raises(workflow.WorkflowExecutionError):
+        workflow.run(dag, workflow_id="returned-ref")
+    # Resumed, the stored ObjectRef comes back from its checkpoint, still as an ObjectRef.
+    assert workflow.resume("returned-ref") == ("ObjectRef", 5)
+    assert runs(counter) == 2

@@ -173,6 +173,17 @@ class StepRef:
     step_id: str
 
 
+@dataclass(frozen=True)
+class RayArg:
+    """A step's output given to a task of a Ray DAG the way Ray gives it: ``nested`` (the DAG
+    node sat inside a list or dict) as an ``ObjectRef``; at the top level as the value, and an
+    ``ObjectRef`` the producing task returned stays one (Ray resolves one level only).
+    ``inner`` is the producing :class:`Workflow` before flattening, its :class:`StepRef` after."""
+
+    inner: Any
+    nested: bool
+
+
 @dataclass
 class StepSpec:
     """One step of a flattened graph: what to call and with which arguments."""
@@ -185,7 +196,7 @@ class StepSpec:
 
     def deps(self) -> list[str]:
         """The ids of the steps whose outputs this one takes, each once, in argument order."""
-        refs = (v.step_id for v in walk_values((self.args, self.kwargs)) if isinstance(v, StepRef))
+        refs = (ref.step_id for ref in map(_step_ref, walk_values((self.args, self.kwargs))) if ref)
         return list(dict.fromkeys(refs))
 
     @property
@@ -245,6 +256,18 @@ def _rebuild(specs: list[StepSpec]) -> Workflow[Any]:
     return nodes[specs[-1].step_id]
 
 
+def _step_ref(v: Any) -> StepRef | None:
+    if isinstance(v, RayArg):
+        v = v.inner
+    return v if isinstance(v, StepRef) else None
+
+
+def _child(v: Any) -> Workflow[Any] | None:
+    if isinstance(v, RayArg):
+        v = v.inner
+    return v if isinstance(v, Workflow) else None
+
+
 def walk_values(obj: Any) -> Iterator[Any]:
     """Every leaf value inside lists, tuples, dicts and sets, in a deterministic order."""
     stack = [obj]
@@ -284,7 +307,7 @@ def flatten(root: Workflow[Any], assign: Callable[[str], str]) -> list[StepSpec]
         node, expanded = stack.pop()
         if id(node) in ids:
             continue
-        children = [v for v in walk_values((node._args, node._kwargs)) if isinstance(v, Workflow)]
+        children = [c for c in map(_child, walk_values((node._args, node._kwargs))) if c is not None]
         if not expanded:
             stack.append((node, True))
             for child in reversed(children):
@@ -294,13 +317,23 @@ def flatten(root: Workflow[Any], assign: Callable[[str], str]) -> list[StepSpec]
         base = node._options.name or _base_name(node._func)
         sid = assign(base)
         ids[id(node)] = sid
-        sub = lambda v: StepRef(ids[id(v)]) if isinstance(v, Workflow) else v  # noqa: E731
         specs.append(
             StepSpec(
-                sid, node._func, node._options, map_values(node._args, sub), map_values(node._kwargs, sub)
+                sid,
+                node._func,
+                node._options,
+                map_values(node._args, lambda v: _placeholder(v, ids)),
+                map_values(node._kwargs, lambda v: _placeholder(v, ids)),
             )
         )
     return specs
+
+
+def _placeholder(v: Any, ids: dict[int, str]) -> Any:
+    """``v`` with the workflow it is (or a :class:`RayArg` wraps) replaced by its step's ref."""
+    if isinstance(v, RayArg) and isinstance(v.inner, Workflow):
+        return RayArg(StepRef(ids[id(v.inner)]), v.nested)
+    return StepRef(ids[id(v)]) if isinstance(v, Workflow) else v
 
 
 def _base_name(func: Callable[..., Any]) -> str:

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from actorflow import _codec
-from actorflow.engine._dag import IdAssigner, StepRef, StepSpec, flatten, map_values
+from actorflow.engine._dag import IdAssigner, RayArg, StepRef, StepSpec, flatten, map_values
 from actorflow.engine._runners import RayRunner, StepRunner
 from actorflow.engine._steps import StepContext, StepFailure, portable_exception
 from actorflow.engine._store import (
@@ -397,9 +397,8 @@ class Executor:
 
     def _submit(self, sid: str) -> None:
         spec = self.specs[sid]
-        sub: Callable[[Any], Any] = lambda v: self.done[v.step_id] if isinstance(v, StepRef) else v  # noqa: E731
-        args = map_values(spec.args, sub)
-        kwargs = map_values(spec.kwargs, sub)
+        args = map_values(spec.args, self._arg)
+        kwargs = map_values(spec.kwargs, self._arg)
         ctx = StepContext(self.storage_url, self.wid, sid)
         running = self.runner.submit(spec.func, spec.options, tuple(args), dict(kwargs), ctx)
         self.in_flight[sid] = running
@@ -419,6 +418,13 @@ class Executor:
     def _wake(self) -> None:
         self._wake_pending = False
         self.wakeup.set()
+
+    def _arg(self, v: Any) -> Any:
+        if isinstance(v, StepRef):
+            return self.done[v.step_id]
+        if isinstance(v, RayArg):
+            return self.runner.task_arg(self.done[v.inner.step_id], v.nested)
+        return v
 
     def _release_inputs(self, sid: str) -> None:
         """Once the last consumer of an output has been submitted (with the value in its

@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any
 
-from actorflow.engine._dag import StepOptions, Workflow, make_options, map_values, walk_values
+from actorflow.engine._dag import RayArg, StepOptions, Workflow, make_options, map_values, walk_values
 from actorflow.errors import ConfigError
 
 OPTIONS_LABEL = "actorflow.workflow/options"
@@ -135,6 +135,10 @@ def _input_value(node: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> An
         raise TypeError(f"the DAG's input {key!r} was not given: {exc!r}") from None
 
 
+def _ray_arg(value: Any, nested: bool) -> Any:
+    return RayArg(value, nested) if isinstance(value, Workflow) else value
+
+
 def from_ray_dag(
     root: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
 ) -> Workflow[Any]:
@@ -174,12 +178,21 @@ def from_ray_dag(
         ray_opts.pop("retry_exceptions", None)
         ray_opts.pop("max_retries", None)
         opts: StepOptions = make_options(**wf_opts, **ray_opts)
-        sub = lambda v: done[id(v)] if isinstance(v, DAGNode) else v  # noqa: E731
+
+        def arg(v: Any, done: dict[int, Any] = done) -> Any:
+            """A task argument as Ray passes it: a node's output at the top level, an
+            ``ObjectRef`` of it inside a list or dict (an input is its value anywhere)."""
+            if isinstance(v, DAGNode):
+                return _ray_arg(done[id(v)], nested=False)
+            return map_values(
+                v, lambda x: _ray_arg(done[id(x)], nested=True) if isinstance(x, DAGNode) else x
+            )
+
         done[id(node)] = Workflow(
             node._body,
             opts,
-            map_values(tuple(node.get_args()), sub),
-            map_values(dict(node.get_kwargs()), sub),
+            tuple(arg(a) for a in node.get_args()),
+            {k: arg(v) for k, v in node.get_kwargs().items()},
         )
     if (args or kwargs) and not uses_input:
         raise TypeError("inputs were given for a DAG without an InputNode")

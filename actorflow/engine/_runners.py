@@ -20,7 +20,7 @@ import cloudpickle
 from actorflow._clock import Clock
 from actorflow.engine._dag import StepOptions
 from actorflow.engine._detached import run_detached
-from actorflow.engine._steps import StepContext, body_for, remote_for
+from actorflow.engine._steps import StepContext, Verbatim, body_for, remote_for
 
 
 class Running(Protocol):
@@ -42,6 +42,9 @@ class StepRunner(Protocol):
     def run_workflow(self, runtime: Any, workflow_id: str, lease: bytes | None) -> Any:
         """Run a stored workflow of ``runtime`` in the background (``run_async``,
         ``resume_async``), under ``lease`` when one is handed over; a handle on its output."""
+
+    def task_arg(self, value: Any, nested: bool) -> Any:
+        """A step's output as an argument of a Ray DAG task (see :class:`~._dag.RayArg`)."""
 
 
 @dataclasses.dataclass
@@ -73,6 +76,15 @@ class RayRunner:
     def run_workflow(self, runtime: Any, workflow_id: str, lease: bytes | None) -> Any:
         """In the storage's detached actor, where it outlives the caller: an ``ObjectRef``."""
         return run_detached(runtime.storage_url, runtime.lease_ttl, workflow_id, lease)
+
+    def task_arg(self, value: Any, nested: bool) -> Any:
+        """As Ray passes it: nested, an ``ObjectRef`` (one the task returned, or one put now);
+        at the top level the value, but an ``ObjectRef`` kept from Ray's resolving."""
+        import ray
+
+        if isinstance(value, ray.ObjectRef):
+            return value if nested else Verbatim(value)
+        return ray.put(value) if nested else value
 
 
 @dataclasses.dataclass
@@ -123,6 +135,10 @@ class InlineRunner:
             with self._lock:
                 self._running -= 1
             raise
+
+    def task_arg(self, value: Any, nested: bool) -> Any:
+        """The value itself, nested or not: steps run here with no Ray to hold an ``ObjectRef``."""
+        return value
 
     def run_workflow(self, runtime: Any, workflow_id: str, lease: bytes | None) -> Any:
         """On the runtime's own loop: a :class:`concurrent.futures.Future` of its output."""

@@ -85,8 +85,25 @@ def _leave_step(token: contextvars.Token[StepContext | None]) -> None:
     _current_step.reset(token)
 
 
+@dataclass(frozen=True)
+class Verbatim:
+    """An argument Ray must not resolve (an ``ObjectRef`` a task is to receive as one): the
+    step's body unwraps it before calling the function."""
+
+    value: Any
+
+
+def _unwrap(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if any(type(a) is Verbatim for a in args):
+        args = tuple(a.value if type(a) is Verbatim else a for a in args)
+    if any(type(v) is Verbatim for v in kwargs.values()):
+        kwargs = {k: v.value if type(v) is Verbatim else v for k, v in kwargs.items()}
+    return args, kwargs
+
+
 def _make_body(func: Callable[..., Any], retries: int, catch: bool) -> Callable[..., Any]:
     def actorflow_step(*args: Any, _actorflow_ctx: StepContext, **kwargs: Any) -> tuple[Any, ...]:
+        args, kwargs = _unwrap(args, kwargs)
         token = _enter_step(_actorflow_ctx)
         try:
             return run(args, kwargs)
@@ -176,6 +193,7 @@ def remote_for(func: Callable[..., Any], options: StepOptions) -> Any:
 __all__ = [
     "StepContext",
     "StepFailure",
+    "Verbatim",
     "Workflow",
     "body_for",
     "current_step",
