@@ -18,7 +18,7 @@ import ray
 
 from actorflow import workflow
 from actorflow.engine import WorkflowStatus
-from actorflow.errors import ActorNotFoundError
+from actorflow.errors import ActorError, ActorNotFoundError
 
 pytestmark = pytest.mark.usefixtures("wf_storage", "ray_session")
 
@@ -424,3 +424,32 @@ def test_an_object_ref_a_task_returns_reaches_the_next_task_as_an_object_ref(tmp
     # Resumed, the stored ObjectRef comes back from its checkpoint, still as an ObjectRef.
     assert workflow.resume("returned-ref") == ("ObjectRef", 5)
     assert runs(counter) == 2
+
+
+@workflow.virtual_actor(name="CompatCounter")
+class CompatCounter:
+    def __init__(self) -> None:
+        self.count = 0
+        self.seen: list[int] = []
+
+    def incr(self, n: int) -> Any:
+        """Ray 1.x's recursion through a nested actor step: each level sees the state the level
+        before it committed."""
+        self.count += 1
+        self.seen.append(self.count)
+        if n > 1:
+            return self.incr.step(n - 1)
+        return self.count
+
+    @workflow.virtual_actor.readonly
+    def history(self) -> list[int]:
+        return self.seen
+
+
+def test_self_method_step_inside_an_actor_method_as_in_ray_1x() -> None:
+    counter = CompatCounter.get_or_create("c-1")
+    assert counter.incr.run(3) == 3
+    assert counter.history.run() == [1, 2, 3]
+    assert counter.incr.run(1) == 4
+    with pytest.raises(ActorError, match=r"works inside an actor's method; elsewhere use Cls\.get"):
+        CompatCounter.cls.incr.step(1)  # the method's .step outside any actor's turn

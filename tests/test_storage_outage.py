@@ -27,7 +27,8 @@ from _redis import REDIS_SERVER, RedisServer, start_redis
 
 from actorflow import workflow
 from actorflow.engine import WorkflowRuntime, close_all, default_runtime
-from actorflow.engine._executor import Executor, LeaseLost
+from actorflow.engine._executor import Executor
+from actorflow.engine._fencing import LeaseLost
 from actorflow.engine._store import Lease, WorkflowStore, k_lease, k_meta, k_out, k_step
 from actorflow.errors import StorageUnavailableError
 from actorflow.storage import Batch

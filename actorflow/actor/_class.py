@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from actorflow._ids import check_actor_id, check_id
-from actorflow.actor._context import invoker
+from actorflow.actor._context import current_turn, invoker
 from actorflow.actor._handle import ActorHandle
 from actorflow.actor._state import defines_custom_state
 from actorflow.errors import (
     ActorArgumentsError,
+    ActorError,
     ActorEventNotFoundError,
     ActorMethodNotFoundError,
     ActorNotFoundError,
@@ -48,6 +49,32 @@ class MethodInfo:
             raise ActorArgumentsError(
                 type_name, None, f"invalid arguments for {type_name}.{self.name}: {exc}"
             ) from None
+
+
+class MethodStep:
+    """``self.method.step(...)`` inside an actor's method, as Ray 1.x's virtual actors had it:
+    a workflow step calling ``method`` of the actor whose turn is running (return it, and it
+    runs once the turn has committed, with the state that turn left). The actor is the running
+    turn's, so a method shared by several actor types serves each; only the method's name is
+    held, so the function stays as picklable as it was."""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        turn = current_turn()
+        if turn is None:
+            raise ActorError(
+                "?",
+                None,
+                f"self.{self.method}.step(...) works inside an actor's method; "
+                f"elsewhere use Cls.get(actor_id).{self.method}.step(...)",
+            )
+        handle = lookup(turn.actor_type).get(turn.actor_id)
+        return getattr(handle, self.method).step(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<actor step {self.method}>"
 
 
 class VirtualActorClass:
@@ -95,6 +122,8 @@ class VirtualActorClass:
             self.methods[attr] = MethodInfo(
                 attr, value, bool(getattr(value, _READONLY, False)), inspect.iscoroutinefunction(value), sig
             )
+            if "step" not in vars(value):
+                value.step = MethodStep(attr)  # self.<method>.step(...), as in Ray 1.x
         self.events: dict[str, str] = {}
         for info in self.methods.values():
             event = getattr(info.func, _EVENT, None)

@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 from actorflow import _codec
 from actorflow._ids import check_id, check_workflow_id, new_workflow_id
 from actorflow.engine._dag import IdAssigner, StepSpec, Workflow, check_metadata, flatten
-from actorflow.engine._executor import Executor, commit_fenced, lease_margin, ride_out
+from actorflow.engine._executor import Executor
+from actorflow.engine._fencing import commit_fenced, lease_margin, ride_out
 from actorflow.engine._runners import RayRunner, StepRunner
 from actorflow.engine._store import (
     INDEX_PREFIX,

@@ -27,7 +27,7 @@ from typing import Any
 
 from actorflow import _codec
 from actorflow.engine._dag import Workflow, step
-from actorflow.engine._executor import ride_out
+from actorflow.engine._fencing import ride_out
 from actorflow.engine._steps import current_step
 from actorflow.engine._store import k_event
 from actorflow.errors import ConfigError, WorkflowError
