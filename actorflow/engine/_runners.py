@@ -70,7 +70,9 @@ class RayRunner:
     def submit(
         self, func: Any, options: StepOptions, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: StepContext
     ) -> Running:
-        ref = remote_for(func, options).remote(*args, _actorflow_ctx=ctx, **kwargs)
+        # The context as a plain tuple: Ray sends that without pickling (a dataclass it pickles).
+        where = (ctx.storage_url, ctx.workflow_id, ctx.step_id)
+        ref = remote_for(func, options).remote(*args, _actorflow_ctx=where, **kwargs)
         return _RayTask(ref, ref.future())
 
     def run_workflow(self, runtime: Any, workflow_id: str, lease: bytes | None) -> Any:

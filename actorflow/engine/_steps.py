@@ -102,9 +102,12 @@ def _unwrap(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, .
 
 
 def _make_body(func: Callable[..., Any], retries: int, catch: bool) -> Callable[..., Any]:
-    def actorflow_step(*args: Any, _actorflow_ctx: StepContext, **kwargs: Any) -> tuple[Any, ...]:
+    def actorflow_step(
+        *args: Any, _actorflow_ctx: StepContext | tuple[str, str, str], **kwargs: Any
+    ) -> tuple[Any, ...]:
         args, kwargs = _unwrap(args, kwargs)
-        token = _enter_step(_actorflow_ctx)
+        ctx = _actorflow_ctx if isinstance(_actorflow_ctx, StepContext) else StepContext(*_actorflow_ctx)
+        token = _enter_step(ctx)
         try:
             return run(args, kwargs)
         finally:
