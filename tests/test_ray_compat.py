@@ -453,3 +453,24 @@ def test_self_method_step_inside_an_actor_method_as_in_ray_1x() -> None:
     assert counter.incr.run(1) == 4
     with pytest.raises(ActorError, match=r"works inside an actor's method; elsewhere use Cls\.get"):
         CompatCounter.cls.incr.step(1)  # the method's .step outside any actor's turn
+
+
+@ray.remote
+def shapes(*xs: Any) -> list[Any]:
+    return [[type(y).__name__ for y in x] if isinstance(x, list) else type(x).__name__ for x in xs]
+
+
+def test_a_wide_join_gets_its_arguments_as_a_narrow_one_does() -> None:
+    # Past 64 arguments they travel to the task in one object; what the task sees is the same.
+    dag = shapes.bind(put_five.bind(), [double.bind(1)], *[double.bind(i) for i in range(100)])
+    expected = ["ObjectRef", ["ObjectRef"], *["int"] * 100]
+    assert ray.get(dag.execute()) == expected
+    assert workflow.run(dag, workflow_id="wide-join") == expected
+    assert workflow.run(
+        plus_all.step(*[succeed.step(i) for i in range(100)]), workflow_id="wide-steps"
+    ) == sum(range(1, 101))
+
+
+@workflow.step
+def plus_all(*xs: int) -> int:
+    return sum(xs)

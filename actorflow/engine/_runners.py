@@ -59,6 +59,10 @@ class _RayTask:
             ray.cancel(self.ref, force=True)  # a polite cancel cannot interrupt a blocking call
 
 
+#: A step with more arguments than this gets them in one Ray object (see ``RayRunner.submit``).
+PACK_ARGS_OVER = 64
+
+
 class RayRunner:
     """Each step a Ray task (with the step's Ray options), anywhere in the cluster."""
 
@@ -72,7 +76,16 @@ class RayRunner:
     ) -> Running:
         # The context as a plain tuple: Ray sends that without pickling (a dataclass it pickles).
         where = (ctx.storage_url, ctx.workflow_id, ctx.step_id)
-        ref = remote_for(func, options).remote(*args, _actorflow_ctx=where, **kwargs)
+        remote = remote_for(func, options)
+        if len(args) + len(kwargs) > PACK_ARGS_OVER:
+            # A wide join: one object instead of a task spec with an entry per argument, which
+            # Ray builds and keeps in the driver (100,000 of them cost it ~100 MB).
+            import ray
+
+            packed = ray.put((args, kwargs))
+            ref = remote.remote(_actorflow_ctx=where, _actorflow_packed=packed)
+        else:
+            ref = remote.remote(*args, _actorflow_ctx=where, **kwargs)
         return _RayTask(ref, ref.future())
 
     def run_workflow(self, runtime: Any, workflow_id: str, lease: bytes | None) -> Any:

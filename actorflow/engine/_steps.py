@@ -101,10 +101,33 @@ def _unwrap(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, .
     return args, kwargs
 
 
+def _resolve_top_level(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """What Ray does to a task's arguments, for arguments that came packed in one object: an
+    ``ObjectRef`` at the top level becomes its value (nested ones, and ``Verbatim``, stay)."""
+    import ray
+
+    top = [i for i, a in enumerate(args) if isinstance(a, ray.ObjectRef)]
+    names = [k for k, v in kwargs.items() if isinstance(v, ray.ObjectRef)]
+    if not top and not names:
+        return args, kwargs
+    values = iter(ray.get([args[i] for i in top] + [kwargs[k] for k in names]))
+    listed = list(args)
+    for i in top:
+        listed[i] = next(values)
+    return tuple(listed), {**kwargs, **{k: next(values) for k in names}}
+
+
 def _make_body(func: Callable[..., Any], retries: int, catch: bool) -> Callable[..., Any]:
     def actorflow_step(
-        *args: Any, _actorflow_ctx: StepContext | tuple[str, str, str], **kwargs: Any
+        *args: Any,
+        _actorflow_ctx: StepContext | tuple[str, str, str],
+        _actorflow_packed: tuple[tuple[Any, ...], dict[str, Any]] | None = None,
+        **kwargs: Any,
     ) -> tuple[Any, ...]:
+        if _actorflow_packed is not None:  # many arguments, sent as one object (see RayRunner)
+            args, kwargs = _resolve_top_level(*_actorflow_packed)
         args, kwargs = _unwrap(args, kwargs)
         ctx = _actorflow_ctx if isinstance(_actorflow_ctx, StepContext) else StepContext(*_actorflow_ctx)
         token = _enter_step(ctx)
