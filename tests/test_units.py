@@ -660,3 +660,21 @@ def test_a_commit_across_two_groups_is_refused_on_every_backend() -> None:
         assert await s.get("act/T/a/v") is None
 
     asyncio.run(attempt())
+
+
+def test_haproxy_listener_ports_are_outside_the_ephemeral_range() -> None:
+    # A port from the ephemeral range can become the local end of one of Ray's connections
+    # between the choice and HAProxy's bind ("Address already in use" at start-up).
+    import shutil
+
+    from actorflow.serve.ingress import haproxy_env, new_config_dir
+
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    folder = new_config_dir()  # HAProxy's socket paths need a short one
+    try:
+        ports = [haproxy_env(config_dir=folder) for _ in range(20)]
+    finally:
+        shutil.rmtree(folder)
+    for env in ports:
+        for name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
+            assert 20000 <= int(env[name]) < low

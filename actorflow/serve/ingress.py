@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import tempfile
@@ -63,9 +64,30 @@ def balance_rule(request_timeout: int = DEFAULT_REQUEST_TIMEOUT) -> str:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free now on every interface, below the kernel's ephemeral range.
+
+    The port is only reserved once HAProxy binds it, after Ray has started; a port from the
+    ephemeral range (what binding port 0 gives) may meanwhile become the local end of one of
+    Ray's own connections, and HAProxy then fails with "Address already in use". Ray's worker
+    ports end at 19999, so the ports between that and the ephemeral range are left to us."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randint(20000, low - 1) if low > 20100 else 0
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise OSError("no free port for HAProxy's listeners")
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def new_config_dir() -> str:
