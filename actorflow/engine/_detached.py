@@ -98,11 +98,6 @@ class WorkflowHost:
             self._enqueue(workflow_id)
             return "queued"
 
-    def queued(self) -> list[str]:
-        """The ids waiting for a slot, next first."""
-        with self._lock:
-            return list(self._queue)
-
     # The methods below run under self._lock.
     def _room(self) -> bool:
         return self.max_running is None or len(self._running) < self.max_running
