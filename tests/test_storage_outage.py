@@ -27,8 +27,10 @@ from _redis import REDIS_SERVER, RedisServer, start_redis
 
 from actorflow import workflow
 from actorflow.engine import WorkflowRuntime, close_all, default_runtime
+from actorflow.engine._detached import stop_host, workflow_host
 from actorflow.engine._executor import Executor
 from actorflow.engine._fencing import LeaseLost
+from actorflow.engine._runtime import canonical_url
 from actorflow.engine._store import Lease, WorkflowStore, k_lease, k_meta, k_out, k_step
 from actorflow.errors import StorageUnavailableError
 from actorflow.storage import Batch
@@ -58,6 +60,7 @@ def outage_workflows(ray_session: None, redis_alone: RedisServer) -> Iterator[Wo
         yield default_runtime()
     finally:
         close_all()
+        stop_host(canonical_url(redis_alone.url))  # the detached actor run_async started
 
 
 def _counts(tally: pathlib.Path) -> dict[str, int]:
@@ -195,6 +198,38 @@ def test_wait_for_event_keeps_polling_through_a_redis_outage(
     assert ray.get(ref, timeout=60) == {"paid": 20}
     # One attempt: the poll neither failed nor was retried.
     assert workflow.get_metadata("ev1", "wait_for_event")["stats"]["attempts"] == 1
+
+
+def _answers() -> bool:
+    """Whether this driver's storage answers three reads in a row (a pooled connection the
+    restart broke fails once; the commit of ``run_async`` is not retried, its outcome unknown)."""
+    try:
+        for _ in range(3):
+            workflow.list_all()
+        return True
+    except StorageUnavailableError:
+        return False
+
+
+def test_a_workflow_host_created_while_redis_is_down_waits_for_it(
+    redis_alone: RedisServer, outage_workflows: WorkflowRuntime
+) -> None:
+    """Ray makes the detached host in a process of its own, seconds after ``run_async`` asked
+    on a busy machine: its ``__init__`` may meet the storage down. It must wait, not fail (Ray
+    takes a failed ``__init__`` as the actor's end, and the workflow's ``ObjectRef`` with it)."""
+    import ray
+
+    url = canonical_url(redis_alone.url)
+    stop_host(url)
+    redis_alone.kill()
+    host = workflow_host(url, LEASE_TTL)  # created now, while nothing answers
+    time.sleep(OUTAGE)
+    redis_alone.start()
+    assert ray.get(host.ready.remote(), timeout=60) is True
+    _wait_for(_answers, "this driver's connections to Redis to recover")
+    ref = workflow.run_async(workflow.wait_for_event("go"), workflow_id="late-host")
+    workflow.post_event("late-host", "go", 5)
+    assert ray.get(ref, timeout=60) == 5
 
 
 # --------------------------------------------------------------------- outcomes unknown

@@ -15,6 +15,11 @@ PENDING and started, in the order submitted, as slots free up; when the queue is
 queue itself is storage: a host that starts (a new cluster, a restarted actor) queues the PENDING
 workflows it finds, oldest first. The limits count what this host runs (one host per storage
 in a cluster, so per cluster).
+
+Ray creates the host in a worker process of its own, which can take seconds on a busy machine,
+and re-creates it when that process dies (``max_restarts=-1``). A creation that meets its
+storage down waits for it (up to :data:`OPEN_PATIENCE`) instead of failing: Ray takes an error
+in ``__init__`` as the actor's end, and every ``ObjectRef`` it handed out would fail with it.
 """
 
 from __future__ import annotations
@@ -24,11 +29,18 @@ import collections
 import hashlib
 import logging
 import threading
+import time
 from typing import Any
+
+from actorflow.engine._fencing import RETRY_FIRST_DELAY, RETRY_MAX_DELAY
+from actorflow.errors import StorageUnavailableError
 
 log = logging.getLogger("actorflow.workflow")
 
 NAMESPACE = "actorflow"
+
+#: How long (seconds) a host being created waits for its storage to answer before it fails.
+OPEN_PATIENCE = 120.0
 
 
 def host_name(storage_url: str) -> str:
@@ -45,9 +57,7 @@ class WorkflowHost:
         max_running: int | None = None,
         max_pending: int | None = None,
     ) -> None:
-        from actorflow.engine._runtime import runtime_for
-
-        self.runtime = runtime_for(storage_url, lease_ttl)
+        self.runtime = _open_runtime(storage_url, lease_ttl)
         self.max_running = max_running
         self.max_pending = max_pending
         self._lock = threading.Lock()  # actor calls and run callbacks come from two threads
@@ -157,6 +167,25 @@ class WorkflowHost:
 
     def ready(self) -> bool:
         return True
+
+
+def _open_runtime(storage_url: str, lease_ttl: float) -> Any:
+    """This process's runtime on ``storage_url``, retried (50 ms doubling to 1 s) while the
+    storage cannot be reached, for up to :data:`OPEN_PATIENCE` seconds."""
+    from actorflow.engine._runtime import runtime_for
+
+    deadline = time.monotonic() + OPEN_PATIENCE
+    delay = RETRY_FIRST_DELAY
+    while True:
+        try:
+            return runtime_for(storage_url, lease_ttl)
+        except StorageUnavailableError as exc:
+            if time.monotonic() + delay >= deadline:
+                raise
+            if delay == RETRY_FIRST_DELAY:
+                log.warning("workflow host waits for its storage: %s", exc)
+        time.sleep(delay)
+        delay = min(2 * delay, RETRY_MAX_DELAY)
 
 
 _handles: dict[str, Any] = {}
