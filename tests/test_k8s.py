@@ -1,15 +1,21 @@
 """Offline checks of the Kubernetes manifests in k8s/ and of the image they name.
 
-There is no cluster, kubectl or Docker engine here, so every kustomization under k8s/ is rendered
-with tests/_kustomize.py, and the rendered objects are what these tests check:
+Every kustomization under k8s/ is rendered by ``kubectl kustomize`` (no cluster needed; kubectl
+absent, the tests that render fail when the environment variable CI is set and skip elsewhere),
+and so is k8s/kustomization.yaml with its optional components turned on as k8s/README.md says.
+The rendered objects are what these tests check:
 
-* core objects against the Kubernetes schemas bundled with kubernetes-validate, strictly (an
-  unknown field is an error), for the oldest and the newest Kubernetes version we support;
+* core objects (PodDisruptionBudget and Ingress among them) against the Kubernetes schemas
+  bundled with kubernetes-validate, strictly (an unknown field is an error), for the oldest and
+  the newest Kubernetes version we support;
 * the RayService against KubeRay v1.7's CRD schema, read from ../shared/k8s at test time, with
   unknown fields rejected (skipped, with the reason, where that file is absent);
+* the PodMonitors against the Prometheus Operator's CRD schema (tests/_k8s_podmonitor_schema.py,
+  vendored), with unknown fields rejected;
 * serveConfigV2 with Ray Serve's ServeDeploySchema, plus a walk for the keys that Serve would
   silently ignore; then its import path is imported and built the way Serve's controller does;
-* the wiring no schema sees: Secret keys, Services, probes, ports, replicas, resources;
+* the wiring no schema sees: Secret keys, Services, probes, ports, replicas, resources, what the
+  PodMonitors scrape, where the Ingress sends traffic, which pods the disruption budget covers;
 * the NetworkPolicies, by working out which peer may connect to which port of each pod.
 
 The last tests break a copy of the manifests on purpose and show that the checks catch it.
@@ -22,8 +28,12 @@ import dataclasses
 import fnmatch
 import functools
 import importlib
+import importlib.util
+import os
 import re
 import shutil
+import subprocess
+import tempfile
 import textwrap
 import tomllib
 from collections import Counter
@@ -38,7 +48,7 @@ import pydantic
 import pytest
 import ray
 import yaml
-from _kustomize import KustomizeError, render, render_text
+from _k8s_podmonitor_schema import SCHEMA as PODMONITOR_SCHEMA
 
 from actorflow.serve.ingress import balance_rule
 
@@ -47,10 +57,26 @@ K8S = REPO / "k8s"
 CRD = Path(__file__).resolve().parents[2] / "shared" / "k8s" / "rayservices.ray.io-kuberay-v1.7.0.crd.yaml"
 #: Strict schemas of the oldest Kubernetes we support and of the newest kubernetes-validate knows.
 KUBE_VERSIONS = ("1.30", kubernetes_validate.latest_version())
-KUSTOMIZATIONS = sorted(str(p.parent.relative_to(REPO)) for p in K8S.rglob("kustomization.yaml"))
+
+
+def _kind(directory: Path) -> str:
+    return str(yaml.safe_load((directory / "kustomization.yaml").read_text()).get("kind", "Kustomization"))
+
+
+_DIRECTORIES = sorted(p.parent for p in K8S.rglob("kustomization.yaml"))
+#: What `kubectl kustomize` builds, and the kustomize Components that those can include.
+KUSTOMIZATIONS = [str(d.relative_to(REPO)) for d in _DIRECTORIES if _kind(d) == "Kustomization"]
+COMPONENTS = [str(d.relative_to(REPO)) for d in _DIRECTORIES if _kind(d) == "Component"]
+#: k8s/kustomization.yaml with its commented-out `components:` turned on (see components_on).
+WITH_COMPONENTS = "k8s+components"
+RENDERINGS = [*KUSTOMIZATIONS, WITH_COMPONENTS]
+#: The renderings with PodMonitors, and those with an Ingress (test_every_kustomization_is_checked).
+MONITORED = ["k8s/overlays/monitoring", WITH_COMPONENTS]
+INGRESSED = ["k8s/overlays/ingress", WITH_COMPONENTS]
 
 #: What actorflow.serve.app:build accepts (storage and token must come from the Secret instead).
-BUILDER_ARGS = {"modules", "storage", "token", "token_file", "actor_host_replicas"}
+BUILDER_ARGS = {"modules", "storage", "token", "token_file", "actor_host_replicas", "access_log"}
+BUILDER_ARGS |= {"max_body", "body_timeout", "max_replicas_per_node"}
 #: The Ray image the Dockerfile starts from: the installed Ray (pyproject pins it) on Python 3.11.
 RAY_BASE_IMAGE = f"rayproject/ray:{ray.__version__}-py311"
 
@@ -60,14 +86,62 @@ Obj = dict[str, Any]
 # -- rendering and lookups -----------------------------------------------------------------------
 
 
+def kubectl() -> str:
+    """The kubectl to render with. Without one the test cannot run: a failure in CI (where it must
+    be installed), a skip with the reason elsewhere."""
+    found = shutil.which("kubectl")
+    if found is None:
+        reason = "kubectl is not on PATH: the manifests are rendered with `kubectl kustomize`"
+        if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return found
+
+
+def render(directory: Path) -> list[Obj]:
+    """The objects ``kubectl kustomize directory`` prints (offline: it reads files only)."""
+    done = subprocess.run(
+        [kubectl(), "kustomize", str(directory)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, f"kubectl kustomize {directory} failed:\n{done.stderr}"
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    objects = [obj for obj in yaml.load_all(done.stdout, Loader=loader) if obj is not None]
+    assert objects and all(isinstance(obj, dict) for obj in objects), done.stdout[:500]
+    return objects
+
+
+def components_on(text: str) -> str:
+    """k8s/kustomization.yaml with its commented-out ``components:`` list uncommented, as
+    k8s/README.md says to turn the optional parts on."""
+    uncommented = re.sub(r"^# (components:|  - components/\S+)", r"\1", text, flags=re.M)
+    assert uncommented != text, "k8s/kustomization.yaml lists no optional components"
+    return uncommented
+
+
+def source_of(rendering: str) -> Path:
+    """The kustomization file a rendering comes from (for WITH_COMPONENTS, k8s/'s)."""
+    return (
+        K8S / "kustomization.yaml"
+        if rendering == WITH_COMPONENTS
+        else REPO / rendering / "kustomization.yaml"
+    )
+
+
 @functools.cache
-def _rendered(kustomization: str) -> tuple[Obj, ...]:
-    return tuple(render(REPO / kustomization))
+def _rendered(rendering: str) -> tuple[Obj, ...]:
+    if rendering != WITH_COMPONENTS:
+        return tuple(render(REPO / rendering))
+    with tempfile.TemporaryDirectory() as tmp:
+        copied = Path(tmp) / "k8s"
+        shutil.copytree(K8S, copied)
+        path = copied / "kustomization.yaml"
+        path.write_text(components_on(path.read_text()))
+        return tuple(render(copied))
 
 
-def objects_of(kustomization: str) -> list[Obj]:
+def objects_of(rendering: str) -> list[Obj]:
     """A fresh copy of a rendering, safe to mutate."""
-    return copy.deepcopy(list(_rendered(kustomization)))
+    return copy.deepcopy(list(_rendered(rendering)))
 
 
 def one(objects: list[Obj], kind: str, name: str | None = None) -> Obj:
@@ -158,11 +232,16 @@ def check_resources(where: str, container: Obj) -> None:
 # -- the checks, as functions returning errors (the broken-copy tests reuse them) ----------------
 
 
+#: Custom resources, checked against their CRDs' schemas instead (rayservice_errors, podmonitor_errors).
+CUSTOM_KINDS = {("ray.io/v1", "RayService"), ("monitoring.coreos.com/v1", "PodMonitor")}
+
+
 def core_errors(objects: list[Obj]) -> list[str]:
-    """Strict kubernetes-validate errors of every object but the RayService."""
+    """Strict kubernetes-validate errors of every object but the custom resources; a kind it has no
+    schema for is an error too, so that no new kind goes unchecked."""
     errors = []
     for obj in objects:
-        if obj["kind"] == "RayService":
+        if (obj["apiVersion"], obj["kind"]) in CUSTOM_KINDS:
             continue
         for version in KUBE_VERSIONS:
             try:
@@ -194,6 +273,15 @@ def _close(schema: Obj) -> None:
             _close(sub)
 
 
+def closed_validator(crd_schema: Obj) -> jsonschema.protocols.Validator:
+    """A validator of a CRD's openAPIV3Schema that rejects unknown fields."""
+    schema = copy.deepcopy(crd_schema)
+    _close(schema)
+    # The API server checks ObjectMeta itself; the CRD only says "object".
+    schema["properties"]["metadata"] = {"type": "object"}
+    return jsonschema.Draft7Validator(schema)
+
+
 @functools.cache
 def rayservice_validator() -> jsonschema.protocols.Validator | None:
     """KubeRay's RayService v1 schema, closed to unknown fields; None without the CRD file."""
@@ -203,11 +291,7 @@ def rayservice_validator() -> jsonschema.protocols.Validator | None:
     crd = yaml.load(CRD.read_text(), Loader=loader)
     assert crd["spec"]["names"]["kind"] == "RayService"
     version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
-    schema = copy.deepcopy(version["schema"]["openAPIV3Schema"])
-    _close(schema)
-    # The API server checks ObjectMeta itself; the CRD only says "object".
-    schema["properties"]["metadata"] = {"type": "object"}
-    return jsonschema.Draft7Validator(schema)
+    return closed_validator(version["schema"]["openAPIV3Schema"])
 
 
 def require_crd() -> jsonschema.protocols.Validator:
@@ -217,14 +301,23 @@ def require_crd() -> jsonschema.protocols.Validator:
     return validator
 
 
-def rayservice_errors(objects: list[Obj], validator: jsonschema.protocols.Validator) -> list[str]:
+def schema_errors(objects: list[Obj], kind: str, validator: jsonschema.protocols.Validator) -> list[str]:
     errors = []
     for obj in objects:
-        if obj["kind"] == "RayService":
+        if obj["kind"] == kind:
             for error in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.path))):
                 where = ".".join(str(p) for p in error.path)
                 errors.append(f"{label(obj)} at {where}: {error.message}")
     return errors
+
+
+def rayservice_errors(objects: list[Obj], validator: jsonschema.protocols.Validator) -> list[str]:
+    return schema_errors(objects, "RayService", validator)
+
+
+def podmonitor_errors(objects: list[Obj]) -> list[str]:
+    """The PodMonitors against the Prometheus Operator's CRD schema (tests/_k8s_podmonitor_schema.py)."""
+    return schema_errors(objects, "PodMonitor", closed_validator(PODMONITOR_SCHEMA))
 
 
 def _model_in(annotation: Any) -> type[pydantic.BaseModel] | None:
@@ -279,24 +372,54 @@ def serve_config_errors(objects: list[Obj]) -> list[str]:
 
 
 def test_every_kustomization_is_checked() -> None:
-    assert KUSTOMIZATIONS == ["k8s", "k8s/base", "k8s/overlays/dev"]
+    assert KUSTOMIZATIONS == [
+        "k8s",
+        "k8s/base",
+        "k8s/overlays/dev",
+        "k8s/overlays/ingress",
+        "k8s/overlays/monitoring",
+    ]
+    assert COMPONENTS == ["k8s/components/ingress", "k8s/components/monitoring"]
+    # A Component is checked through what includes it: an overlay, and k8s/ with its optional
+    # parts turned on, which must turn on every one.
+    included: dict[str, set[str]] = {}
+    for rendering in RENDERINGS:
+        source = source_of(rendering)
+        text = components_on(source.read_text()) if rendering == WITH_COMPONENTS else source.read_text()
+        for entry in yaml.safe_load(text).get("components", []):
+            component = str((source.parent / entry).resolve().relative_to(REPO))
+            included.setdefault(component, set()).add(rendering)
+    assert set(included) == set(COMPONENTS)
+    assert all(WITH_COMPONENTS in users and len(users) == 2 for users in included.values()), included
+    # The tests of PodMonitors and Ingresses run on every rendering that has them.
+    kinds = {rendering: {o["kind"] for o in objects_of(rendering)} for rendering in RENDERINGS}
+    assert [r for r in RENDERINGS if "PodMonitor" in kinds[r]] == MONITORED
+    assert [r for r in RENDERINGS if "Ingress" in kinds[r]] == INGRESSED
 
 
-@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+@pytest.mark.parametrize("kustomization", RENDERINGS)
 def test_kustomization_renders(kustomization: str) -> None:
     objects = objects_of(kustomization)
     kinds = Counter(o["kind"] for o in objects)
     assert kinds["RayService"] == 1 and kinds["StatefulSet"] == 2 and kinds["Service"] == 2, kinds
     known = {"RayService", "StatefulSet", "Service", "Secret", "Namespace", "NetworkPolicy"}
+    known |= {"PodDisruptionBudget", "PodMonitor", "Ingress"}
     assert set(kinds) <= known, kinds
     # One namespace for all namespaced objects: the kustomization's (none for the bare base).
     namespaces = {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"}
-    expected = yaml.safe_load((REPO / kustomization / "kustomization.yaml").read_text()).get("namespace")
+    expected = yaml.safe_load(source_of(kustomization).read_text()).get("namespace")
     assert namespaces == {expected}
     for obj in objects:
         assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "actorflow", label(obj)
-    # The text the CLI prints (python tests/_kustomize.py DIR) is the same objects.
-    assert list(yaml.safe_load_all(render_text(REPO / kustomization))) == objects
+
+
+@pytest.mark.parametrize("overlay", ["k8s/overlays/ingress", "k8s/overlays/monitoring"])
+def test_overlays_of_dev_add_their_component_and_change_nothing(overlay: str) -> None:
+    dev, objects = objects_of("k8s/overlays/dev"), objects_of(overlay)
+    assert all(obj in objects for obj in dev), "the overlay changes objects of the dev copy"
+    added = {(o["kind"], o["metadata"]["name"]) for o in objects if o not in dev}
+    component = render(REPO / overlay.replace("/overlays/", "/components/"))
+    assert added == {(o["kind"], o["metadata"]["name"]) for o in component} != set()
 
 
 def test_dev_overlay_is_one_worker_in_its_own_namespace() -> None:
@@ -309,17 +432,25 @@ def test_dev_overlay_is_one_worker_in_its_own_namespace() -> None:
 # -- schemas ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+@pytest.mark.parametrize("kustomization", RENDERINGS)
 def test_core_objects_match_kubernetes_schemas(kustomization: str) -> None:
     assert core_errors(objects_of(kustomization)) == []
 
 
-@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+@pytest.mark.parametrize("kustomization", RENDERINGS)
 def test_rayservice_matches_kuberay_crd(kustomization: str) -> None:
     assert rayservice_errors(objects_of(kustomization), require_crd()) == []
 
 
-@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+@pytest.mark.parametrize("kustomization", MONITORED)
+def test_podmonitors_match_prometheus_operator_crd(kustomization: str) -> None:
+    objects = objects_of(kustomization)
+    names = sorted(label(o) for o in objects if o["kind"] == "PodMonitor")
+    assert names == ["PodMonitor/actorflow-ray", "PodMonitor/actorflow-service"]
+    assert podmonitor_errors(objects) == []
+
+
+@pytest.mark.parametrize("kustomization", RENDERINGS)
 def test_serve_config_matches_serve_schema(kustomization: str) -> None:
     assert serve_config_errors(objects_of(kustomization)) == []
 
@@ -327,7 +458,7 @@ def test_serve_config_matches_serve_schema(kustomization: str) -> None:
 # -- the Serve application ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+@pytest.mark.parametrize("kustomization", RENDERINGS)
 def test_serve_config_runs_the_application_with_its_routing(kustomization: str) -> None:
     rayservice = one(objects_of(kustomization), "RayService")
     config = serve_config(rayservice)
@@ -366,7 +497,7 @@ def test_serve_config_import_path_builds_the_application(
     monkeypatch.setenv("ACTORFLOW_STORAGE", f"sqlite:///{tmp_path}/x.db")
     monkeypatch.setenv("ACTORFLOW_TOKEN", "test-token")
     configs = {}
-    for kustomization in KUSTOMIZATIONS:
+    for kustomization in RENDERINGS:
         for app in serve_config(one(objects_of(kustomization), "RayService"))["applications"]:
             configs[yaml.safe_dump(app)] = app
     for app in configs.values():
@@ -385,7 +516,15 @@ def test_serve_config_import_path_builds_the_application(
 # -- wiring: what the schemas cannot see ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+@functools.cache
+def serve_settings() -> set[str]:
+    """The RAY_SERVE_* environment variables that the installed Ray Serve reads."""
+    spec = importlib.util.find_spec("ray.serve._private.constants")
+    assert spec and spec.origin
+    return set(re.findall(r"[\"'](RAY_SERVE_[A-Z0-9_]+)[\"']", Path(spec.origin).read_text()))
+
+
+@pytest.mark.parametrize("kustomization", RENDERINGS)
 def test_ray_pods(kustomization: str) -> None:
     objects = objects_of(kustomization)
     rayservice = one(objects, "RayService")
@@ -411,8 +550,14 @@ def test_ray_pods(kustomization: str) -> None:
         assert not {"REDIS_PASSWORD", "RAY_REDIS_ADDRESS", "REDIS_USERNAME"} & set(env), where
         assert "redis-password" not in spec["rayStartParams"], where
         assert spec["template"]["spec"]["enableServiceLinks"] is False, where
+        # Every RAY_SERVE_* setting is one this Ray reads: a misspelt name would be ignored.
+        assert {n for n in env if n.startswith("RAY_SERVE_")} <= serve_settings(), where
         check_resources(where, container)
         ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+        # The ports the PodMonitors scrape by name: Ray's metrics (KubeRay's metrics-export-port)
+        # and HAProxy's, on the port this container tells Serve to use.
+        assert ports.get("metrics") == METRICS_PORT, where
+        assert ports.get("haproxy-metrics") == int(env["RAY_SERVE_HAPROXY_METRICS_PORT"]["value"]), where
         if group == "head":
             # KubeRay builds actorflow-serve-svc from the head port named "serve", and the head
             # Service from all of them: the operator finds the dashboard there by its name.
@@ -427,7 +572,7 @@ def test_ray_pods(kustomization: str) -> None:
         assert ports.get(probe["port"], probe["port"]) == serve_port, where
 
 
-@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+@pytest.mark.parametrize("kustomization", RENDERINGS)
 def test_redis_statefulsets(kustomization: str) -> None:
     objects = objects_of(kustomization)
     services = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Service"}
@@ -484,7 +629,7 @@ def test_redis_statefulsets(kustomization: str) -> None:
     assert env_from_secret(gcs_redis, "REDISCLI_AUTH") == (gcs_ref["name"], gcs_ref["key"])
 
 
-@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+@pytest.mark.parametrize("kustomization", RENDERINGS)
 def test_secrets(kustomization: str) -> None:
     objects = objects_of(kustomization)
     refs = {ref for obj in objects for ref in secret_refs(obj)}
@@ -545,9 +690,11 @@ OPERATOR_LABELS = {
     "app.kubernetes.io/component": "kuberay-operator",
 }
 SERVE_PORT, METRICS_PORT, DASHBOARD_PORT, REDIS_PORT = 8000, 8080, 8265, 6379
+#: HAProxy's Prometheus metrics (RAY_SERVE_HAPROXY_METRICS_PORT in base/rayservice.yaml).
+HAPROXY_METRICS_PORT = 9101
 #: Ports a Ray pod listens on, probed one by one: GCS, Ray client, dashboard, dashboard agent,
-#: the first worker port, metrics, Serve.
-RAY_PORTS = (6379, 10001, DASHBOARD_PORT, 52365, 10002, METRICS_PORT, SERVE_PORT)
+#: the first worker port, metrics, HAProxy's metrics and statistics page (8404), Serve.
+RAY_PORTS = (6379, 10001, DASHBOARD_PORT, 52365, 10002, METRICS_PORT, HAPROXY_METRICS_PORT, 8404, SERVE_PORT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -724,8 +871,8 @@ def expected_ports(peer: Peer, pod: Pod) -> set[int]:
     if peer.namespace is None:
         return {SERVE_PORT}
     if pod.kind == "head" and peer.operator:
-        return {SERVE_PORT, METRICS_PORT, DASHBOARD_PORT}
-    return {SERVE_PORT, METRICS_PORT}
+        return {SERVE_PORT, METRICS_PORT, HAPROXY_METRICS_PORT, DASHBOARD_PORT}
+    return {SERVE_PORT, METRICS_PORT, HAPROXY_METRICS_PORT}
 
 
 def network_errors(objects: list[Obj]) -> list[str]:
@@ -746,7 +893,7 @@ def network_errors(objects: list[Obj]) -> list[str]:
     return errors
 
 
-@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+@pytest.mark.parametrize("kustomization", RENDERINGS)
 def test_network_policies(kustomization: str) -> None:
     objects = objects_of(kustomization)
     assert network_errors(objects) == []
@@ -777,17 +924,193 @@ def test_operator_namespace_can_be_changed_as_the_readme_shows(tmp_path: Path) -
     readme = (K8S / "README.md").read_text()
     blocks = re.findall(r"```yaml\n(.*?)```", readme, flags=re.S)
     [overlay] = [textwrap.dedent(b) for b in blocks if "kind: NetworkPolicy" in b]
-    copied = tmp_path / "k8s"
-    shutil.copytree(K8S, copied)
-    (copied / "overlays" / "mine").mkdir()
-    (copied / "overlays" / "mine" / "kustomization.yaml").write_text(overlay)
-    objects = render(copied / "overlays" / "mine")
+    # The overlay lives beside k8s/, where the README puts it: kustomize refuses one inside k8s/
+    # that builds on k8s/ itself.
+    where = re.match(r"# ([\w.-]+)/kustomization.yaml", overlay)
+    assert where, "the README's overlay must say which directory it goes in"
+    shutil.copytree(K8S, tmp_path / "k8s")
+    (tmp_path / where[1]).mkdir()
+    (tmp_path / where[1] / "kustomization.yaml").write_text(overlay)
+    objects = render(tmp_path / where[1])
     assert core_errors(objects) == []
     head = next(p for p in pods_of(objects) if p.kind == "head")
     moved = re.search(r"value: (\S+)", overlay)
     assert moved and moved[1] != operator_namespace()
     assert may_connect(objects, Peer("moved", OPERATOR_LABELS, moved[1]), head, DASHBOARD_PORT)
     assert not may_connect(objects, Peer("old", OPERATOR_LABELS, operator_namespace()), head, DASHBOARD_PORT)
+
+
+# -- monitoring, Ingress and disruption budget: what they point at -------------------------------
+
+#: Prometheus, in a namespace of its own (as kube-prometheus-stack installs it).
+PROMETHEUS = Peer(
+    "Prometheus in namespace monitoring", {"app.kubernetes.io/name": "prometheus"}, "monitoring"
+)
+#: An ingress controller, in a namespace of its own.
+CONTROLLER = Peer("an ingress controller", {"app.kubernetes.io/name": "ingress-nginx"}, "ingress-nginx")
+
+
+def monitoring_errors(objects: list[Obj]) -> list[str]:
+    """What the PodMonitors would scrape, against what the pods serve and the policies admit: Ray's
+    and HAProxy's metrics of every Ray pod, and the application's /metrics once per cluster, from
+    the head, with the bearer token."""
+    namespace = app_namespace(objects)
+    head = one(objects, "RayService")["spec"]["rayClusterConfig"]["headGroupSpec"]
+    token = env_from_secret(head["template"]["spec"]["containers"][0], "ACTORFLOW_TOKEN")
+    errors, scraped = [], set()
+    for monitor in (o for o in objects if o["kind"] == "PodMonitor"):
+        where, spec = label(monitor), monitor["spec"]
+        if "namespaceSelector" in spec or (monitor["metadata"].get("namespace") or "default") != namespace:
+            errors.append(f"{where}: must watch its own namespace, which must be the RayService's")
+        pods = [pod for pod in pods_of(objects) if selects(spec["selector"], pod.labels)]
+        if not pods or any(pod.kind == "redis" for pod in pods):
+            errors.append(f"{where} selects {[pod.name for pod in pods]}: Ray pods only, at least one")
+        for endpoint in spec["podMetricsEndpoints"]:
+            if endpoint.get("path") != "/metrics":
+                errors.append(f"{where}: {endpoint.get('path')} is not where the metrics are (/metrics)")
+            for pod in pods:
+                port = pod.ports.get(endpoint.get("port", ""))
+                if port is None:
+                    errors.append(f"{where}: {pod.name} has no container port named {endpoint.get('port')}")
+                    continue
+                scraped.add((pod.name, port))
+                if not may_connect(objects, PROMETHEUS, pod, port):
+                    errors.append(f"{where}: {pod.name}:{port} is closed to {PROMETHEUS.name}")
+                auth = endpoint.get("authorization", {})
+                credentials = auth.get("credentials", {})
+                if port == SERVE_PORT and (
+                    auth.get("type", "Bearer") != "Bearer"
+                    or (credentials.get("name"), credentials.get("key")) != token
+                ):
+                    errors.append(
+                        f"{where}: {pod.name}:{port}/metrics needs the bearer token {'/'.join(token)}"
+                    )
+    ray_pods = [pod for pod in pods_of(objects) if pod.kind != "redis"]
+    expected = {(pod.name, port) for pod in ray_pods for port in (METRICS_PORT, HAPROXY_METRICS_PORT)}
+    expected.add(("head pod", SERVE_PORT))
+    if scraped != expected:
+        errors.append(f"the PodMonitors scrape {sorted(scraped)}, not {sorted(expected)}")
+    return errors
+
+
+def ingress_errors(objects: list[Obj]) -> list[str]:
+    """Every Ingress: TLS for each host, every path to KubeRay's Serve Service, which an ingress
+    controller in another namespace may reach; and no TLS key among the manifests."""
+    rayservice = one(objects, "RayService")
+    service = f"{rayservice['metadata']['name']}-serve-svc"  # the name KubeRay gives it
+    port = serve_config(rayservice)["http_options"]["port"]
+    errors = []
+    for ingress in (o for o in objects if o["kind"] == "Ingress"):
+        where, spec = label(ingress), ingress["spec"]
+        if not spec.get("ingressClassName"):
+            errors.append(f"{where}: no ingressClassName, so which controller serves it is left to chance")
+        certified = {
+            host for tls in spec.get("tls", []) if tls.get("secretName") for host in tls.get("hosts", [])
+        }
+        backends = [spec["defaultBackend"]] if "defaultBackend" in spec else []
+        for rule in spec.get("rules", []):
+            if rule.get("host") not in certified:
+                errors.append(f"{where}: host {rule.get('host')} has no TLS certificate")
+            paths = rule.get("http", {}).get("paths", [])
+            if not any(p["path"] == "/" and p["pathType"] == "Prefix" for p in paths):
+                errors.append(f"{where}: host {rule.get('host')} does not send every path (Prefix /)")
+            backends += [p["backend"] for p in paths]
+        for backend in backends:
+            target = backend.get("service", {})
+            if target.get("name") != service or target.get("port") not in (
+                {"number": port},
+                {"name": "serve"},
+            ):
+                errors.append(f"{where}: backend {target} is not {service}:{port}")
+        for pod in (p for p in pods_of(objects) if p.kind == "worker"):
+            if not may_connect(objects, CONTROLLER, pod, port):
+                errors.append(f"{where}: {pod.name}:{port} is closed to {CONTROLLER.name}")
+    for secret in (o for o in objects if o["kind"] == "Secret"):
+        if "tls.key" in {**secret.get("data", {}), **secret.get("stringData", {})}:
+            errors.append(f"{label(secret)}: a TLS key does not belong in the manifests")
+    return errors
+
+
+def disruption_errors(objects: list[Obj]) -> list[str]:
+    """The disruption budgets: one over the Ray workers where there is more than one, none over a
+    single pod (it would block every drain), and in the one form Kubernetes can count for pods
+    of a RayCluster, which has no scale subresource: an integer minAvailable."""
+    groups = one(objects, "RayService")["spec"]["rayClusterConfig"].get("workerGroupSpecs", [])
+    workers = sum(group["replicas"] for group in groups)
+    errors, covered = [], set()
+    for budget in (o for o in objects if o["kind"] == "PodDisruptionBudget"):
+        where, spec = label(budget), budget["spec"]
+        pods = [pod for pod in pods_of(objects) if selects(spec["selector"], pod.labels)]
+        covered |= {pod.name for pod in pods}
+        if not pods or any(pod.kind != "worker" for pod in pods):
+            errors.append(f"{where} selects {[pod.name for pod in pods]}: the Ray workers only")
+        minimum = spec.get("minAvailable")
+        if "maxUnavailable" in spec or not isinstance(minimum, int):
+            errors.append(
+                f"{where}: a RayCluster has no scale subresource; only an integer minAvailable works"
+            )
+        elif not 1 <= minimum < workers:
+            evicted = "none" if minimum >= workers else "all"
+            errors.append(
+                f"{where}: minAvailable {minimum} with {workers} workers: a drain may evict {evicted}"
+            )
+        if spec.get("unhealthyPodEvictionPolicy") != "AlwaysAllow":
+            errors.append(f"{where}: a worker that is not Ready would hold up drains")
+    expected = {pod.name for pod in pods_of(objects) if pod.kind == "worker"} if workers > 1 else set()
+    if covered != expected:
+        errors.append(f"the disruption budgets cover {sorted(covered)}, not {sorted(expected)}")
+    return errors
+
+
+@pytest.mark.parametrize("kustomization", MONITORED)
+def test_podmonitors_scrape_what_the_pods_serve(kustomization: str) -> None:
+    assert monitoring_errors(objects_of(kustomization)) == []
+
+
+@pytest.mark.parametrize("kustomization", INGRESSED)
+def test_ingress_sends_tls_traffic_to_the_serve_service(kustomization: str) -> None:
+    objects = objects_of(kustomization)
+    assert ingress_errors(objects) == []
+    # Host, Secret and class are placeholders, under names that k8s/README.md tells you to replace;
+    # the host is in a domain reserved for examples (RFC 2606), so it can never be someone's site.
+    spec = one(objects, "Ingress")["spec"]
+    [rule], [tls] = spec["rules"], spec["tls"]
+    assert rule["host"].endswith(".example.com")
+    readme = (K8S / "README.md").read_text()
+    for placeholder in (rule["host"], tls["secretName"], spec["ingressClassName"]):
+        assert f"`{placeholder}`" in readme, placeholder
+
+
+@pytest.mark.parametrize("kustomization", RENDERINGS)
+def test_disruption_budget_covers_the_workers(kustomization: str) -> None:
+    objects = objects_of(kustomization)
+    assert disruption_errors(objects) == []
+    budgets = [o for o in objects if o["kind"] == "PodDisruptionBudget"]
+    workers = sum(
+        g["replicas"] for g in one(objects, "RayService")["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    )
+    assert len(budgets) == (1 if workers > 1 else 0), (workers, budgets)
+
+
+def test_site_patches_of_the_readme_apply(tmp_path: Path) -> None:
+    """The patches k8s/README.md has you append to k8s/kustomization.yaml select what they must and
+    leave the placeholders replaced: the PodMonitors labelled, the Ingress on the new host with its
+    certificate."""
+    blocks = re.findall(r"```yaml\n(.*?)```", (K8S / "README.md").read_text(), flags=re.S)
+    [patches] = [b for b in blocks if "kind: PodMonitor" in b and "kind: Ingress" in b]
+    copied = components_turned_on(shutil.copytree(K8S, tmp_path / "k8s"))
+    path = copied / "kustomization.yaml"
+    path.write_text(path.read_text() + patches)
+    objects = render(copied)
+    assert core_errors(objects) == [] and podmonitor_errors(objects) == []
+    assert monitoring_errors(objects) == [] and ingress_errors(objects) == []
+    monitors = [o for o in objects if o["kind"] == "PodMonitor"]
+    assert len(monitors) == 2 and all("release" in o["metadata"]["labels"] for o in monitors)
+    placeholders = one(objects_of(WITH_COMPONENTS), "Ingress")["spec"]
+    spec = one(objects, "Ingress")["spec"]
+    assert spec["rules"][0]["host"] != placeholders["rules"][0]["host"]
+    assert spec["tls"][0]["secretName"] != placeholders["tls"][0]["secretName"]
+    assert spec["ingressClassName"] != placeholders["ingressClassName"]
 
 
 # -- the image ----------------------------------------------------------------------------------
@@ -841,6 +1164,13 @@ def broken_copy(tmp_path: Path, file: str, good: str, bad: str) -> Path:
     return copied
 
 
+def components_turned_on(copied: Path) -> Path:
+    """``copied`` (a copy of k8s/) with its optional components on, as k8s/README.md says."""
+    path = copied / "kustomization.yaml"
+    path.write_text(components_on(path.read_text()))
+    return copied
+
+
 @pytest.mark.parametrize(
     ("good", "bad", "misspelt"),
     [
@@ -887,18 +1217,132 @@ def test_misspelt_serve_config_key_is_reported(tmp_path: Path) -> None:
     assert len(errors) == 1 and "deployments[0].max_ongoing_request" in errors[0], errors
 
 
-def test_renderer_refuses_what_it_does_not_implement(tmp_path: Path) -> None:
-    (tmp_path / "cm.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n")
-    cases = {
-        "namePrefix: x-\n": "not implemented",
-        "patches: [{target: {kind: Service}, patch: '[]'}]\n": "selects nothing",
-        "patches: [{target: {kind: ConfigMap}, patch: 'metadata: {name: d}'}]\n": "JSON 6902",
-        "labels: [{pairs: {a: b}, includeSelectors: true}]\n": "metadata.labels only",
-    }
-    for extra, message in cases.items():
-        (tmp_path / "kustomization.yaml").write_text("resources: [cm.yaml]\n" + extra)
-        with pytest.raises(KustomizeError, match=message):
-            render(tmp_path)
+@pytest.mark.parametrize(
+    ("file", "good", "bad", "misspelt"),
+    [
+        ("components/monitoring/podmonitors.yaml", "        type: Bearer", "        typ: Bearer", "typ"),
+        (
+            "components/ingress/ingress.yaml",
+            "      secretName: actorflow-tls",
+            "      secretNme: x",
+            "secretNme",
+        ),
+        ("base/pdb.yaml", "  minAvailable: 1", "  minAvailabel: 1", "minAvailabel"),
+    ],
+    ids=["PodMonitor", "Ingress", "PodDisruptionBudget"],
+)
+def test_misspelt_key_of_a_new_object_is_reported(
+    tmp_path: Path, file: str, good: str, bad: str, misspelt: str
+) -> None:
+    copied = components_turned_on(broken_copy(tmp_path, file, good, bad))
+    objects = render(copied)
+    errors = core_errors(objects) + podmonitor_errors(objects)
+    assert errors and any(repr(misspelt) in e for e in errors), errors
+
+
+@pytest.mark.parametrize(
+    ("file", "good", "bad", "expected"),
+    [
+        # HAProxy's metrics looked for under a name no container port has.
+        (
+            "components/monitoring/podmonitors.yaml",
+            "    - port: haproxy-metrics\n",
+            "    - port: haproxy-metric\n",
+            "PodMonitor/actorflow-ray: head pod has no container port named haproxy-metric",
+        ),
+        # The metrics policy without HAProxy's port: Prometheus could not reach it.
+        (
+            "base/networkpolicy.yaml",
+            "        - protocol: TCP\n          port: 9101\n",
+            "",
+            "PodMonitor/actorflow-ray: workers pod:9101 is closed to Prometheus in namespace monitoring",
+        ),
+        # The application's /metrics scraped with another key of the Secret than the token.
+        (
+            "components/monitoring/podmonitors.yaml",
+            "          key: token\n",
+            "          key: storage-url\n",
+            "PodMonitor/actorflow-service: head pod:8000/metrics needs the bearer token actorflow/token",
+        ),
+        # /metrics scraped on every worker instead of the head: a copy of the same answer each.
+        (
+            "components/monitoring/podmonitors.yaml",
+            "      app.kubernetes.io/component: ray-head\n",
+            "      app.kubernetes.io/component: ray-worker\n",
+            "the PodMonitors scrape [('head pod', 8080), ('head pod', 9101), ('workers pod', 8000), "
+            "('workers pod', 8080), ('workers pod', 9101)], not [('head pod', 8000), ('head pod', 8080), "
+            "('head pod', 9101), ('workers pod', 8080), ('workers pod', 9101)]",
+        ),
+        # The Ingress sends traffic to Ray's metrics port instead of Serve's.
+        (
+            "components/ingress/ingress.yaml",
+            "                  number: 8000",
+            "                  number: 8080",
+            "Ingress/actorflow: backend {'name': 'actorflow-serve-svc', 'port': {'number': 8080}} "
+            "is not actorflow-serve-svc:8000",
+        ),
+        # The certificate names another host than the rule.
+        (
+            "components/ingress/ingress.yaml",
+            "        - actorflow.example.com\n",
+            "        - www.example.com\n",
+            "Ingress/actorflow: host actorflow.example.com has no TLS certificate",
+        ),
+        # A percentage, which Kubernetes cannot count for the pods of a RayCluster.
+        (
+            "base/pdb.yaml",
+            "  minAvailable: 1\n",
+            "  minAvailable: 50%\n",
+            "PodDisruptionBudget/actorflow-ray-workers: a RayCluster has no scale subresource; only an "
+            "integer minAvailable works",
+        ),
+        # As many as there are workers: no drain could ever evict one.
+        (
+            "base/pdb.yaml",
+            "  minAvailable: 1\n",
+            "  minAvailable: 2\n",
+            "PodDisruptionBudget/actorflow-ray-workers: minAvailable 2 with 2 workers: a drain may "
+            "evict none",
+        ),
+        # Widened to the head, a single pod: every drain of its node would wait forever.
+        (
+            "base/pdb.yaml",
+            "      app.kubernetes.io/component: ray-worker\n",
+            "",
+            "PodDisruptionBudget/actorflow-ray-workers selects ['head pod', 'workers pod']: the Ray "
+            "workers only",
+        ),
+    ],
+    ids=[
+        "podmonitor-port-name",
+        "haproxy-metrics-closed",
+        "metrics-without-token",
+        "metrics-from-every-worker",
+        "ingress-backend-port",
+        "ingress-tls-host",
+        "budget-percentage",
+        "budget-blocks-drains",
+        "budget-on-the-head",
+    ],
+)
+def test_broken_monitoring_ingress_or_budget_is_reported(
+    tmp_path: Path, file: str, good: str, bad: str, expected: str
+) -> None:
+    objects = render(components_turned_on(broken_copy(tmp_path, file, good, bad)))
+    errors = monitoring_errors(objects) + ingress_errors(objects) + disruption_errors(objects)
+    assert expected in errors, errors
+
+
+def test_without_kubectl_the_tests_fail_in_ci_and_skip_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # a directory without kubectl
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="kubectl is not on PATH"):
+        render(K8S)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="kubectl is not on PATH"):
+        render(K8S)
 
 
 @pytest.mark.parametrize(
