@@ -86,7 +86,14 @@ def ray_session() -> Iterator[None]:
         paths = (str(here), str(here.parent), os.environ.get("PYTHONPATH"))
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         configure("haproxy", config_dir=config_dir, threads=1, request_timeout=3, drain_seconds=1.0)
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        # Ray's agents publish the processes' metrics every 2 s (10 s by default), so that a
+        # test scraping /metrics does not wait long for the last ones.
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            logging_level="ERROR",
+            _system_config={"metrics_report_interval_ms": 2000},
+        )
     try:
         yield
     finally:

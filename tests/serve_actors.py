@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import pathlib
 import time
+from typing import Any
 
 from actorflow import workflow
 
@@ -46,3 +49,48 @@ class Tally:
     @workflow.virtual_actor.readonly
     def measure(self, text: str, *, times: int = 1) -> int:
         return len(text) * times
+
+
+@workflow.step
+def doubled(x: int) -> int:
+    return 2 * x
+
+
+@workflow.step(max_retries=2)
+def after_one_failure(marker: str) -> int:
+    """Raises on its first attempt (it leaves ``marker`` behind), returns 21 on the next."""
+    if not os.path.exists(marker):
+        pathlib.Path(marker).touch()
+        raise RuntimeError("the first attempt fails")
+    return 21
+
+
+@workflow.virtual_actor
+class Metered:
+    """One of everything the metrics count: writes, messages, events, timers, a sub-workflow."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def bump(self) -> int:
+        self.n += 1
+        return self.n
+
+    def poke(self, other: str) -> int:
+        workflow.send(Metered.get_or_create(other).bump)
+        return self.n
+
+    def arm(self, after: float) -> None:
+        workflow.timers.set("soon", after=after, method="bump")
+
+    def launch(self, marker: str) -> Any:
+        return doubled.step(after_one_failure.step(marker))
+
+    @workflow.virtual_actor.event("ping")
+    def on_ping(self, payload: dict[str, Any]) -> int:
+        self.n += int(payload.get("by", 1))
+        return self.n
+
+    @workflow.virtual_actor.readonly
+    def value(self) -> int:
+        return self.n

@@ -47,6 +47,11 @@ GENERIC = {
     ("get", "/v1/workflows/{workflow_id}"),
     ("post", "/v1/workflows/{workflow_id}/resume"),
     ("post", "/v1/workflows/{workflow_id}/cancel"),
+    ("delete", "/v1/workflows/{workflow_id}"),
+    ("post", "/v1/bulk/workflows/cancel"),
+    ("post", "/v1/bulk/workflows/delete"),
+    ("post", "/v1/bulk/actors/{type_name}/delete"),
+    ("post", "/v1/bulk/actors/{type_name}/purge-failed-timers"),
 }
 
 
@@ -229,6 +234,10 @@ def test_the_generic_operations_stay_documented_with_their_bodies(doc: dict[str,
         ("put", "/v1/actors/{type_name}/{actor_id}/timers/{name}"),
         ("post", "/v1/actors/{type_name}/{actor_id}/events/{event}"),
         ("post", "/v1/workflows/{workflow_id}/events/{key}"),
+        ("post", "/v1/bulk/workflows/cancel"),
+        ("post", "/v1/bulk/workflows/delete"),
+        ("post", "/v1/bulk/actors/{type_name}/delete"),
+        ("post", "/v1/bulk/actors/{type_name}/purge-failed-timers"),
     }
     assert {key for key, op in generic.items() if "requestBody" in op} == with_body
     arguments = resolve(

@@ -344,3 +344,114 @@ def test_every_request_for_an_actor_reaches_one_replica_before_and_after_a_scale
         deploy(service["storage"], 2)
     configs = list(pathlib.Path(os.environ["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]).parent.glob("*/haproxy.cfg"))
     assert configs and all(balance_rule(3) in c.read_text() for c in configs)
+
+
+def _scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """``GET /metrics``, parsed by prometheus_client: sample name -> labels -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def _value(scraped: dict[str, Any], name: str, **labels: str) -> float:
+    return float(scraped.get(name, {}).get(tuple(sorted(labels.items())), 0.0))
+
+
+def test_metrics_after_a_scripted_load_count_what_it_did(
+    service: dict[str, str], tmp_path: pathlib.Path
+) -> None:
+    """Each metric of ``/metrics`` after a load whose every part is known: calls, a repeated
+    key, a message, an event, a timer, a sub-workflow whose step retried once, and an actor
+    written by the service and by this process at once (compare-and-set conflicts)."""
+    from actorflow.actor import actor_runtime
+    from actorflow.actor._class import lookup
+    from actorflow.engine import WorkflowRuntime
+
+    url = service["url"]
+    ids = {name: f"met-{name}-{uuid.uuid4().hex[:6]}" for name in ("a", "b", "c", "d", "e")}
+    base = f"{url}/v1/actors/Metered"
+    with httpx.Client(timeout=60) as client:
+        for _ in range(10):
+            assert client.post(f"{base}/{ids['a']}/bump").status_code == 200
+        for _ in range(2):  # the second is answered from the record
+            r = client.post(f"{base}/{ids['a']}/bump", headers={"Idempotency-Key": "k-1"})
+            assert r.json()["result"] == 11
+        assert client.post(f"{base}/{ids['a']}/poke", json={"kwargs": {"other": ids["b"]}}).status_code == 200
+        assert client.post(f"{base}/{ids['a']}/events/ping", json={"by": 2}).status_code == 202
+        assert client.post(f"{base}/{ids['c']}/arm", json={"kwargs": {"after": 0.2}}).status_code == 200
+        r = client.post(
+            f"{base}/{ids['d']}/launch", json={"kwargs": {"marker": str(tmp_path / "failed-once")}}
+        )
+        assert r.status_code == 200 and r.json()["result"] == 42, r.text
+
+        # Two writers on one actor: the service's replica and a runtime in this process.
+        ours = WorkflowRuntime(service["storage"])
+        here, metered = actor_runtime(ours), lookup("Metered")
+
+        def bumps() -> None:
+            for _ in range(40):
+                here.submit(metered, ids["e"], "bump", (), {}, None).result(timeout=60)
+
+        thread = threading.Thread(target=bumps)
+        try:
+            thread.start()
+            for _ in range(40):
+                assert client.post(f"{base}/{ids['e']}/bump").status_code == 200
+            thread.join(timeout=120)
+        finally:
+            thread.join(timeout=120)
+            ours.close()
+        deadline = time.monotonic() + 30
+        while client.post(f"{base}/{ids['c']}/value").json()["result"] != 1:
+            assert time.monotonic() < deadline, "the timer did not fire"
+            time.sleep(0.1)
+        assert client.post(f"{base}/{ids['e']}/value").json()["result"] == 80  # nothing lost
+
+    # Ray's agents publish each process's metrics every few seconds: wait for the last ones.
+    deadline = time.monotonic() + 60
+    while True:
+        m = _scrape(url)
+        done = (
+            _value(m, "actorflow_calls_total", type="Metered", method="bump", status="ok") >= 92
+            and _value(m, "actorflow_timer_lateness_seconds_count", type="Metered") >= 1
+            and _value(m, "actorflow_workflow_steps_total", outcome="ok") >= 2
+            and _value(m, "actorflow_messages_delivered_total", type="Metered") >= 2
+        )
+        if done:
+            break
+        assert time.monotonic() < deadline, f"metrics never caught up: {sorted(m)}"
+        time.sleep(1.0)
+
+    bump = {"type": "Metered", "method": "bump", "status": "ok"}
+    # 10 + 1 keyed + 1 delivered message + 1 timer tick + 80 on the contended actor (its
+    # reruns are one call each) = 93 calls that ran; the replayed key is a call too.
+    calls = _value(m, "actorflow_calls_total", **bump)
+    assert calls >= 93
+    assert _value(m, "actorflow_call_duration_seconds_count", **bump) == calls
+    assert _value(m, "actorflow_call_duration_seconds_bucket", le="+Inf", **bump) == calls
+    assert 0 < _value(m, "actorflow_call_duration_seconds_sum", **bump) / calls < 5
+    assert _value(m, "actorflow_calls_total", type="Metered", method="launch", status="ok") >= 1
+    assert _value(m, "actorflow_idempotent_replays_total", type="Metered") >= 1
+    assert _value(m, "actorflow_events_total", type="Metered") >= 1
+    assert _value(m, "actorflow_messages_delivered_total", type="Metered") >= 2  # the message, the event
+    assert "actorflow_message_retries_total" in m
+    conflicts = _value(m, "actorflow_commit_conflicts_total", type="Metered")
+    assert conflicts >= 1, "two writers on one actor and no conflict counted"
+    assert _value(m, "actorflow_turn_reruns_total", type="Metered") >= 1
+    for component in ("actor", "workflow"):
+        count = _value(m, "actorflow_commit_duration_seconds_count", component=component)
+        total = _value(m, "actorflow_commit_duration_seconds_sum", component=component)
+        assert count >= 1 and 0 < total < count  # commits of well under a second each
+    assert 0 <= _value(m, "actorflow_timer_lateness_seconds_sum", type="Metered") < 5
+    assert _value(m, "actorflow_workflow_steps_total", outcome="ok") >= 2
+    assert _value(m, "actorflow_workflow_step_retries_total") >= 1
+    assert _value(m, "actorflow_cached_actors") >= 1
+    assert _value(m, "actorflow_outbox_backlog") == 0  # everything was delivered
+    assert _value(m, "actorflow_due_timers") == 0  # the one timer fired
+    labels = {k for samples in m.values() for key in samples for k, _ in key}
+    assert not labels & {"actor_id", "id", "WorkerId", "workflow_id"}  # bounded label values only

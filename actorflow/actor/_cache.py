@@ -15,6 +15,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
+from actorflow import _metrics
 from actorflow.actor._class import VirtualActorClass
 from actorflow.actor._config import ActorConfig
 from actorflow.actor._keys import actor_name, k_snapshot
@@ -37,6 +38,7 @@ class SnapshotCache:
         self.config = config
         self._entries: collections.OrderedDict[str, Cached] = collections.OrderedDict()
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        _caches.add(self)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -48,7 +50,8 @@ class SnapshotCache:
         return self._entries.get(key)
 
     def pop(self, key: str) -> None:
-        self._entries.pop(key, None)
+        if self._entries.pop(key, None) is not None:
+            _report_size()
 
     def lock(self, key: str) -> asyncio.Lock:
         """The lock of one actor's turns in this process (FIFO: turns start in call order)."""
@@ -76,8 +79,12 @@ class SnapshotCache:
         else:
             cached.last_used = now  # read again unchanged (a read-only call): still in use
         self._entries.move_to_end(key)
+        evicted = 0
         while len(self._entries) > self.config.cache_size:
             self._entries.popitem(last=False)
+            evicted += 1
+        if cached is None and evicted != 1:
+            _report_size()
 
     def passivate_idle(self) -> int:
         """Drop cached actors unused for ``idle_seconds`` (their state is in storage; the next
@@ -86,7 +93,18 @@ class SnapshotCache:
         idle = [key for key, entry in self._entries.items() if entry.last_used < horizon]
         for key in idle:
             del self._entries[key]
+        if idle:
+            _report_size()
         return len(idle)
+
+
+#: This process's caches (one per actor runtime), for the ``actorflow_cached_actors`` gauge.
+_caches: weakref.WeakSet[SnapshotCache] = weakref.WeakSet()
+
+
+def _report_size() -> None:
+    """Set this process's ``actorflow_cached_actors`` to what its live caches hold."""
+    _metrics.set_gauge("actorflow_cached_actors", sum(len(cache) for cache in list(_caches)))
 
 
 def instance_of(ac: VirtualActorClass, snap: Snapshot) -> Any:

@@ -33,6 +33,7 @@ from actorflow.actor._keys import (
     k_listing,
     k_snapshot,
     k_version,
+    listing_prefix,
     outbox_member,
     own_prefix,
     timer_member,
@@ -102,14 +103,24 @@ class Lifecycle:
             # Created (and perhaps deleted again) meanwhile by another caller: look again.
         raise ActorConflictError(t, actor_id, f"actor {t}/{actor_id}: creation kept conflicting")
 
-    async def delete(self, ac: VirtualActorClass, actor_id: str) -> None:
-        """Delete the actor (see the module docstring). Idempotent."""
+    async def ids(self, t: str, prefix: str = "", *, start_after: str | None = None, limit: int) -> list[str]:
+        """Ids of live actors of type ``t`` that start with ``prefix``, in byte order: at most
+        ``limit`` of them after ``start_after`` (an id). One bounded listing."""
+        listing = listing_prefix(t)
+        after = listing + start_after if start_after is not None else None
+        keys = await self.storage.list_keys(listing + prefix, start_after=after, limit=limit)
+        return [k[len(listing) :] for k in keys]
+
+    async def delete(self, ac: VirtualActorClass, actor_id: str) -> bool:
+        """Delete the actor (see the module docstring). Idempotent: returns whether this call
+        deleted a live actor (False: there was none, or it was deleted already)."""
         t, key = ac.type_name, actor_name(ac.type_name, actor_id)
+        deleted = False
         async with self.cache.lock(key):
             for _ in range(MAX_ATTEMPTS):
                 current = await self.storage.get(k_version(t, actor_id))
                 if current is None:
-                    return
+                    return False
                 stamp = Stamp.parse(current)
                 if stamp.deleted:
                     await self.sweep(t, actor_id, current)
@@ -121,6 +132,7 @@ class Lifecycle:
                 for gone in own:
                     gone.add_to(batch)
                 if await self.storage.commit(batch):
+                    deleted = True
                     self.cache.pop(key)
                     # Writes that require the live version without changing it (a timer set
                     # over HTTP, an event, a failure record) may have landed after the listing
@@ -131,6 +143,7 @@ class Lifecycle:
             else:
                 raise ActorConflictError(t, actor_id, f"actor {key}: deletion kept conflicting")
         await self._delete_owned_workflows(t, actor_id, Stamp.parse(current).version)
+        return deleted
 
     async def sweep(self, t: str, actor_id: str, tomb: bytes) -> None:
         """Delete what a deleted actor left, in commits that each require its tombstone (so a

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from actorflow import _codec
+from actorflow import _codec, _metrics
 from actorflow.actor._class import VirtualActorClass, lookup
 from actorflow.actor._config import ActorConfig
 from actorflow.actor._context import Message
@@ -148,6 +148,7 @@ class Outbox:
             if inbox is None or not inbox.taken:  # a message, or a repeat answered from its record
                 done = Batch().require(key, raw).delete(key).index_remove(OUTBOX_INDEX, member)
                 await self.storage.commit(done)
+            _metrics.inc("actorflow_messages_delivered", (msg.target_type,))
             return result
         except Exception as exc:
             final = is_method_error(exc) or isinstance(exc, UnencodableResultError)
@@ -158,6 +159,8 @@ class Outbox:
                 # Storage trouble, shutdown, contention, a full idempotency window: not the
                 # receiver's answer. The entry stays, and the recovery pass tries again later.
                 log.info("message %s not delivered yet: %r", member, exc)
+                receiver = msg.target_type if msg is not None else "unknown"
+                _metrics.inc("actorflow_message_retries", (receiver,))
                 try:
                     await self._postpone(key, member)
                 except Exception as again:
@@ -230,7 +233,8 @@ class Outbox:
         return len(pending)
 
     async def size(self) -> int:
-        return len(await self.storage.index_range(OUTBOX_INDEX))
+        """How many entries (messages and events) are stored and not yet delivered."""
+        return await self.storage.index_count(OUTBOX_INDEX)
 
     async def post_event(
         self,
@@ -264,6 +268,7 @@ class Outbox:
         msg_id = "ev-" + hashlib.sha1(f"{event}\0{event_id}".encode()).hexdigest()[:24]
         request = Request(event_key(event, event_id), fingerprint(method, (payload,), {}))
         stored = await self._store_event(ac, actor_id, method, event, event_id, msg_id, payload, request)
+        _metrics.inc("actorflow_events", (ac.type_name,))
         if isinstance(stored, Outcome):  # handled already: the recorded answer, nothing new
             return (True, await self.turns.finish(stored, encode)) if wait else (False, None)
         if stored == "pending" and not wait:

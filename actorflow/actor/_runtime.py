@@ -35,6 +35,7 @@ from actorflow.actor._methods import MethodRunner, mark_method_error
 from actorflow.actor._outbox import Outbox
 from actorflow.actor._scheduler import Scheduler
 from actorflow.actor._state import Snapshot, capture, encode, is_live
+from actorflow.actor._timers import due_count
 from actorflow.actor._turns import Request, Turns, declared
 from actorflow.engine import WorkflowRuntime, default_runtime, runtime_for
 from actorflow.errors import ActorError
@@ -131,6 +132,11 @@ class ActorRuntime:
     ) -> tuple[bool, Any]:
         """See :meth:`~actorflow.actor._outbox.Outbox.post_event`."""
         return await self.outbox.post_event(ac, actor_id, event, payload, event_id, wait, encode=encode)
+
+    async def backlog(self) -> tuple[int, int]:
+        """``(outbox entries not yet delivered, timers due and not claimed)`` in storage now
+        (the second counted up to 10,000): what the backlog gauges of ``/metrics`` show."""
+        return await self.outbox.size(), await due_count(self.storage, self.config.clock.time())
 
     async def read(self, ac: VirtualActorClass, actor_id: str) -> Snapshot:
         """The committed snapshot (``ActorNotFoundError`` if there is none)."""

@@ -58,6 +58,9 @@ from actorflow.storage import Batch, Storage
 
 log = logging.getLogger("actorflow.actor")
 
+#: Failure records deleted per commit by :meth:`Scheduler.purge_failures`.
+PURGE_CHUNK = 500
+
 
 class Scheduler:
     """The timers of one runtime (see the module docstring)."""
@@ -84,6 +87,36 @@ class Scheduler:
         return {
             k[len(prefix) :]: _codec.json_loads(r) for k, r in zip(keys, raws, strict=True) if r is not None
         }
+
+    async def purge_failures(self, t: str, actor_id: str, *, dry_run: bool = False) -> list[str]:
+        """Delete the actor's records of timer ticks that failed after all their retries (what
+        :meth:`timer_failures` lists); return the names of the timers whose records went (with
+        ``dry_run``, would go: nothing is deleted). The timers themselves are left as they are.
+        Each commit requires the records it deletes to be as read, so a failure recorded
+        meanwhile is never deleted unseen: it is read again and counted."""
+        prefix = own_prefix(t, actor_id, TIMERFAIL_DIR)
+        names: list[str] = []
+        after: str | None = None
+        conflicts = 0
+        while True:
+            keys = await self.storage.list_keys(prefix, start_after=after, limit=PURGE_CHUNK)
+            raws = await self.storage.get_many(keys)
+            found = [(k, r) for k, r in zip(keys, raws, strict=True) if r is not None]
+            if found and not dry_run:
+                batch = Batch()
+                for key, raw in found:
+                    batch.require(key, raw).delete(key)
+                if not await self.storage.commit(batch):
+                    conflicts += 1
+                    if conflicts >= MAX_COMMITS:
+                        raise ActorConflictError(
+                            t, actor_id, f"actor {t}/{actor_id}: purging kept conflicting"
+                        )
+                    continue  # one changed meanwhile: read this chunk again
+            names += [k[len(prefix) :] for k, _ in found]
+            if len(keys) < PURGE_CHUNK:
+                return names
+            after = keys[-1]
 
     async def set_timer(self, ac: VirtualActorClass, actor_id: str, name: str, **spec: Any) -> Timer:
         """Set a timer from outside the actor (HTTP). The actor must exist; validated first."""

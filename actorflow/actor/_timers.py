@@ -45,7 +45,7 @@ from actorflow._ids import check_id
 from actorflow.actor._keys import TIMER_INDEX, tick_key
 from actorflow.actor._schedule import Schedule, instant, zone
 from actorflow.errors import InvalidTimerError
-from actorflow.storage import Batch
+from actorflow.storage import Batch, Storage
 
 MIN_PERIOD = 1.0
 #: The furthest a timer may be set ahead, and its longest period: 100 years.
@@ -309,3 +309,13 @@ class Completion:
             batch.put(self.key, after.encode()).index_add(TIMER_INDEX, self.member, nxt)
         else:  # fired once, or its repetitions are used up
             batch.delete(self.key).index_remove(TIMER_INDEX, self.member)
+
+
+#: The most due timers :func:`due_count` counts (a gauge, not an inventory).
+DUE_COUNT_CAP = 10_000
+
+
+async def due_count(storage: Storage, now: float) -> int:
+    """How many timers are due at ``now`` and not claimed by a scheduler (up to
+    :data:`DUE_COUNT_CAP`): one bounded read of the timer index."""
+    return len(await storage.index_range(TIMER_INDEX, max_score=now, limit=DUE_COUNT_CAP))

@@ -22,11 +22,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from actorflow import _codec
+from actorflow import _codec, _metrics
 from actorflow._aio import start_now
 from actorflow.actor import _idempotency
 from actorflow.actor._cache import SnapshotCache, instance_of
@@ -155,16 +156,28 @@ class Turns:
         """
         info = ac.method(method)
         info.check_args(ac.type_name, args, kwargs)
-        if info.readonly:
-            result = await self._call_readonly(ac, actor_id, info, args, kwargs)
-            return result if request.encode is None else request.encode(result)
-        # The turn runs in a task of its own, so a caller that goes away (a cancelled await,
-        # a client that disconnects) cannot interrupt a commit that has started.
-        turn = self._locked_turn(ac, actor_id, info, args, kwargs, request)
-        outcome: Outcome = await asyncio.shield(start_now(turn))
-        for message in outcome.messages:
-            self.sent(*message)
-        return await self.finish(outcome, request.encode)
+        started, status = time.perf_counter(), "error"
+        if request.firing is not None and request.firing.attempt == 1:
+            lateness = max(0.0, self.config.clock.time() - request.firing.due)
+            _metrics.observe("actorflow_timer_lateness_seconds", lateness, (ac.type_name,))
+        try:
+            if info.readonly:
+                result = await self._call_readonly(ac, actor_id, info, args, kwargs)
+                result = result if request.encode is None else request.encode(result)
+            else:
+                # The turn runs in a task of its own, so a caller that goes away (a cancelled
+                # await, a client that disconnects) cannot interrupt a commit that has started.
+                turn = self._locked_turn(ac, actor_id, info, args, kwargs, request)
+                outcome: Outcome = await asyncio.shield(start_now(turn))
+                for message in outcome.messages:
+                    self.sent(*message)
+                result = await self.finish(outcome, request.encode)
+            status = "ok"
+            return result
+        finally:
+            labels = (ac.type_name, info.name, status)
+            _metrics.inc("actorflow_calls", labels)
+            _metrics.observe("actorflow_call_duration_seconds", time.perf_counter() - started, labels)
 
     async def finish(self, outcome: Outcome, encode: Callable[[Any], Any] | None) -> Any:
         """A turn's result as its caller gets it: the output of the sub-workflow it launched
@@ -183,6 +196,7 @@ class Turns:
     def replay(self, t: str, actor_id: str, method: str, request: Request, raw: bytes) -> Outcome:
         """The outcome a keyed call recorded, for a repeat of its key (a reused key raises)."""
         assert request.key is not None
+        _metrics.inc("actorflow_idempotent_replays", (t,))
         result, wid = _idempotency.replay(
             t, actor_id, request.key, method, request.fingerprint, request.check_reuse, raw
         )
@@ -221,6 +235,7 @@ class Turns:
                     # Only a failure on the latest state counts: re-check before reporting it.
                     if await self._is_stale(t, actor_id, snap):
                         self.cache.pop(key)
+                        _metrics.inc("actorflow_turn_reruns", (t,))
                         continue
                     raise
                 committed = await self._commit(ac, actor_id, snap, instance, result, turn, info, request)
@@ -235,6 +250,8 @@ class Turns:
                     # another scheduler took the tick over (it fires it under the same key).
                     raise Dropped(f"the claim on {completion.member} was lost")
                 self.cache.pop(key)
+                if attempt + 1 < MAX_ATTEMPTS:
+                    _metrics.inc("actorflow_turn_reruns", (t,))
                 await asyncio.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
         problem = f"actor {key}: gave up after {MAX_ATTEMPTS} conflicting commits"
         raise ActorConflictError(t, actor_id, problem)
@@ -372,8 +389,14 @@ class Turns:
         inbox = request.inbox
         if inbox is not None:
             batch.require(inbox.key, inbox.raw).delete(inbox.key).index_remove(OUTBOX_INDEX, inbox.member)
-        if not await self.storage.commit(batch):
+        started = time.perf_counter()
+        applied = await self.storage.commit(batch)
+        _metrics.observe("actorflow_commit_duration_seconds", time.perf_counter() - started, ("actor",))
+        if not applied:
+            _metrics.inc("actorflow_commit_conflicts", (t,))
             return None
+        if snap.initial:
+            _metrics.inc("actorflow_actors_created", (t,))
         if request.completion is not None:
             request.completion.applied = True
         if inbox is not None:

@@ -10,6 +10,16 @@ from urllib.parse import quote
 
 import click
 
+from actorflow.cli._bulk import (
+    Operation,
+    check_single,
+    filters_body,
+    page_options,
+    prefix_options,
+    report,
+    run_bulk,
+    workflow_filter_options,
+)
 from actorflow.cli._common import Failed, Service, json_option, print_json, print_table, service_options, when
 
 
@@ -143,24 +153,56 @@ def get_actor(
 
 @actors.command("delete")
 @click.argument("type_name", metavar="TYPE")
-@click.argument("actor_id", metavar="ID")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.argument("actor_id", metavar="[ID]", required=False)
+@prefix_options("actor")
+@page_options
 @service_options
 def delete_actor(
-    type_name: str, actor_id: str, yes: bool, address: str, token: str | None, token_file: str | None
+    type_name: str,
+    actor_id: str | None,
+    prefix: str | None,
+    everything: bool,
+    dry_run: bool,
+    batch_size: int | None,
+    yes: bool,
+    as_json: bool,
+    address: str,
+    token: str | None,
+    token_file: str | None,
 ) -> None:
     """Delete actor TYPE/ID: its state, timers, idempotency records and pending messages.
-    Idempotent: deleting a missing actor succeeds."""
+    Idempotent: deleting a missing actor succeeds.
+
+    Without ID, delete the actors of TYPE whose ids start with --prefix (or, with --all, every
+    one), batch by batch; without --yes it counts them first and asks.
+    """
+    if actor_id is None:
+        op = Operation(
+            "delete",
+            "deleted",
+            f"{type_name} actors",
+            _path("v1", "bulk", "actors", type_name, "delete"),
+            filters_body(prefix, everything),
+        )
+        with Service(address, token, token_file) as service:
+            report(op, run_bulk(service, op, dry_run=dry_run, yes=yes, batch=batch_size), as_json)
+        return
+    check_single(
+        {"prefix": prefix, "everything": everything, "dry_run": dry_run, "batch_size": batch_size}, "actor"
+    )
     if not yes:
         click.confirm(f"Delete {type_name}/{actor_id} and everything stored for it?", abort=True, err=True)
     with Service(address, token, token_file) as service:
         service.request("DELETE", _path("v1", "actors", type_name, actor_id))
+    if as_json:
+        print_json({"type": type_name, "id": actor_id, "deleted": True})
+        return
     click.echo(f"deleted {type_name}/{actor_id}")
 
 
 @click.group()
 def timers() -> None:
-    """Look at the durable timers of a running service's actors."""
+    """Look at the durable timers of a running service's actors, and purge failed ones."""
 
 
 @timers.command("list")
@@ -180,6 +222,38 @@ def list_timers(
     if not got["timers"] and not got["failed_timers"]:
         click.echo(f"{type_name}/{actor_id} has no timers")
     _print_timers(got)
+
+
+@timers.command("purge-failed")
+@click.argument("type_name", metavar="TYPE")
+@prefix_options("actor")
+@page_options
+@service_options
+def purge_failed_timers(
+    type_name: str,
+    prefix: str | None,
+    everything: bool,
+    dry_run: bool,
+    batch_size: int | None,
+    yes: bool,
+    as_json: bool,
+    address: str,
+    token: str | None,
+    token_file: str | None,
+) -> None:
+    """Delete the records of failed timer ticks (the "failed timer ticks" of `actors get`) of
+    the TYPE actors whose ids start with --prefix (or, with --all, of every one). The timers
+    themselves stay."""
+    path = _path("v1", "bulk", "actors", type_name, "purge-failed-timers")
+    op = Operation(
+        "purge",
+        "purged",
+        f"failed timer records of {type_name}",
+        path,
+        filters_body(prefix, everything, single=False),
+    )
+    with Service(address, token, token_file) as service:
+        report(op, run_bulk(service, op, dry_run=dry_run, yes=yes, batch=batch_size), as_json)
 
 
 def _print_timers(got: dict[str, Any]) -> None:
@@ -210,7 +284,7 @@ def _schedule(timer: dict[str, Any]) -> str:
 
 @click.group()
 def workflows() -> None:
-    """List, inspect, resume and cancel the workflows of a running service."""
+    """List, inspect, resume, cancel and delete the workflows of a running service."""
 
 
 @workflows.command("list")
@@ -274,14 +348,88 @@ def resume_workflow(workflow_id: str, address: str, token: str | None, token_fil
     click.echo(f"{got['id']}  {got['status']}")
 
 
+def _bulk_workflows(
+    verb: str, past: str, selection: dict[str, Any], yes: bool, as_json: bool, service: tuple[str, Any, Any]
+) -> None:
+    """The bulk form of ``workflows cancel`` or ``delete``: ``selection`` holds the filter and
+    page options."""
+    filters = filters_body(
+        selection["prefix"],
+        selection["everything"],
+        selection["statuses"],
+        selection["older_than"],
+        selection["started_before"],
+    )
+    op = Operation(verb, past, "workflows", f"/v1/bulk/workflows/{verb}", filters)
+    with Service(*service) as client:
+        totals = run_bulk(client, op, dry_run=selection["dry_run"], yes=yes, batch=selection["batch_size"])
+    report(op, totals, as_json)
+
+
 @workflows.command("cancel")
-@click.argument("workflow_id", metavar="ID")
+@click.argument("workflow_id", metavar="[ID]", required=False)
+@workflow_filter_options
+@page_options
 @service_options
-def cancel_workflow(workflow_id: str, address: str, token: str | None, token_file: str | None) -> None:
-    """Cancel a workflow: it stops at its next step and can no longer be resumed."""
+def cancel_workflow(
+    workflow_id: str | None,
+    yes: bool,
+    as_json: bool,
+    address: str,
+    token: str | None,
+    token_file: str | None,
+    **selection: Any,
+) -> None:
+    """Cancel a workflow: it stops at its next step and can no longer be resumed.
+
+    Without ID, cancel every workflow the filters select (--prefix, --status, --older-than,
+    --started-before, or --all), batch by batch; ended ones are skipped. Without --yes it
+    counts them first and asks.
+    """
+    if workflow_id is None:
+        _bulk_workflows("cancel", "cancelled", selection, yes, as_json, (address, token, token_file))
+        return
+    check_single(selection, "workflow")
     with Service(address, token, token_file) as service:
         got = service.request("POST", _path("v1", "workflows", workflow_id, "cancel"))
+    if as_json:
+        print_json(got)
+        return
     click.echo(f"{got['id']}  {got['status']}")
+
+
+@workflows.command("delete")
+@click.argument("workflow_id", metavar="[ID]", required=False)
+@workflow_filter_options
+@page_options
+@service_options
+def delete_workflow(
+    workflow_id: str | None,
+    yes: bool,
+    as_json: bool,
+    address: str,
+    token: str | None,
+    token_file: str | None,
+    **selection: Any,
+) -> None:
+    """Delete a workflow that is not running, with all its checkpoints.
+
+    Without ID, delete every workflow the filters select (--prefix, --status, --older-than,
+    --started-before, or --all), batch by batch; running ones are skipped. Without --yes it
+    counts them first and asks.
+    """
+    if workflow_id is None:
+        _bulk_workflows("delete", "deleted", selection, yes, as_json, (address, token, token_file))
+        return
+    check_single(selection, "workflow")
+    if not yes:
+        click.confirm(f"Delete workflow {workflow_id} and its checkpoints?", abort=True, err=True)
+    with Service(address, token, token_file) as service:
+        service.request("DELETE", _path("v1", "workflows", workflow_id))
+    if as_json:
+        print_json({"id": workflow_id, "deleted": True})
+        return
+    click.echo(f"deleted {workflow_id}")
 
 
 __all__ = ["Failed", "actors", "call", "timers", "workflows"]

@@ -12,9 +12,9 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from actorflow import _codec
 from actorflow._ids import check_id, check_workflow_id, new_workflow_id
@@ -266,26 +266,54 @@ class WorkflowEngine:
         out: list[tuple[str, WorkflowStatus]] = []
         after: str | None = None
         while True:
-            keys = await self.storage.list_keys(INDEX_PREFIX, start_after=after, limit=1000)
-            if not keys:
+            page = await self.scan("", start_after=after, limit=1000)
+            out += [(wid, s) for wid, s in page.rows if wanted is None or s in wanted]
+            if page.next is None:
                 return out
-            after = keys[-1]
-            values = await self.storage.get_many(keys)
-            running = [k[4:] for k, v in zip(keys, values, strict=True) if v == b"RUNNING"]
-            leases = dict(
-                zip(running, await self.storage.get_many([k_lease(w) for w in running]), strict=True)
-            )
-            for key, value in zip(keys, values, strict=True):
-                if value is None:
-                    continue
-                wid = key[4:]
-                status = WorkflowStatus(value.decode())
-                if status is WorkflowStatus.RUNNING:
-                    lease = Lease.decode(leases.get(wid))
-                    if lease is None or not lease.alive():
-                        status = WorkflowStatus.RESUMABLE
-                if wanted is None or status in wanted:
-                    out.append((wid, status))
+            after = page.next
+
+    async def scan(
+        self,
+        prefix: str,
+        *,
+        start_after: str | None = None,
+        limit: int = 1000,
+        wanted: Collection[WorkflowStatus] | None = None,
+        started_before: float | None = None,
+    ) -> ScanPage:
+        """One bounded page of the stored workflows whose ids start with ``prefix``: the
+        first ``limit`` ids after ``start_after`` (an id) in byte order are looked at (never
+        more, however many are stored), and those whose status is in ``wanted`` (any, with
+        ``None``) and, with ``started_before`` (a Unix time), whose current run started before
+        it are returned with their status (RUNNING whose runner is gone reads RESUMABLE).
+        ``next`` is the id to pass as ``start_after`` for the next page, None after the last.
+        A snapshot, not a lock: a workflow may change right after it is read."""
+        after = k_index(start_after) if start_after is not None else None
+        keys = await self.storage.list_keys(k_index(prefix), start_after=after, limit=limit)
+        values = await self.storage.get_many(keys)
+        running = [k[len(INDEX_PREFIX) :] for k, v in zip(keys, values, strict=True) if v == b"RUNNING"]
+        leases = dict(zip(running, await self.storage.get_many([k_lease(w) for w in running]), strict=True))
+        rows: list[tuple[str, WorkflowStatus]] = []
+        for key, value in zip(keys, values, strict=True):
+            if value is None:  # deleted since it was listed
+                continue
+            wid = key[len(INDEX_PREFIX) :]
+            status = WorkflowStatus(value.decode())
+            if status is WorkflowStatus.RUNNING:
+                lease = Lease.decode(leases.get(wid))
+                if lease is None or not lease.alive():
+                    status = WorkflowStatus.RESUMABLE
+            if wanted is None or status in wanted:
+                rows.append((wid, status))
+        if started_before is not None and rows:
+            metas = await self.storage.get_many([k_meta(wid) for wid, _ in rows])
+            rows = [
+                row
+                for row, raw in zip(rows, metas, strict=True)
+                if raw is not None and _started_before(raw, started_before)
+            ]
+        last = keys[-1][len(INDEX_PREFIX) :] if len(keys) == limit else None
+        return ScanPage(rows, len(keys), last)
 
     async def list_ids(self, prefix: str, *, start_after: str | None = None, limit: int = 1000) -> list[str]:
         """Ids of stored workflows that start with ``prefix``, in byte order, at most ``limit``
@@ -394,22 +422,41 @@ class WorkflowEngine:
         if not task.cancelled() and task.exception() is not None:
             log.warning("recovering workflow %s failed: %r", wid, task.exception())
 
-    async def cancel(self, wid: str) -> None:
-        """Mark the workflow CANCELED (unless it ended) and drop its lease; idempotent."""
-        while True:
-            meta, meta_raw, _ = await self.store.read_head(wid)
-            if meta["status"] in (WorkflowStatus.SUCCESSFUL.value, WorkflowStatus.CANCELED.value):
-                return
-            meta.update(status=WorkflowStatus.CANCELED.value, end_time=None)
-            batch = Batch().require(k_meta(wid), meta_raw).delete(k_lease(wid))
-            if await self.storage.commit(self.store.put_meta(batch, wid, meta)):
-                return
+    async def cancel(self, wid: str, only: Collection[WorkflowStatus] | None = None) -> bool:
+        """Mark the workflow CANCELED (unless it ended) and drop its lease; idempotent. Its
+        runner, here or anywhere, stops at its next commit or heartbeat (fencing). Returns
+        whether this call cancelled it (False: it had ended, or was cancelled already).
 
-    async def delete(self, wid: str) -> None:
-        """Delete a workflow that is not running, with all its checkpoints."""
+        ``only`` (a bulk cancel's status filter): cancel it only if its status (as
+        :meth:`status` reads it) is one of these when the cancel commits; the commit then also
+        requires the lease it read, so a take-over in between is noticed and looked at again.
+        """
+        while True:
+            meta, meta_raw, lease_raw = await self.store.read_head(wid)
+            if meta["status"] in (WorkflowStatus.SUCCESSFUL.value, WorkflowStatus.CANCELED.value):
+                return False
+            batch = Batch().require(k_meta(wid), meta_raw)
+            if only is not None:
+                if effective_status(meta, Lease.decode(lease_raw)) not in only:
+                    return False
+                batch.require(k_lease(wid), lease_raw)
+            meta.update(status=WorkflowStatus.CANCELED.value, end_time=None)
+            batch.delete(k_lease(wid))
+            if await self.storage.commit(self.store.put_meta(batch, wid, meta)):
+                return True
+
+    async def delete(self, wid: str, only: Collection[WorkflowStatus] | None = None) -> bool:
+        """Delete a workflow that is not running, with all its checkpoints
+        (``WorkflowRunningError`` if it runs). ``only`` (a bulk delete's status filter):
+        delete it only if its status is one of these (else False, nothing deleted). Returns
+        whether its record went (False: it changed while its checkpoints were deleted; it is
+        still listed, and can be deleted again)."""
         meta, meta_raw, lease_raw = await self.store.read_head(wid)
-        if effective_status(meta, Lease.decode(lease_raw)) is WorkflowStatus.RUNNING:
+        status = effective_status(meta, Lease.decode(lease_raw))
+        if status is WorkflowStatus.RUNNING:
             raise WorkflowRunningError(wid, "delete")
+        if only is not None and status not in only:
+            return False
         # Everything but the head goes first, so a crash half-way leaves a visible workflow
         # that can be deleted again, never a new workflow that inherits stale checkpoints.
         await self.storage.delete_prefix(step_prefix(wid))
@@ -418,9 +465,23 @@ class WorkflowEngine:
         for key in (k_dag(wid), k_counters(wid), k_out(wid), k_err(wid), k_lease(wid)):
             rest.delete(key)
         await self.storage.commit(rest)
-        await self.storage.commit(
+        return await self.storage.commit(
             Batch().require(k_meta(wid), meta_raw).delete(k_meta(wid)).delete(k_index(wid))
         )
+
+
+class ScanPage(NamedTuple):
+    """One page of :meth:`WorkflowEngine.scan`: the matching ``(id, status)`` rows, how many
+    ids were looked at, and where the next page starts (None: this was the last)."""
+
+    rows: list[tuple[str, WorkflowStatus]]
+    scanned: int
+    next: str | None
+
+
+def _started_before(meta_raw: bytes, cutoff: float) -> bool:
+    start = _codec.json_loads(meta_raw).get("start_time")
+    return isinstance(start, (int, float)) and start < cutoff
 
 
 def as_status(value: str | WorkflowStatus) -> WorkflowStatus:

@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
-from actorflow import _codec
+from actorflow import _codec, _metrics
 from actorflow.engine._dag import IdAssigner, RayArg, StepRef, StepSpec, flatten, map_values
 from actorflow.engine._fencing import LeaseLost, commit_fenced, lease_margin, ride_out
 from actorflow.engine._runners import RayRunner, StepRunner
@@ -47,6 +47,9 @@ from actorflow.engine._store import (
 )
 from actorflow.errors import StorageUnavailableError, WorkflowCancelledError, WorkflowError
 from actorflow.storage import Batch
+
+#: How a step's record kind reads as the ``outcome`` label of ``actorflow_workflow_steps``.
+_OUTCOMES = {"ok": "ok", "cont": "continuation", "err": "error"}
 
 log = logging.getLogger("actorflow.workflow")
 T = TypeVar("T")
@@ -261,10 +264,12 @@ class Executor:
     async def _send(self, batch: Batch, what: str) -> None:
         """Commit a batch that requires the lease (held under ``_commit_lock``, so the lease
         cannot change meanwhile), through blips. ``LeaseLost`` if it did not apply."""
+        started = time.perf_counter()
         try:
             applied = await commit_fenced(self.storage, batch, self._deadline, what)
         except StorageUnavailableError as exc:
             raise LeaseLost() from exc
+        _metrics.observe("actorflow_commit_duration_seconds", time.perf_counter() - started, ("workflow",))
         if not applied:
             raise LeaseLost()
 
@@ -446,6 +451,9 @@ class Executor:
                 1,
                 "",
             )
+        _metrics.inc("actorflow_workflow_steps", (_OUTCOMES.get(kind, kind),))
+        if attempts > 1:
+            _metrics.inc("actorflow_workflow_step_retries", (), attempts - 1)
         header = {
             "kind": kind,
             "name": spec.name,

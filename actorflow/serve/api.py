@@ -21,10 +21,10 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from actorflow import _wire, errors
+from actorflow import _metrics, _wire, errors
 from actorflow._ids import check_id
 from actorflow.serve import openapi
-from actorflow.serve.backend import Backend
+from actorflow.serve.backend import Backend, bulk_request
 from actorflow.serve.docs import PUBLIC_PATHS as DOCS_PATHS
 from actorflow.serve.edge import ApiSettings, DirectCalls, EdgeMiddleware
 from actorflow.serve.requests import (
@@ -89,6 +89,7 @@ def create_api(
         _timer_routes(backend),
         _event_routes(backend),
         _workflow_routes(backend),
+        _bulk_routes(backend),
     ):
         app.include_router(router)
     openapi.install(app, token_required=bool(settings.token))
@@ -108,9 +109,10 @@ def _ops_routes(backend: Backend) -> APIRouter:
         return {"status": "ok"}
 
     @router.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
-    async def metrics() -> str:
-        """Counters in the Prometheus text format."""
-        return "".join(f"{name} {value}\n" for name, value in backend.metrics().items())
+    async def metrics() -> Response:
+        """The service's metrics in the Prometheus text format: every process of the cluster,
+        summed (see README, Metrics)."""
+        return Response(await backend.metrics(), media_type=_metrics.content_type())
 
     return router
 
@@ -251,5 +253,49 @@ def _workflow_routes(backend: Backend) -> APIRouter:
     async def cancel_workflow(workflow_id: str) -> dict[str, Any]:
         await backend.cancel_workflow(workflow_id)
         return {"id": workflow_id, "status": "CANCELED"}
+
+    @router.delete("/v1/workflows/{workflow_id}", tags=["workflows"], status_code=204)
+    async def delete_workflow(workflow_id: str) -> Response:
+        """Delete a workflow that is not running, with all its checkpoints (409 while it runs)."""
+        await backend.delete_workflow(workflow_id)
+        return Response(status_code=204)
+
+    return router
+
+
+def _bulk_routes(backend: Backend) -> APIRouter:
+    """Bulk operations, one bounded page per request: the body's filters pick the items, at
+    most ``limit`` ids are looked at, and ``next`` says where the next request starts. A bad
+    filter is a 400 before anything is done; ``dry_run`` answers the same counts, changing
+    nothing."""
+    router = APIRouter(route_class=ErrorMappingRoute)
+
+    @router.post("/v1/bulk/workflows/cancel", tags=["bulk"])
+    async def bulk_cancel_workflows(request: Request) -> dict[str, Any]:
+        """Cancel the workflows the filters select, as ``POST /v1/workflows/{id}/cancel`` does
+        (a running one stops at its next step, wherever it runs); ended ones are skipped."""
+        spec = bulk_request(await json_body(request, {}), workflows=True)
+        return (await backend.bulk_workflows("cancel", spec)).public()
+
+    @router.post("/v1/bulk/workflows/delete", tags=["bulk"])
+    async def bulk_delete_workflows(request: Request) -> dict[str, Any]:
+        """Delete the workflows the filters select, with their checkpoints; running ones are
+        skipped."""
+        spec = bulk_request(await json_body(request, {}), workflows=True)
+        return (await backend.bulk_workflows("delete", spec)).public()
+
+    @router.post("/v1/bulk/actors/{type_name}/delete", tags=["bulk"])
+    async def bulk_delete_actors(type_name: str, request: Request) -> dict[str, Any]:
+        """Delete the actors of a type whose ids start with ``prefix``, each as
+        ``DELETE /v1/actors/{type}/{id}`` does."""
+        spec = bulk_request(await json_body(request, {}), workflows=False)
+        return (await backend.bulk_delete_actors(type_name, spec)).public()
+
+    @router.post("/v1/bulk/actors/{type_name}/purge-failed-timers", tags=["bulk"])
+    async def bulk_purge_failed_timers(type_name: str, request: Request) -> dict[str, Any]:
+        """Delete the records of failed timer ticks (``failed_timers``) of the actors of a type
+        whose ids start with ``prefix``; the timers stay. ``ids`` are ``{id}/{timer}``."""
+        spec = bulk_request(await json_body(request, {}), workflows=False)
+        return (await backend.purge_failed_timers(type_name, spec)).public()
 
     return router

@@ -45,7 +45,7 @@ from ray import serve
 from ray.serve import Application
 from starlette.requests import Request
 
-from actorflow import _wire
+from actorflow import _metrics, _wire
 from actorflow.serve.api import ApiSettings, create_api, encode_result
 from actorflow.serve.backend import LocalBackend, load_modules
 from actorflow.serve.ingress import haproxy_enabled
@@ -107,7 +107,7 @@ class ActorHost:
         request: Request,
     ) -> Any:
         if request.headers.get(_wire.SESSION_HEADER) != f"{type_name}/{actor_id}":
-            self.backend.counters["unrouted"] += 1  # ran here, perhaps not on the owner
+            _metrics.inc("actorflow_unrouted_calls")  # ran here, perhaps not on the owner
         encoded: bytes = await self.backend.call(
             type_name, actor_id, method, args, kwargs, key, encode=encode_result
         )

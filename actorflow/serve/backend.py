@@ -8,21 +8,157 @@ drive the HTTP layer with one directly, with no Ray and no sockets.
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import importlib
 import logging
-from collections.abc import Callable, Coroutine, Iterable
-from typing import Any, Protocol, TypeVar
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, TypeVar
 
+from actorflow import _metrics
 from actorflow._aio import start_now
 from actorflow._ids import check_actor_id, check_id, check_workflow_id
-from actorflow.actor import ActorRuntime, actor_runtime, client_key, lookup
-from actorflow.engine import WorkflowRuntime, as_status
-from actorflow.errors import ActorNotFoundError
+from actorflow.actor import ActorRuntime, actor_runtime, client_key, lookup, registered_types
+from actorflow.engine import WorkflowRuntime, WorkflowStatus, as_status
+from actorflow.errors import (
+    ActorNotFoundError,
+    BadRequestError,
+    ConfigError,
+    WorkflowNotFoundError,
+    WorkflowRunningError,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("actorflow.http")
+
+#: The most items one bulk request looks at, and how many when it does not say.
+MAX_BULK_LIMIT = 1000
+DEFAULT_BULK_LIMIT = 100
+#: How many items of one bulk request are worked on at once.
+BULK_CONCURRENCY = 16
+#: Statuses a workflow can end in: a bulk cancel skips them.
+_ENDED = frozenset({WorkflowStatus.SUCCESSFUL, WorkflowStatus.CANCELED})
+_COMMON_FIELDS = frozenset({"prefix", "all", "dry_run", "limit", "start_after"})
+_WORKFLOW_FIELDS = _COMMON_FIELDS | {"status", "older_than", "started_before"}
+
+
+@dataclass(frozen=True)
+class BulkRequest:
+    """What one request of a bulk operation asks (see :func:`bulk_request`): which items (ids
+    starting with ``prefix``; for workflows also a status in ``statuses`` and a current run
+    started before ``started_before``), which page of them (the first ``limit`` ids after
+    ``start_after``), and whether to act or only say what it would do (``dry_run``)."""
+
+    prefix: str = ""
+    statuses: frozenset[WorkflowStatus] | None = None
+    started_before: float | None = None
+    dry_run: bool = False
+    limit: int = DEFAULT_BULK_LIMIT
+    start_after: str | None = None
+
+
+@dataclass
+class BulkResult:
+    """What one request of a bulk operation did (or, with ``dry_run``, would do): of the
+    ``scanned`` ids looked at, ``matched`` fit the filters; ``affected`` of those were (would
+    be) cancelled, deleted or purged, listed in ``ids``; ``skipped`` were left as they are
+    (already ended, running, gone meanwhile). ``next`` is the ``start_after`` of the next
+    request, None once the whole range has been looked at."""
+
+    dry_run: bool
+    scanned: int = 0
+    matched: int = 0
+    affected: int = 0
+    skipped: int = 0
+    ids: list[str] = field(default_factory=list)
+    next: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The JSON answer of the HTTP API."""
+        return {
+            "dry_run": self.dry_run,
+            "scanned": self.scanned,
+            "matched": self.matched,
+            "affected": self.affected,
+            "skipped": self.skipped,
+            "ids": self.ids,
+            "next": self.next,
+        }
+
+
+def bulk_request(body: Any, *, workflows: bool, now: float | None = None) -> BulkRequest:
+    """Read the JSON body of a bulk request; :class:`~actorflow.errors.BadRequestError` (or
+    ``InvalidIdError``, both 400) for anything it does not allow, before anything is done.
+
+    Fields: ``prefix`` (a non-empty id prefix), for workflows ``status`` (a status or a
+    non-empty list of them), ``older_than`` (seconds, at least 0) or ``started_before`` (a Unix
+    time); ``all: true`` to act with no filter at all (a body with none is refused, so that an
+    empty body never means "everything"); ``dry_run``; ``limit`` (1 to
+    :data:`MAX_BULK_LIMIT` ids looked at); ``start_after`` (the ``next`` of the last answer).
+    """
+    body = {} if body is None else body
+    what = "workflow" if workflows else "actor"
+    if not isinstance(body, dict):
+        raise BadRequestError('the body must be a JSON object of filters, like {"prefix": "a-"}')
+    unknown = set(body) - (_WORKFLOW_FIELDS if workflows else _COMMON_FIELDS)
+    if unknown:
+        raise BadRequestError(f"unknown fields {sorted(unknown)}")
+    prefix = body.get("prefix")
+    if prefix is not None:
+        if prefix == "":
+            raise BadRequestError(
+                '"prefix" must not be empty; to act on every one, leave it out and say "all": true'
+            )
+        check_id(f"{what} id prefix", prefix)
+    statuses = _statuses(body["status"]) if "status" in body else None
+    older_than = _number(body, "older_than", least=0.0)
+    started_before = _number(body, "started_before")
+    if older_than is not None and started_before is not None:
+        raise BadRequestError('give "older_than" or "started_before", not both')
+    if older_than is not None:
+        started_before = (time.time() if now is None else now) - older_than
+    everything = _flag(body, "all")
+    if prefix is None and statuses is None and started_before is None and not everything:
+        filters = '"prefix", "status", "older_than" or "started_before"' if workflows else '"prefix"'
+        raise BadRequestError(f'give a filter ({filters}), or "all": true to act on every {what}')
+    limit = body.get("limit", DEFAULT_BULK_LIMIT)
+    if type(limit) is not int or not 1 <= limit <= MAX_BULK_LIMIT:
+        raise BadRequestError(f'"limit" must be an integer from 1 to {MAX_BULK_LIMIT}')
+    start_after = body.get("start_after")
+    if start_after is not None:
+        check_id(f"{what} id (start_after)", start_after)
+    return BulkRequest(prefix or "", statuses, started_before, _flag(body, "dry_run"), limit, start_after)
+
+
+def _statuses(value: Any) -> frozenset[WorkflowStatus]:
+    given = [value] if isinstance(value, str) else value
+    if not isinstance(given, list) or not given or not all(isinstance(s, str) for s in given):
+        raise BadRequestError('"status" must be a status or a non-empty list of them')
+    try:
+        return frozenset(as_status(s) for s in given)
+    except ConfigError as exc:
+        raise BadRequestError(str(exc)) from None
+
+
+def _number(body: dict[str, Any], name: str, least: float | None = None) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadRequestError(
+            f'"{name}" must be a number of seconds' if least is not None else f'"{name}" must be a Unix time'
+        )
+    if least is not None and value < least:
+        raise BadRequestError(f'"{name}" must be at least {least:g}')
+    return float(value)
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise BadRequestError(f'"{name}" must be true or false')
+    return value
 
 
 class Backend(Protocol):
@@ -67,12 +203,17 @@ class Backend(Protocol):
     async def workflow(self, workflow_id: str) -> dict[str, Any]: ...
     async def resume_workflow(self, workflow_id: str) -> str: ...
     async def cancel_workflow(self, workflow_id: str) -> None: ...
-    def metrics(self) -> dict[str, float]: ...
+    async def delete_workflow(self, workflow_id: str) -> None: ...
+    async def bulk_workflows(
+        self, action: Literal["cancel", "delete"], request: BulkRequest
+    ) -> BulkResult: ...
+    async def bulk_delete_actors(self, type_name: str, request: BulkRequest) -> BulkResult: ...
+    async def purge_failed_timers(self, type_name: str, request: BulkRequest) -> BulkResult: ...
+    async def metrics(self) -> bytes: ...
 
 
 def load_modules(modules: Iterable[str]) -> list[str]:
     """Import the modules that define actor types (registering them); return the type names."""
-    from actorflow.actor import registered_types
 
     for name in modules:
         importlib.import_module(name)
@@ -86,7 +227,6 @@ class LocalBackend:
         self.workflows = workflows
         self.actors = actors or actor_runtime(workflows)
         self.engine = workflows.engine
-        self.counters: collections.Counter[str] = collections.Counter()
         self._background: set[asyncio.Future[Any]] = set()
 
     async def _run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -102,7 +242,8 @@ class LocalBackend:
         check_actor_id(actor_id)
         ac.check_init_args(tuple(args), kwargs)
         created = await asyncio.to_thread(self.actors.create, ac, actor_id, tuple(args), kwargs)
-        self.counters["actors_created"] += int(created)
+        if created:
+            _metrics.inc("actorflow_actors_created", (type_name,))
         return created
 
     async def call(
@@ -120,14 +261,9 @@ class LocalBackend:
         returned, before the turn commits (see ``ActorRuntime.call``)."""
         ac = lookup(type_name)
         check_actor_id(actor_id)
-        self.counters["calls"] += 1
-        try:
-            key = client_key(idempotency_key)
-            call = self.actors.call(ac, actor_id, method, tuple(args), kwargs, key, encode=encode)
-            return await self._run(call)
-        except Exception:
-            self.counters["call_errors"] += 1
-            raise
+        key = client_key(idempotency_key)
+        call = self.actors.call(ac, actor_id, method, tuple(args), kwargs, key, encode=encode)
+        return await self._run(call)
 
     async def describe(self, type_name: str, actor_id: str) -> dict[str, Any]:
         ac = lookup(type_name)
@@ -182,6 +318,74 @@ class LocalBackend:
     async def cancel_workflow(self, workflow_id: str) -> None:
         await self._run(self.engine.cancel(check_workflow_id(workflow_id)))
 
+    async def delete_workflow(self, workflow_id: str) -> None:
+        await self._run(self.engine.delete(check_workflow_id(workflow_id)))
+
+    # ------------------------------------------------------------------ bulk operations
+    async def bulk_workflows(self, action: Literal["cancel", "delete"], request: BulkRequest) -> BulkResult:
+        """Cancel or delete one page of the workflows ``request`` selects, each through the
+        same engine call as a single cancel or delete (a RUNNING workflow, wherever its runner
+        is, is cancelled by fencing its lease). A workflow that already ended is skipped by a
+        cancel, one that runs by a delete; a status filter is checked again as each commits."""
+        page = await self._run(
+            self.engine.scan(
+                request.prefix,
+                start_after=request.start_after,
+                limit=request.limit,
+                wanted=request.statuses,
+                started_before=request.started_before,
+            )
+        )
+        only = request.statuses
+
+        async def one(row: tuple[str, WorkflowStatus]) -> bool:
+            wid, status = row
+            if request.dry_run:
+                return status not in _ENDED if action == "cancel" else status is not WorkflowStatus.RUNNING
+            try:
+                if action == "cancel":
+                    return await self.engine.cancel(wid, only)
+                return await self.engine.delete(wid, only)
+            except (WorkflowNotFoundError, WorkflowRunningError):  # gone, or running: skipped
+                return False
+
+        outcome = await self._run(_each(page.rows, one))
+        wids = [wid for wid, _ in page.rows]
+        return _result(request, page.scanned, wids, outcome, page.next)
+
+    async def bulk_delete_actors(self, type_name: str, request: BulkRequest) -> BulkResult:
+        """Delete one page of the actors of a type whose ids start with the prefix, each as
+        ``DELETE /v1/actors/{type}/{id}`` does."""
+        ac = lookup(type_name)
+        lifecycle = self.actors.lifecycle
+        ids = await self._run(
+            lifecycle.ids(type_name, request.prefix, start_after=request.start_after, limit=request.limit)
+        )
+
+        async def one(actor_id: str) -> bool:
+            return True if request.dry_run else await lifecycle.delete(ac, actor_id)
+
+        outcome = await self._run(_each(ids, one))
+        return _result(request, len(ids), ids, outcome, ids[-1] if len(ids) == request.limit else None)
+
+    async def purge_failed_timers(self, type_name: str, request: BulkRequest) -> BulkResult:
+        """Delete the failed-tick records (``failed_timers``) of one page of the actors of a
+        type whose ids start with the prefix; their timers stay. ``ids`` are ``{id}/{timer}``."""
+        lookup(type_name)
+        ids = await self._run(
+            self.actors.lifecycle.ids(
+                type_name, request.prefix, start_after=request.start_after, limit=request.limit
+            )
+        )
+
+        async def one(actor_id: str) -> list[str]:
+            return await self.actors.scheduler.purge_failures(type_name, actor_id, dry_run=request.dry_run)
+
+        names = await self._run(_each(ids, one))
+        purged = [f"{actor_id}/{name}" for actor_id, found in zip(ids, names, strict=True) for name in found]
+        after = ids[-1] if len(ids) == request.limit else None
+        return BulkResult(request.dry_run, len(ids), len(purged), len(purged), 0, purged, after)
+
     async def set_timer(
         self, type_name: str, actor_id: str, name: str, spec: dict[str, Any]
     ) -> dict[str, Any]:
@@ -229,7 +433,6 @@ class LocalBackend:
         """``(handled, result)``: see ``ActorRuntime.post_event``."""
         ac = lookup(type_name)
         check_actor_id(actor_id)
-        self.counters["events"] += 1
         return await self._run(
             self.actors.post_event(ac, actor_id, event, payload, event_id, wait, encode=encode)
         )
@@ -237,15 +440,37 @@ class LocalBackend:
     async def post_workflow_event(self, workflow_id: str, key: str, payload: Any) -> bool:
         return await self._run(self.engine.post_event(check_workflow_id(workflow_id), key, payload))
 
-    def metrics(self) -> dict[str, float]:
-        return {
-            "actorflow_calls_total": self.counters["calls"],
-            "actorflow_call_errors_total": self.counters["call_errors"],
-            "actorflow_unrouted_calls_total": self.counters["unrouted"],
-            "actorflow_actors_created_total": self.counters["actors_created"],
-            "actorflow_events_total": self.counters["events"],
-            "actorflow_cached_actors": len(self.actors.cache),
-        }
+    async def metrics(self) -> bytes:
+        """The service's metrics in the Prometheus text format (see :mod:`actorflow._metrics`),
+        with the outbox backlog and the due timers read from storage now."""
+        backlog, due = await self._run(self.actors.backlog())
+        gauges = {"actorflow_outbox_backlog": float(backlog), "actorflow_due_timers": float(due)}
+        return await asyncio.to_thread(_metrics.exposition, gauges, registered_types())
+
+
+async def _each(items: list[T], work: Callable[[T], Awaitable[Any]]) -> list[Any]:
+    """``work`` of every item, :data:`BULK_CONCURRENCY` at a time, results in item order.
+    Every item's work ends before this does; then the first error, if any, is raised."""
+    lanes = asyncio.Semaphore(BULK_CONCURRENCY)
+
+    async def one(item: T) -> Any:
+        async with lanes:
+            return await work(item)
+
+    results = await asyncio.gather(*(one(item) for item in items), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
+def _result(
+    request: BulkRequest, scanned: int, ids: list[str], done: list[Any], after: str | None
+) -> BulkResult:
+    affected = [i for i, ok in zip(ids, done, strict=True) if ok]
+    return BulkResult(
+        request.dry_run, scanned, len(ids), len(affected), len(ids) - len(affected), affected, after
+    )
 
 
 def _log_resume(wid: str, done: Any) -> None:

@@ -2,7 +2,7 @@
 
 FastAPI documents the generic routes (``/v1/actors/{type_name}/{actor_id}/{method}``...), which
 say nothing about what a call takes or returns. :func:`install` replaces ``app.openapi`` with a
-builder that keeps those 18 operations, declares their bodies and the errors they really answer
+builder that keeps those 23 operations, declares their bodies and the errors they really answer
 (the JSON body of :func:`actorflow._wire.describe_error`, not FastAPI's ``HTTPValidationError``,
 which this API never sends), and adds, for every registered actor type, a create operation
 (``POST /v1/actors/{Type}/{actor_id}``, ``__init__``'s parameters) and one operation per public
@@ -39,6 +39,9 @@ from actorflow.serve.openapi_parts import (
     ACTOR_ID,
     ANY_JSON,
     ARGUMENTS,
+    BULK_ACTORS,
+    BULK_RESULT,
+    BULK_WORKFLOWS,
     CREATED,
     IDEMPOTENCY_KEY,
     REF,
@@ -75,6 +78,17 @@ _ROUTE_ERRORS: dict[str, tuple[int, ...]] = {
     "get_workflow": (400, 404),
     "resume_workflow": (400, 404, 409),
     "cancel_workflow": (400, 404, 409),
+    "delete_workflow": (400, 404, 409),
+    "bulk_cancel_workflows": _BODY,
+    "bulk_delete_workflows": _BODY,
+    "bulk_delete_actors": (*_BODY, 404, 409),
+    "bulk_purge_failed_timers": (*_BODY, 404, 409),
+}
+_BULK = {
+    "bulk_cancel_workflows": BULK_WORKFLOWS,
+    "bulk_delete_workflows": BULK_WORKFLOWS,
+    "bulk_delete_actors": BULK_ACTORS,
+    "bulk_purge_failed_timers": BULK_ACTORS,
 }
 # A typed operation is the generic route's request, so it answers the same errors.
 _METHOD_ERRORS = _ROUTE_ERRORS["call_actor"]
@@ -137,7 +151,7 @@ def build_document(
                 statuses = (*statuses, 500, 503)
             op["responses"] = {k: v for k, v in op["responses"].items() if k != "422"}
             unauthorized = token_required and name != "healthz"
-            workflows = not path.startswith("/v1/actors/")
+            workflows = not path.startswith(("/v1/actors/", "/v1/bulk/actors/"))
             op["responses"].update(error_responses(statuses, unauthorized, workflows=workflows))
             if name != "healthz":
                 op["security"] = required
@@ -187,6 +201,9 @@ def _document_generic(name: str, op: dict[str, Any]) -> None:
         responses["200"] = json_content(result_schema(ANY_JSON), "With ?wait=true: the handler's result")
     if name == "post_workflow_event":
         op["requestBody"] = json_content(ANY_JSON, "The event's payload: any JSON")
+    if name in _BULK:
+        op["requestBody"] = json_content(_BULK[name], "The filters, and which page", required=True)
+        responses["200"] = json_content(BULK_RESULT, "What this page did (with dry_run: would do)")
 
 
 # --- the typed operations of the actor types ---------------------------------------------------

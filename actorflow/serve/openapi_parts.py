@@ -1,7 +1,8 @@
 """The pieces of the HTTP API's OpenAPI document that its operations share: the error body and
 the responses that reference it (statuses and codes from :data:`actorflow._wire.ERRORS`), the
 bearer security requirement, the ``Idempotency-Key`` and ``actor_id`` parameters, and the
-fixed component schemas (call arguments, a creation's answer, a timer's specification)."""
+fixed component schemas (call arguments, a creation's answer, a timer's specification, the
+bodies and answer of the bulk operations)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from actorflow import _wire
+from actorflow.engine import WorkflowStatus
+from actorflow.serve.backend import DEFAULT_BULK_LIMIT, MAX_BULK_LIMIT
 from actorflow.serve.docs import BEARER
 
 Schema = dict[str, Any]
@@ -19,6 +22,9 @@ ERROR = "actorflow.Error"
 ARGUMENTS = "actorflow.Arguments"
 CREATED = "actorflow.Created"
 TIMER_SPEC = "actorflow.TimerSpec"
+BULK_WORKFLOWS = "actorflow.BulkWorkflowFilter"
+BULK_ACTORS = "actorflow.BulkActorFilter"
+BULK_RESULT = "actorflow.BulkResult"
 ANY_JSON: Schema = {}
 
 REF = "#/components/schemas/{model}"
@@ -126,9 +132,102 @@ def result_schema(result: Schema) -> Schema:
     return {"type": "object", "properties": {"result": result}, "required": ["result"]}
 
 
+def _bulk_filters() -> tuple[dict[str, Schema], dict[str, Schema]]:
+    """The properties of every bulk body (the prefix and the page), and those only workflow
+    bodies have (status and age)."""
+    text = {"type": "string"}
+    page: dict[str, Schema] = {
+        "prefix": {
+            **text,
+            "minLength": 1,
+            "maxLength": 256,
+            "pattern": "^[A-Za-z0-9._:@-]+$",
+            "description": "only ids that start with this",
+        },
+        "all": {
+            "type": "boolean",
+            "default": False,
+            "description": "act with no filter at all (a body with no filter is refused without it)",
+        },
+        "dry_run": {
+            "type": "boolean",
+            "default": False,
+            "description": "change nothing; answer what would be done",
+        },
+        "limit": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": MAX_BULK_LIMIT,
+            "default": DEFAULT_BULK_LIMIT,
+            "description": "how many ids this request looks at",
+        },
+        "start_after": {
+            "anyOf": [text, {"type": "null"}],
+            "description": "the next of the previous answer: where this page starts",
+        },
+    }
+    workflow_filters: dict[str, Schema] = {
+        "status": {
+            "type": "array",
+            "items": {"type": "string", "enum": [s.value for s in WorkflowStatus]},
+            "minItems": 1,
+            "description": "only workflows in one of these statuses (checked again as each is changed); "
+            "one status as a string is taken too",
+        },
+        "older_than": {
+            "type": "number",
+            "minimum": 0,
+            "description": "only workflows whose current run started more than this many seconds ago",
+        },
+        "started_before": {
+            "type": "number",
+            "description": "only workflows whose current run started before this Unix time (or older_than)",
+        },
+    }
+    return page, workflow_filters
+
+
+def bulk_schemas() -> dict[str, Schema]:
+    """The bodies of the bulk operations (workflows; actors of a type) and their answer."""
+    page, workflow_filters = _bulk_filters()
+    text = {"type": "string"}
+    count = {"type": "integer", "minimum": 0}
+    return {
+        BULK_WORKFLOWS: {
+            "title": "BulkWorkflowFilter",
+            "type": "object",
+            "properties": {**page, **workflow_filters},
+            "additionalProperties": False,
+        },
+        BULK_ACTORS: {
+            "title": "BulkActorFilter",
+            "type": "object",
+            "properties": page,
+            "additionalProperties": False,
+        },
+        BULK_RESULT: {
+            "title": "BulkResult",
+            "type": "object",
+            "properties": {
+                "dry_run": {"type": "boolean"},
+                "scanned": {**count, "description": "ids looked at"},
+                "matched": {**count, "description": "of those, how many fit the filters"},
+                "affected": {**count, "description": "cancelled, deleted or purged (dry_run: would be)"},
+                "skipped": {**count, "description": "matched but left as they are: ended, running, gone"},
+                "ids": {"type": "array", "items": text, "description": "the affected ids"},
+                "next": {
+                    "anyOf": [text, {"type": "null"}],
+                    "description": "start_after of the next request; null: nothing is left to look at",
+                },
+            },
+            "required": ["dry_run", "scanned", "matched", "affected", "skipped", "ids", "next"],
+        },
+    }
+
+
 def fixed_schemas() -> dict[str, Schema]:
-    """The components every document has: the error body, call arguments, a creation's answer
-    and a timer's specification."""
+    """The components every document has: the error body, call arguments, a creation's answer,
+    a timer's specification and the bulk operations' bodies and answer."""
     text = {"type": "string"}
     error_properties = {
         "error": {**text, "description": "A code: who failed and why (see the API's error table)"},
@@ -142,6 +241,7 @@ def fixed_schemas() -> dict[str, Schema]:
     }
     number = {"type": "number"}
     return {
+        **bulk_schemas(),
         ERROR: {
             "title": "Error",
             "type": "object",

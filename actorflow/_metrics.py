@@ -1,0 +1,414 @@
+"""The service's metrics, recorded where things happen and exposed in the Prometheus format.
+
+Every process that runs turns, deliveries, timers or workflows records into its own metrics:
+
+* inside a Ray cluster (Serve replicas, the workflow host, a driver) through Ray's metrics API
+  (``ray.util.metrics``): Ray's agent on each node collects every process of that node and
+  exports them on the node's metrics port, which is what a Prometheus scraping a Ray cluster
+  reads already (names get Ray's ``ray_`` prefix there, and Ray's labels such as ``WorkerId``);
+* outside Ray (embedded use, :mod:`actorflow.testing`) into a ``prometheus_client`` registry
+  of the process.
+
+:func:`exposition` writes what ``GET /metrics`` answers: outside Ray this process's registry;
+inside Ray the ``actorflow_*`` metrics of every live node's agent, summed over the processes
+that recorded them (Ray's per-process labels dropped), so one scrape of the service shows the
+whole cluster. Ray's agents publish what a process recorded every few seconds
+(``metrics_report_interval_ms``, 10 s by default), so a scrape lags by that much.
+
+Names and labels follow Prometheus conventions (base units, ``_total`` counters), and label
+values come from bounded sets: actor types and method names as registered, outcomes from a
+fixed list; never an actor id or a workflow id. Recording costs a few microseconds.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import sys
+import threading
+import urllib.request
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("actorflow.metrics")
+
+#: Seconds: a call, a commit, a timer's lateness. From 0.5 ms to 10 s.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Labels Ray's agents add to every metric (dropped when the processes are summed).
+RAY_LABELS = frozenset(
+    {
+        "Component",
+        "NodeAddress",
+        "SessionName",
+        "Version",
+        "WorkerId",
+        "JobId",
+        "otel_scope_name",
+        "otel_scope_schema_url",
+        "otel_scope_version",
+    }
+)
+#: Seconds to wait for one node's agent.
+SCRAPE_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Instrument:
+    """One metric: ``kind`` counter, histogram or gauge; ``merge`` how a gauge's values from
+    several processes combine (``sum``: each process holds a share; ``max``: each sees the
+    same storage-wide quantity)."""
+
+    name: str
+    kind: str
+    doc: str
+    labels: tuple[str, ...] = ()
+    merge: str = "sum"
+
+
+INSTRUMENTS: dict[str, Instrument] = {
+    i.name: i
+    for i in (
+        Instrument(
+            "actorflow_calls",
+            "counter",
+            "Actor method calls, by type, method and status (ok or error).",
+            ("type", "method", "status"),
+        ),
+        Instrument(
+            "actorflow_call_duration_seconds",
+            "histogram",
+            "Time from a call's start to its result (turn, commit and sub-workflow included).",
+            ("type", "method", "status"),
+        ),
+        Instrument(
+            "actorflow_actors_created",
+            "counter",
+            "Actors created (explicitly or activated by their first call), by type.",
+            ("type",),
+        ),
+        Instrument(
+            "actorflow_unrouted_calls",
+            "counter",
+            "HTTP calls a replica ran without the routing header of their actor (perhaps not on its owner).",
+        ),
+        Instrument(
+            "actorflow_commit_duration_seconds",
+            "histogram",
+            "Time one commit to storage takes, by component (actor or workflow).",
+            ("component",),
+        ),
+        Instrument(
+            "actorflow_commit_conflicts",
+            "counter",
+            "Actor turns whose compare-and-set commit lost to another writer, by type.",
+            ("type",),
+        ),
+        Instrument(
+            "actorflow_turn_reruns",
+            "counter",
+            "Actor turns run again on a newer state (after a conflict or a stale failure), by type.",
+            ("type",),
+        ),
+        Instrument(
+            "actorflow_idempotent_replays",
+            "counter",
+            "Keyed calls answered from their recorded result without running again, by type.",
+            ("type",),
+        ),
+        Instrument(
+            "actorflow_events",
+            "counter",
+            "External events posted to actors, by type.",
+            ("type",),
+        ),
+        Instrument(
+            "actorflow_messages_delivered",
+            "counter",
+            "Outbox entries (messages and events) delivered to their receiver, by receiver type.",
+            ("type",),
+        ),
+        Instrument(
+            "actorflow_message_retries",
+            "counter",
+            "Deliveries that did not get through and were left for a later try, by receiver type.",
+            ("type",),
+        ),
+        Instrument(
+            "actorflow_timer_lateness_seconds",
+            "histogram",
+            "How long after its due time a timer's tick started to run, by type.",
+            ("type",),
+        ),
+        Instrument(
+            "actorflow_workflow_steps",
+            "counter",
+            "Workflow steps finished, by outcome (ok, continuation or error).",
+            ("outcome",),
+        ),
+        Instrument(
+            "actorflow_workflow_step_retries",
+            "counter",
+            "Workflow step attempts beyond the first (the step's own retries).",
+        ),
+        Instrument(
+            "actorflow_cached_actors",
+            "gauge",
+            "Actor snapshots held in the caches of the service's processes.",
+        ),
+        Instrument(
+            "actorflow_outbox_backlog",
+            "gauge",
+            "Outbox entries (messages and events) stored and not yet delivered.",
+            merge="max",
+        ),
+        Instrument(
+            "actorflow_due_timers",
+            "gauge",
+            "Timers whose tick is due and has not run yet (counted up to 10,000).",
+            merge="max",
+        ),
+    )
+}
+
+
+def inc(name: str, labels: tuple[str, ...] = (), amount: float = 1.0) -> None:
+    """Add ``amount`` to the counter ``name`` (label values in the instrument's order)."""
+    _sink().record(INSTRUMENTS[name], labels, amount)
+
+
+def observe(name: str, value: float, labels: tuple[str, ...] = ()) -> None:
+    """Record ``value`` (seconds) in the histogram ``name``."""
+    _sink().record(INSTRUMENTS[name], labels, value)
+
+
+def set_gauge(name: str, value: float, labels: tuple[str, ...] = ()) -> None:
+    """Set this process's value of the gauge ``name``."""
+    _sink().record(INSTRUMENTS[name], labels, value)
+
+
+# ----------------------------------------------------------------------------- recording
+
+
+class _LocalSink:
+    """``prometheus_client`` metrics in a registry of this process's own."""
+
+    def __init__(self) -> None:
+        import prometheus_client
+
+        self.registry = prometheus_client.CollectorRegistry(auto_describe=True)
+        self._metrics: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def _metric(self, inst: Instrument) -> Any:
+        metric = self._metrics.get(inst.name)
+        if metric is None:
+            import prometheus_client
+
+            with self._lock:
+                metric = self._metrics.get(inst.name)
+                if metric is None:
+                    kw: dict[str, Any] = {"labelnames": inst.labels, "registry": self.registry}
+                    if inst.kind == "histogram":
+                        kw["buckets"] = LATENCY_BUCKETS
+                        metric = prometheus_client.Histogram(inst.name, inst.doc, **kw)
+                    elif inst.kind == "counter":
+                        metric = prometheus_client.Counter(inst.name, inst.doc, **kw)
+                    else:
+                        metric = prometheus_client.Gauge(inst.name, inst.doc, **kw)
+                    self._metrics[inst.name] = metric
+        return metric
+
+    def record(self, inst: Instrument, labels: tuple[str, ...], value: float) -> None:
+        metric = self._metric(inst)
+        child = metric.labels(*labels) if inst.labels else metric
+        if inst.kind == "counter":
+            child.inc(value)
+        elif inst.kind == "histogram":
+            child.observe(value)
+        else:
+            child.set(value)
+
+
+class _RaySink:
+    """Ray's metrics API: this process's values, collected by its node's agent."""
+
+    def __init__(self) -> None:
+        self._metrics: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def _metric(self, inst: Instrument) -> Any:
+        metric = self._metrics.get(inst.name)
+        if metric is None:
+            from ray.util import metrics
+
+            with self._lock:
+                metric = self._metrics.get(inst.name)
+                if metric is None:
+                    kw: dict[str, Any] = {"description": inst.doc, "tag_keys": inst.labels}
+                    if inst.kind == "histogram":
+                        metric = metrics.Histogram(inst.name, boundaries=list(LATENCY_BUCKETS), **kw)
+                    elif inst.kind == "counter":
+                        metric = metrics.Counter(inst.name, **kw)
+                    else:
+                        metric = metrics.Gauge(inst.name, **kw)
+                    self._metrics[inst.name] = metric
+        return metric
+
+    def record(self, inst: Instrument, labels: tuple[str, ...], value: float) -> None:
+        metric = self._metric(inst)
+        tags = dict(zip(inst.labels, labels, strict=True)) if inst.labels else None
+        if inst.kind == "counter":
+            metric.inc(value, tags=tags)
+        elif inst.kind == "histogram":
+            metric.observe(value, tags=tags)
+        else:
+            metric.set(value, tags=tags)
+
+
+_local: _LocalSink | None = None
+_ray: _RaySink | None = None
+_sinks_lock = threading.Lock()
+
+
+def _in_ray() -> bool:
+    ray = sys.modules.get("ray")  # never import Ray just to find out
+    return ray is not None and bool(ray.is_initialized())
+
+
+def _sink() -> _LocalSink | _RaySink:
+    global _local, _ray
+    if _in_ray():
+        if _ray is None:
+            with _sinks_lock:
+                _ray = _ray or _RaySink()
+        return _ray
+    if _local is None:
+        with _sinks_lock:
+            _local = _local or _LocalSink()
+    return _local
+
+
+# ---------------------------------------------------------------------------- exposition
+
+
+def content_type() -> str:
+    """The ``Content-Type`` of :func:`exposition`'s text (Prometheus text format 0.0.4)."""
+    import prometheus_client
+
+    return str(prometheus_client.CONTENT_TYPE_LATEST)
+
+
+def exposition(gauges: Mapping[str, float] | None = None, types: Iterable[str] = ()) -> bytes:
+    """Every instrument in the Prometheus text format: this process's values outside Ray, the
+    whole cluster's (every live node's agent, processes summed) inside it; ``gauges`` gives
+    values the caller measured just now (storage-wide gauges such as the outbox backlog),
+    which replace what was recorded for them; the counters by actor type read 0 for each of
+    ``types`` (the registered ones) nothing counted yet, so that a series exists before its
+    first event. A node whose agent does not answer is left out (and logged): the scrape
+    still answers."""
+    found = _cluster_families() if _in_ray() else _local_families()
+    merged = merge(found)
+    for name, value in (gauges or {}).items():
+        merged[name] = {(name, ()): float(value)}
+    for inst in INSTRUMENTS.values():
+        if inst.kind == "counter" and inst.labels == ("type",):
+            samples = merged.setdefault(inst.name, {})
+            for t in types:
+                samples.setdefault((inst.name + "_total", (("type", t),)), 0.0)
+    return render(merged)
+
+
+def render(merged: Mapping[str, Mapping[tuple[str, tuple[tuple[str, str], ...]], float]]) -> bytes:
+    """:func:`merge`'s result in the Prometheus text format, every instrument listed (an
+    unlabelled counter or gauge nothing recorded reads 0)."""
+    import prometheus_client
+
+    registry = prometheus_client.CollectorRegistry(auto_describe=False)
+    registry.register(_Families(merged))
+    return bytes(prometheus_client.generate_latest(registry))
+
+
+def merge(families: Iterable[Any]) -> dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
+    """Parsed metric families of several processes, reduced to the actorflow instruments: by
+    instrument, ``(sample name, labels) -> value``, Ray's prefix and per-process labels
+    dropped and the processes combined (summed; gauges as their ``merge`` says)."""
+    out: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for family in families:
+        name = family.name.removeprefix("ray_")
+        inst = INSTRUMENTS.get(name)
+        if inst is None:
+            continue
+        acc = out.setdefault(name, {})
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue  # prometheus_client's creation times: not summable, not kept
+            labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k not in RAY_LABELS))
+            key = (sample.name.removeprefix("ray_"), labels)
+            if key in acc and inst.kind == "gauge" and inst.merge == "max":
+                acc[key] = max(acc[key], sample.value)
+            else:
+                acc[key] = acc.get(key, 0.0) + sample.value
+    return out
+
+
+class _Families:
+    """A ``prometheus_client`` collector of merged samples, one family per instrument."""
+
+    def __init__(self, merged: Mapping[str, Mapping[tuple[str, tuple[tuple[str, str], ...]], float]]) -> None:
+        self.merged = merged
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.metrics_core import Metric
+
+        for inst in INSTRUMENTS.values():
+            family = Metric(inst.name, inst.doc, inst.kind)
+            samples = dict(self.merged.get(inst.name, {}))
+            if not samples and not inst.labels and inst.kind != "histogram":
+                suffix = "_total" if inst.kind == "counter" else ""
+                samples[(inst.name + suffix, ())] = 0.0  # nothing recorded anywhere yet
+            for (sample_name, labels), value in sorted(samples.items(), key=_sample_order):
+                family.add_sample(sample_name, dict(labels), value)
+            yield family
+
+
+def _sample_order(item: tuple[tuple[str, tuple[tuple[str, str], ...]], float]) -> tuple[Any, ...]:
+    """Histogram samples of one label set together, buckets by bound, then count and sum."""
+    (sample_name, labels), _ = item
+    rest = tuple(pair for pair in labels if pair[0] != "le")
+    le = next((v for k, v in labels if k == "le"), None)
+    bound = float("inf") if le in (None, "+Inf") else float(le)
+    return (rest, not sample_name.endswith("_bucket"), sample_name, bound)
+
+
+def _local_families() -> list[Any]:
+    return list(_local.registry.collect()) if _local is not None else []
+
+
+def _cluster_families() -> list[Any]:
+    """The actorflow families every live node's agent exports (parsed, not yet merged)."""
+    import ray
+    from prometheus_client.parser import text_string_to_metric_families
+
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("MetricsExportPort")]
+    urls = [f"http://{n['NodeManagerAddress']}:{n['MetricsExportPort']}/metrics" for n in nodes]
+    families: list[Any] = []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(8, len(urls)))) as pool:
+        for url, text in zip(urls, pool.map(_fetch, urls), strict=True):
+            if text is None:
+                continue
+            kept = "\n".join(line for line in text.splitlines() if "actorflow_" in line)
+            try:
+                families.extend(text_string_to_metric_families(kept + "\n"))
+            except ValueError as exc:
+                log.warning("could not parse the metrics of %s: %s", url, exc)
+    return families
+
+
+def _fetch(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT) as response:
+            return str(response.read().decode("utf-8", "replace"))
+    except OSError as exc:
+        log.warning("could not read the metrics of %s: %s", url, exc)
+        return None

@@ -1,0 +1,82 @@
+"""The metrics' merge of several processes (what ``GET /metrics`` does with Ray's agents),
+without a cluster; the service's metrics after a real load are in tests/test_serve.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from actorflow import _metrics
+
+RAY = 'Component="core_worker",NodeAddress="10.0.0.{node}",SessionName="s",Version="2.60.0",WorkerId="{w}"'
+
+
+def _process(node: int, worker: str, calls: float, cached: float, backlog: float, under_1ms: float) -> str:
+    """One process's actorflow metrics as a Ray agent exports them (plus a Ray metric)."""
+    ray = RAY.format(node=node, w=worker)
+    call = 'method="add",status="ok",type="Counter"'
+    return f"""# HELP ray_actorflow_calls_total calls
+# TYPE ray_actorflow_calls_total counter
+ray_actorflow_calls_total{{{ray},{call}}} {calls}
+# HELP ray_actorflow_call_duration_seconds durations
+# TYPE ray_actorflow_call_duration_seconds histogram
+ray_actorflow_call_duration_seconds_bucket{{{ray},le="0.001",{call}}} {under_1ms}
+ray_actorflow_call_duration_seconds_bucket{{{ray},le="+Inf",{call}}} {calls}
+ray_actorflow_call_duration_seconds_count{{{ray},{call}}} {calls}
+ray_actorflow_call_duration_seconds_sum{{{ray},{call}}} {calls * 0.002}
+# HELP ray_actorflow_cached_actors cached
+# TYPE ray_actorflow_cached_actors gauge
+ray_actorflow_cached_actors{{{ray}}} {cached}
+# HELP ray_actorflow_outbox_backlog backlog
+# TYPE ray_actorflow_outbox_backlog gauge
+ray_actorflow_outbox_backlog{{{ray}}} {backlog}
+# HELP ray_tasks tasks
+# TYPE ray_tasks gauge
+ray_tasks{{{ray},State="RUNNING"}} 3
+"""
+
+
+def _parsed(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_processes_are_summed_and_rays_labels_dropped() -> None:
+    texts = [_process(1, "w1", 10, 3, 7, 4), _process(1, "w2", 5, 2, 7, 1), _process(2, "w3", 1, 1, 6, 0)]
+    families: list[Any] = [f for text in texts for f in text_string_to_metric_families(text)]
+    out = _parsed(_metrics.render(_metrics.merge(families)).decode())
+
+    call = (("method", "add"), ("status", "ok"), ("type", "Counter"))
+    assert out[("actorflow_calls_total", call)] == 16
+    assert out[("actorflow_call_duration_seconds_count", call)] == 16
+    assert out[("actorflow_call_duration_seconds_bucket", (("le", "0.001"), *call))] == 5
+    assert out[("actorflow_call_duration_seconds_bucket", (("le", "+Inf"), *call))] == 16
+    assert abs(out[("actorflow_call_duration_seconds_sum", call)] - 0.032) < 1e-9
+    assert out[("actorflow_cached_actors", ())] == 6  # each process holds its own share
+    assert out[("actorflow_outbox_backlog", ())] == 7  # each one saw the same storage
+    assert not any(name.startswith("ray_") for name, _ in out)  # Ray's own metrics left out
+    assert not any(k in dict(labels) for _, labels in out for k in _metrics.RAY_LABELS)
+
+
+def test_every_instrument_is_listed_and_the_text_parses() -> None:
+    families = {f.name: f for f in text_string_to_metric_families(_metrics.render({}).decode())}
+    assert set(families) == set(_metrics.INSTRUMENTS)
+    for name, inst in _metrics.INSTRUMENTS.items():
+        assert families[name].type == inst.kind
+        assert families[name].documentation == inst.doc
+    # Unlabelled counters and gauges read 0 when nothing recorded them yet.
+    assert [s.value for s in families["actorflow_workflow_step_retries"].samples] == [0.0]
+    assert [s.value for s in families["actorflow_due_timers"].samples] == [0.0]
+
+
+def test_names_and_labels_follow_prometheus_conventions() -> None:
+    for name, inst in _metrics.INSTRUMENTS.items():
+        assert name.startswith("actorflow_") and not name.endswith("_total")  # the format adds it
+        if inst.kind == "histogram":
+            assert name.endswith("_seconds")
+        assert not {"id", "actor_id", "workflow_id"} & set(inst.labels)  # unbounded values
+        assert inst.merge in ("sum", "max")
