@@ -32,6 +32,7 @@ class Message:
     idem: str | None = None  # the receiver's idempotency key (default: derived from the message id)
     event: str | None = None  # for an event posted to the actor: its name and id
     event_id: str | None = None
+    trace: dict[str, str] | None = None  # the sender's trace context (W3C headers; see _tracing)
 
 
 @dataclass

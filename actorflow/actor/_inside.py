@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from actorflow import _codec
+from actorflow import _codec, _tracing
 from actorflow.actor._class import lookup
 from actorflow.actor._context import Message, Turn, current_turn
 from actorflow.actor._handle import ActorMethod
@@ -34,7 +34,10 @@ def send(method: Any, *args: Any, **kwargs: Any) -> None:
     ac = method.handle.actor_class
     ac.method(method.name).check_args(ac.type_name, args, kwargs)
     _codec.dumps((args, kwargs), what=f"the arguments of a message to {method!r}")
-    turn.messages.append(Message(ac.type_name, method.handle.actor_id, method.name, args, kwargs))
+    trace = _tracing.carrier()
+    turn.messages.append(
+        Message(ac.type_name, method.handle.actor_id, method.name, args, kwargs, trace=trace)
+    )
 
 
 def current_actor() -> Any:

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from actorflow import _codec, _metrics
+from actorflow import _codec, _metrics, _tracing
 from actorflow.actor._class import VirtualActorClass, lookup
 from actorflow.actor._config import ActorConfig
 from actorflow.actor._context import Message
@@ -136,8 +136,11 @@ class Outbox:
             request = Request(msg.idem or message_key(member), fp, encode=encode, inbox=inbox)
             target = lookup(msg.target_type)
             try:
-                call = self.turns.call(target, msg.target_id, msg.method, msg.args, msg.kwargs, request)
-                result = await call
+                name = f"deliver {msg.target_type}.{msg.method}"
+                kind = {"actorflow.message": member, "actorflow.event": msg.event or ""}
+                with _tracing.span(name, parent=msg.trace, kind="consumer", attributes=kind):
+                    call = self.turns.call(target, msg.target_id, msg.method, msg.args, msg.kwargs, request)
+                    result = await call
             except Dropped:
                 return GONE
             except NEVER_DELIVERABLE as exc:
@@ -312,7 +315,17 @@ class Outbox:
         before and not handled yet), or the recorded outcome when it was handled already."""
         t = ac.type_name
         assert request.key is not None
-        msg = Message(t, actor_id, method, (payload,), {}, idem=request.key, event=event, event_id=event_id)
+        msg = Message(
+            t,
+            actor_id,
+            method,
+            (payload,),
+            {},
+            idem=request.key,
+            event=event,
+            event_id=event_id,
+            trace=_tracing.carrier(),
+        )
         blob, _ = _codec.dumps(msg, what="an event")
         key, member = k_outbox(t, actor_id, msg_id), outbox_member(t, actor_id, msg_id)
         for _ in range(MAX_ATTEMPTS):

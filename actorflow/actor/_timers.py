@@ -40,7 +40,7 @@ from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from actorflow import _codec
+from actorflow import _codec, _tracing
 from actorflow._ids import check_id
 from actorflow.actor._keys import TIMER_INDEX, tick_key
 from actorflow.actor._schedule import Schedule, instant, zone
@@ -80,6 +80,9 @@ class Timer:
     # Schedule.to_json(); ``remaining``: ticks left, this one included (None: no end).
     schedule: dict[str, Any] | None = None
     remaining: int | None = None
+    # The trace context that set the timer (W3C headers, see actorflow._tracing): its firings
+    # link to it. None without tracing.
+    trace: dict[str, str] | None = None
 
     def tick_key(self) -> str:
         """The idempotency key of the tick being fired: ``timer:{name}:{setting}:{due}``."""
@@ -87,7 +90,7 @@ class Timer:
 
     def encode(self) -> bytes:
         data = asdict(self)
-        for key in ("schedule", "remaining"):  # absent unless used: a plain timer stays readable
+        for key in ("schedule", "remaining", "trace"):  # absent unless used: a plain timer stays readable
             if data[key] is None:  # by a version from before schedules (during an upgrade)
                 del data[key]
         return _codec.json_dumps(data)
@@ -227,8 +230,7 @@ def make_timer(
         )
     due = _first_due(after, at, repeats, now)
     kwargs = dict(kwargs or {})
-    info = ac.method(method)
-    info.check_args(ac.type_name, tuple(args), kwargs)
+    ac.method(method).check_args(ac.type_name, tuple(args), kwargs)
     _codec.check_json([list(args), kwargs], what="timer arguments")
     # A plain period keeps the stored form timers always had; anything more is a schedule.
     plain = repeats is not None and repeats.cron is None and repeats.count is None and repeats.start is None
@@ -244,6 +246,7 @@ def make_timer(
         setting=uuid.uuid4().hex[:16],
         schedule=None if repeats is None or plain else repeats.to_json(),
         remaining=repeats.count if repeats is not None else None,
+        trace=_tracing.carrier(),
     )
 
 

@@ -20,6 +20,7 @@ snapshot and commit nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -27,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from actorflow import _codec, _metrics
+from actorflow import _codec, _metrics, _tracing
 from actorflow._aio import start_now
 from actorflow.actor import _idempotency
 from actorflow.actor._cache import SnapshotCache, instance_of
@@ -156,10 +157,29 @@ class Turns:
         """
         info = ac.method(method)
         info.check_args(ac.type_name, args, kwargs)
-        started, status = time.perf_counter(), "error"
-        if request.firing is not None and request.firing.attempt == 1:
-            lateness = max(0.0, self.config.clock.time() - request.firing.due)
-            _metrics.observe("actorflow_timer_lateness_seconds", lateness, (ac.type_name,))
+        started = time.perf_counter()
+        timer: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        if request.firing is not None:
+            if request.firing.attempt == 1:
+                lateness = max(0.0, self.config.clock.time() - request.firing.due)
+                _metrics.observe("actorflow_timer_lateness_seconds", lateness, (ac.type_name,))
+            setter = request.completion.timer.trace if request.completion is not None else None
+            timer = _tracing.span(f"timer {ac.type_name}.{request.firing.name}", link=setter)
+        attributes = {"actorflow.actor_type": ac.type_name, "actorflow.method": info.name}
+        with timer, _tracing.span(f"turn {ac.type_name}.{info.name}", attributes=attributes):
+            return await self._call(ac, actor_id, info, args, kwargs, request, started)
+
+    async def _call(
+        self,
+        ac: VirtualActorClass,
+        actor_id: str,
+        info: MethodInfo,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        request: Request,
+        started: float,
+    ) -> Any:
+        status = "error"
         try:
             if info.readonly:
                 result = await self._call_readonly(ac, actor_id, info, args, kwargs)
@@ -214,6 +234,7 @@ class Turns:
         t, key = ac.type_name, actor_name(ac.type_name, actor_id)
         async with self.cache.lock(key):
             for attempt in range(MAX_ATTEMPTS):
+                _tracing.event("attempt", {"attempt": attempt + 1})
                 cached = self.cache.get(key)
                 if cached is not None and request.key is None and request.firing is None and attempt == 0:
                     # An unkeyed call on a cached actor runs optimistically: the commit's
@@ -390,7 +411,10 @@ class Turns:
         if inbox is not None:
             batch.require(inbox.key, inbox.raw).delete(inbox.key).index_remove(OUTBOX_INDEX, inbox.member)
         started = time.perf_counter()
-        applied = await self.storage.commit(batch)
+        with _tracing.span("commit", attributes={"actorflow.component": "actor"}) as current:
+            applied = await self.storage.commit(batch)
+            if current is not None:
+                current.set_attribute("actorflow.conflict", not applied)
         _metrics.observe("actorflow_commit_duration_seconds", time.perf_counter() - started, ("actor",))
         if not applied:
             _metrics.inc("actorflow_commit_conflicts", (t,))

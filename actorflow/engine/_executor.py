@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
-from actorflow import _codec, _metrics
+from actorflow import _codec, _metrics, _tracing
 from actorflow.engine._dag import IdAssigner, RayArg, StepRef, StepSpec, flatten, map_values
 from actorflow.engine._fencing import LeaseLost, commit_fenced, lease_margin, ride_out
 from actorflow.engine._runners import RayRunner, StepRunner
@@ -82,6 +82,7 @@ class Executor:
         runner: StepRunner | None = None,
     ) -> None:
         self.storage_url = storage_url
+        self.trace = _tracing.carrier()  # what started the run: its steps' spans are children
         self.runner: StepRunner = runner if runner is not None else RayRunner()
         self.waiting = False  # parked until a step completes (what actorflow.testing waits for)
         self.store = store
@@ -266,7 +267,8 @@ class Executor:
         cannot change meanwhile), through blips. ``LeaseLost`` if it did not apply."""
         started = time.perf_counter()
         try:
-            applied = await commit_fenced(self.storage, batch, self._deadline, what)
+            with _tracing.span("commit", attributes={"actorflow.component": "workflow"}):
+                applied = await commit_fenced(self.storage, batch, self._deadline, what)
         except StorageUnavailableError as exc:
             raise LeaseLost() from exc
         _metrics.observe("actorflow_commit_duration_seconds", time.perf_counter() - started, ("workflow",))
@@ -320,7 +322,7 @@ class Executor:
         spec = self.specs[sid]
         args = map_values(spec.args, self._arg)
         kwargs = map_values(spec.kwargs, self._arg)
-        ctx = StepContext(self.storage_url, self.wid, sid)
+        ctx = StepContext(self.storage_url, self.wid, sid, trace=self.trace)
         running = self.runner.submit(spec.func, spec.options, tuple(args), dict(kwargs), ctx)
         self.in_flight[sid] = running
         self._release_inputs(sid)

@@ -75,7 +75,9 @@ class RayRunner:
         self, func: Any, options: StepOptions, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: StepContext
     ) -> Running:
         # The context as a plain tuple: Ray sends that without pickling (a dataclass it pickles).
-        where = (ctx.storage_url, ctx.workflow_id, ctx.step_id)
+        where: tuple[Any, ...] = (ctx.storage_url, ctx.workflow_id, ctx.step_id)
+        if ctx.trace is not None:  # the run's trace context goes with the task
+            where += (None, ctx.trace)
         remote = remote_for(func, options)
         if len(args) + len(kwargs) > PACK_ARGS_OVER:
             # A wide join: one object instead of a task spec with an entry per argument, which

@@ -22,6 +22,7 @@ from typing import Any
 
 import cloudpickle
 
+from actorflow import _tracing
 from actorflow.engine._dag import StepOptions, Workflow
 
 
@@ -51,6 +52,8 @@ class StepContext:
     workflow_id: str
     step_id: str
     clock: Any = None
+    #: The trace context of the run (W3C headers, see actorflow._tracing); None: no tracing.
+    trace: dict[str, str] | None = None
 
     def now(self) -> float:
         return float(self.clock.time()) if self.clock is not None else time.time()
@@ -122,7 +125,7 @@ def _resolve_top_level(
 def _make_body(func: Callable[..., Any], retries: int, catch: bool) -> Callable[..., Any]:
     def actorflow_step(
         *args: Any,
-        _actorflow_ctx: StepContext | tuple[str, str, str],
+        _actorflow_ctx: StepContext | tuple[Any, ...],
         _actorflow_packed: tuple[tuple[Any, ...], dict[str, Any]] | None = None,
         **kwargs: Any,
     ) -> tuple[Any, ...]:
@@ -131,8 +134,14 @@ def _make_body(func: Callable[..., Any], retries: int, catch: bool) -> Callable[
         args, kwargs = _unwrap(args, kwargs)
         ctx = _actorflow_ctx if isinstance(_actorflow_ctx, StepContext) else StepContext(*_actorflow_ctx)
         token = _enter_step(ctx)
+        attributes = {"actorflow.workflow_id": ctx.workflow_id, "actorflow.step_id": ctx.step_id}
         try:
-            return run(args, kwargs)
+            name = f"workflow step {actorflow_step.__name__}"
+            with _tracing.span(name, parent=ctx.trace, attributes=attributes) as current:
+                outcome = run(args, kwargs)
+                if outcome[0] == "err":
+                    _tracing.mark_error(current, repr(outcome[1]))
+                return outcome
         finally:
             _leave_step(token)
 
@@ -142,6 +151,7 @@ def _make_body(func: Callable[..., Any], retries: int, catch: bool) -> Callable[
         out: Any = None
         while True:
             attempts += 1
+            _tracing.event("attempt", {"attempt": attempts})
             try:
                 out = func(*args, **kwargs)
             except Exception as exc:

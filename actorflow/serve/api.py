@@ -26,7 +26,7 @@ from actorflow._ids import check_id
 from actorflow.serve import openapi
 from actorflow.serve.backend import Backend, bulk_request
 from actorflow.serve.docs import PUBLIC_PATHS as DOCS_PATHS
-from actorflow.serve.edge import ApiSettings, DirectCalls, EdgeMiddleware
+from actorflow.serve.edge import ApiSettings, DirectCalls, EdgeMiddleware, TracingMiddleware
 from actorflow.serve.requests import (
     ErrorMappingRoute,
     RouteCall,
@@ -68,6 +68,9 @@ def create_api(
         description="Durable virtual actors and workflows. Errors are JSON: {error, message, ...}.",
         docs_url=None,  # served offline by actorflow.serve.docs instead (no CDN)
         redoc_url=None,  # FastAPI's ReDoc page loads its script from a CDN; /docs is the one page
+        # The request's span is TracingMiddleware's: FastAPI's own is not current on the
+        # direct-call path (so turns would not nest under it) and misses requests the edge refuses.
+        telemetry={"tracing": False},
     )
 
     async def default_call(
@@ -96,6 +99,7 @@ def create_api(
     if direct_calls:
         app.add_middleware(DirectCalls, run_call=run_call)  # inside EdgeMiddleware: after its checks
     app.add_middleware(EdgeMiddleware, settings=settings, public_paths=("/healthz", *DOCS_PATHS))
+    app.add_middleware(TracingMiddleware)  # outermost: refused requests are traced too
     return app
 
 

@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from actorflow import _wire
+from actorflow import _tracing, _wire
 from actorflow.serve.requests import RouteCall, call_actor, error_body, error_response, validation_response
 from actorflow.serve.settings import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY
 
@@ -129,6 +129,34 @@ class EdgeMiddleware:
             await send(message)
 
         return named
+
+
+class TracingMiddleware:
+    """A span per HTTP request (see :mod:`actorflow._tracing`), the child of the caller's span
+    when the request has a W3C ``traceparent`` header; nothing when tracing is off."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not _tracing.enabled():
+            await self.app(scope, receive, send)
+            return
+        parent = {
+            k.decode("latin-1").lower(): v.decode("latin-1")
+            for k, v in scope.get("headers", [])
+            if k.lower() in (b"traceparent", b"tracestate")
+        }
+        method = scope.get("method", "")
+        attributes = {"http.request.method": method, "url.path": app_path(scope)}
+        with _tracing.span(f"HTTP {method}", parent=parent, attributes=attributes, kind="server") as current:
+
+            async def traced(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    _tracing.set_status_code(current, message["status"])
+                await send(message)
+
+            await self.app(scope, receive, traced)
 
 
 def app_path(scope: Scope) -> str:
