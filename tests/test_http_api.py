@@ -22,6 +22,21 @@ TOKEN = "s3cret-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 
 
+@workflow.virtual_actor(name="MetricsProbe")
+class MetricsProbe:
+    """Called by test_metrics_count_calls only, so its counts are that test's alone."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def incr(self) -> int:
+        self.n += 1
+        return self.n
+
+    def explode(self) -> None:
+        raise KeyError("boom")
+
+
 @workflow.virtual_actor(name="HttpCounter")
 class HttpCounter:
     limit = 10  # a class attribute, not a method: never callable
@@ -384,10 +399,65 @@ def test_workflow_routes(client: TestClient, rt: WorkflowRuntime) -> None:
     assert Batch  # the storage API used above
 
 
+def test_actor_types_are_listed_with_their_counts(client: TestClient) -> None:
+    for actor_id in ("a", "b", "c"):
+        client.post(f"/v1/actors/HttpCounter/{actor_id}")
+    client.post("/v1/actors/Account/alice")
+    client.delete("/v1/actors/HttpCounter/b")  # deleted: not counted
+    assert client.get("/v1/actors", headers={"authorization": ""}).status_code == 401
+    listing = client.get("/v1/actors").json()["types"]
+    assert [t["type"] for t in listing] == sorted(t["type"] for t in listing)  # every registered type
+    found = {t["type"]: t for t in listing}
+    assert found["HttpCounter"] == {"type": "HttpCounter", "count": 2, "more": False}
+    assert found["Account"] == {"type": "Account", "count": 1, "more": False}
+    assert found["HttpStrict"] == {"type": "HttpStrict", "count": 0, "more": False}
+
+
+def test_workflow_steps_name_the_steps_they_take_from(client: TestClient, rt: WorkflowRuntime) -> None:
+    @workflow.step
+    def source(n: int) -> int:
+        return n
+
+    @workflow.step
+    def total(a: int, b: int, more: list[int]) -> int:
+        return a + b + sum(more)
+
+    first, second = source.step(1), source.step(2)
+    prepared = rt.engine.prepare(total.step(first, second, more=[first]), "wf-deps", {})
+    assert rt.blocking(rt.storage.commit(prepared.batch))
+    steps = client.get("/v1/workflows/wf-deps").json()["steps"]
+    assert [s["status"] for s in steps] == ["PENDING"] * 3
+    *sources, last = steps
+    assert [s["deps"] for s in sources] == [[], []]
+    assert last["deps"] == [s["step_id"] for s in sources]  # each once, in argument order
+
+
+def test_steps_added_as_a_workflow_ran_have_no_recorded_deps() -> None:
+    from actorflow import testing
+
+    @workflow.step
+    def one() -> int:
+        return 1
+
+    @workflow.step
+    def plus(x: int) -> int:
+        return x + 1
+
+    @workflow.step
+    def grow() -> Any:
+        return plus.step(one.step())  # a continuation: its steps are stored as they are made
+
+    with testing.Environment() as env:
+        assert workflow.run(grow.step(), workflow_id="wf-grown") == 2
+        steps = env.http().get("/v1/workflows/wf-grown").json()["steps"]
+    assert [s["status"] for s in steps] == ["SUCCESSFUL"] * 3
+    assert [s["deps"] for s in steps] == [[], None, None]  # the planned step, then the added ones
+
+
 def test_metrics_count_calls(client: TestClient) -> None:
     """``/metrics`` through the API, parsed as Prometheus reads it: calls by type, method and
-    status. (In a session with Ray up the figures come from Ray's agent, a few seconds late,
-    and include other tests' calls: the test counts what its own calls add.)"""
+    status. (In a session with Ray up the figures come from Ray's agent, a few seconds late:
+    the test waits for them, on a type no other test calls.)"""
     from prometheus_client.parser import text_string_to_metric_families
 
     def calls() -> dict[tuple[str, str], float]:
@@ -397,22 +467,17 @@ def test_metrics_count_calls(client: TestClient) -> None:
             (s.labels["method"], s.labels["status"]): s.value
             for family in text_string_to_metric_families(r.text)
             for s in family.samples
-            if s.name == "actorflow_calls_total" and s.labels["type"] == "HttpCounter"
+            if s.name == "actorflow_calls_total" and s.labels["type"] == "MetricsProbe"
         }
 
-    before = calls()
-    client.post("/v1/actors/HttpCounter/m")
-    client.post("/v1/actors/HttpCounter/m/incr")
-    client.post("/v1/actors/HttpCounter/m/explode")
-    wanted = {("incr", "ok"): 1.0, ("explode", "error"): 1.0}
+    client.post("/v1/actors/MetricsProbe/m/incr")
+    client.post("/v1/actors/MetricsProbe/m/incr")
+    assert client.post("/v1/actors/MetricsProbe/m/explode").status_code == 500
+    wanted = {("incr", "ok"): 2.0, ("explode", "error"): 1.0}
     deadline = time.monotonic() + 30
-    while True:
-        now = calls()
-        added = {k: now.get(k, 0.0) - before.get(k, 0.0) for k in wanted}
-        if added == wanted or time.monotonic() > deadline:
-            break
+    while (got := calls()) != wanted and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert added == wanted
+    assert got == wanted
 
 
 def test_timers_events_and_tick_routes(client: TestClient, rt: WorkflowRuntime) -> None:
