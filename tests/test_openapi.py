@@ -36,6 +36,7 @@ GENERIC = {
     ("delete", "/v1/actors/{type_name}/{actor_id}"),
     ("post", "/v1/actors/{type_name}/{actor_id}/{method}"),
     ("get", "/v1/actors/{type_name}"),
+    ("get", "/v1/actors"),
     ("get", "/v1/actors/{type_name}/{actor_id}/timers"),
     ("put", "/v1/actors/{type_name}/{actor_id}/timers/{name}"),
     ("get", "/v1/actors/{type_name}/{actor_id}/timers/{name}"),
@@ -316,6 +317,19 @@ def test_every_error_status_references_the_error_body(client: TestClient, doc: d
     ok = client.post("/v1/actors/Account/alice/withdraw", json={"kwargs": {"amount": 3}})
     fits(ops["Account_withdraw"]["responses"]["200"]["content"]["application/json"]["schema"], ok.json())
     assert ok.json() == {"result": 7}
+
+
+def test_the_types_listing_is_documented_as_it_answers(client: TestClient, doc: dict[str, Any]) -> None:
+    op = doc["paths"]["/v1/actors"]["get"]
+    assert op["tags"] == ["actors"] and op["security"] == [{"bearerAuth": []}]
+    assert {"401", "500", "503"} <= set(op["responses"])
+    assert "workflow_" not in json.dumps(op["responses"])  # not a code it answers
+    schema = op["responses"]["200"]["content"]["application/json"]["schema"]
+    assert schema == {"$ref": "#/components/schemas/actorflow.ActorTypes"}
+    client.post("/v1/actors/Account/alice")
+    answer = client.get("/v1/actors").json()
+    jsonschema.validate(answer, {**schema, "components": doc["components"]})
+    assert {"type": "Account", "count": 1, "more": False} in answer["types"]
 
 
 def test_bearer_scheme_with_and_without_a_token(rt: WorkflowRuntime, doc: dict[str, Any]) -> None:

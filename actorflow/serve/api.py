@@ -1,9 +1,9 @@
 """The HTTP API (DESIGN §5): JSON in, JSON out, versioned under ``/v1``.
 
 Safety at the edge: only JSON bodies are read and nothing from the network is unpickled; a
-configured token guards every route but ``/healthz`` and the static ``/docs`` page (compared
-in constant time; the document ``/docs`` shows stays behind it); bodies over
-the limit get 413 before they are read whole, and a body that does not arrive within
+configured token guards every route but ``/healthz`` and the static pages ``/docs`` and ``/ui``
+with their files (compared in constant time; the data those pages show stays behind it); bodies
+over the limit get 413 before they are read whole, and a body that does not arrive within
 ``body_timeout`` seconds gets 408 (a stalled client cannot hold a replica's slot); JSON is read
 strictly (no NaN or infinities, valid Unicode, nested at most ``MAX_JSON_DEPTH`` deep) in bodies
 and queries alike; only registered types and their public methods are callable; arguments are
@@ -25,6 +25,8 @@ from actorflow import _metrics, _wire, errors
 from actorflow._ids import check_id
 from actorflow.serve import openapi
 from actorflow.serve.backend import Backend, bulk_request
+from actorflow.serve.console import PUBLIC_PATHS as CONSOLE_PATHS
+from actorflow.serve.console import console_router
 from actorflow.serve.docs import PUBLIC_PATHS as DOCS_PATHS
 from actorflow.serve.edge import ApiSettings, DirectCalls, EdgeMiddleware, TracingMiddleware
 from actorflow.serve.requests import (
@@ -96,9 +98,11 @@ def create_api(
     ):
         app.include_router(router)
     openapi.install(app, token_required=bool(settings.token))
+    app.include_router(console_router())  # the web console's static files; its data is the API's
     if direct_calls:
         app.add_middleware(DirectCalls, run_call=run_call)  # inside EdgeMiddleware: after its checks
-    app.add_middleware(EdgeMiddleware, settings=settings, public_paths=("/healthz", *DOCS_PATHS))
+    public = ("/healthz", *DOCS_PATHS, *CONSOLE_PATHS)
+    app.add_middleware(EdgeMiddleware, settings=settings, public_paths=public)
     app.add_middleware(TracingMiddleware)  # outermost: refused requests are traced too
     return app
 
@@ -151,6 +155,12 @@ def _actor_routes(backend: Backend, run_call: RouteCall) -> APIRouter:
         """Delete the actor's state, idempotency records and pending messages (idempotent)."""
         await backend.delete(type_name, actor_id)
         return Response(status_code=204)
+
+    @router.get("/v1/actors", tags=["actors"])
+    async def list_types() -> dict[str, Any]:
+        """The registered actor types by name, each with how many actors of it are stored
+        (counted up to 10,000; ``more`` is true when there are more)."""
+        return {"types": await backend.list_types()}
 
     @router.get("/v1/actors/{type_name}", tags=["actors"])
     async def list_actors(type_name: str, start_after: str | None = None, limit: int = 100) -> dict[str, Any]:

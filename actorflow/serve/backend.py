@@ -37,6 +37,8 @@ MAX_BULK_LIMIT = 1000
 DEFAULT_BULK_LIMIT = 100
 #: How many items of one bulk request are worked on at once.
 BULK_CONCURRENCY = 16
+#: The most actors of one type ``GET /v1/actors`` counts (one bounded listing per type).
+COUNT_LIMIT = 10_000
 #: Statuses a workflow can end in: a bulk cancel skips them.
 _ENDED = frozenset({WorkflowStatus.SUCCESSFUL, WorkflowStatus.CANCELED})
 _COMMON_FIELDS = frozenset({"prefix", "all", "dry_run", "limit", "start_after"})
@@ -181,6 +183,7 @@ class Backend(Protocol):
     async def describe(self, type_name: str, actor_id: str) -> dict[str, Any]: ...
     async def delete(self, type_name: str, actor_id: str) -> None: ...
     async def list_ids(self, type_name: str, start_after: str | None, limit: int) -> list[str]: ...
+    async def list_types(self) -> list[dict[str, Any]]: ...
     async def list_workflows(self, status: str | None) -> list[tuple[str, str]]: ...
     async def set_timer(
         self, type_name: str, actor_id: str, name: str, spec: dict[str, Any]
@@ -294,15 +297,31 @@ class LocalBackend:
         lookup(type_name)
         return await asyncio.to_thread(self.actors.list_ids, type_name, start_after=start_after, limit=limit)
 
+    async def list_types(self) -> list[dict[str, Any]]:
+        """The registered actor types by name, each ``{type, count, more}``: how many actors of
+        it are stored, counted up to :data:`COUNT_LIMIT` (``more``: there are more than that)."""
+
+        async def count(type_name: str) -> dict[str, Any]:
+            ids = await self.actors.lifecycle.ids(type_name, limit=COUNT_LIMIT + 1)
+            return {"type": type_name, "count": min(len(ids), COUNT_LIMIT), "more": len(ids) > COUNT_LIMIT}
+
+        return await self._run(_each(sorted(registered_types()), count))
+
     async def list_workflows(self, status: str | None) -> list[tuple[str, str]]:
         wanted = None if status is None else {as_status(status)}
         rows = await self._run(self.engine.list_workflows(wanted))
         return [(wid, s.value) for wid, s in rows]
 
     async def workflow(self, workflow_id: str) -> dict[str, Any]:
+        """The workflow's metadata and its steps (``WorkflowEngine.steps``), each with ``deps``:
+        the ids of the steps whose outputs it takes, from the graph stored when it started; None
+        for a step added as it ran (a continuation's), whose edges that graph does not hold."""
         wid = check_workflow_id(workflow_id)
         meta = await self._run(self.engine.metadata(wid, None))
-        return {**meta, "steps": await self._run(self.engine.steps(wid))}
+        steps = await self._run(self.engine.steps(wid))
+        specs, _ = await self._run(self.engine.store.load_dag(wid))
+        deps: dict[str, list[str]] = {spec.step_id: spec.deps() for spec in specs}
+        return {**meta, "steps": [{**step, "deps": deps.get(step["step_id"])} for step in steps]}
 
     async def resume_workflow(self, workflow_id: str) -> str:
         wid = check_workflow_id(workflow_id)

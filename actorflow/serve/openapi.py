@@ -2,7 +2,7 @@
 
 FastAPI documents the generic routes (``/v1/actors/{type_name}/{actor_id}/{method}``...), which
 say nothing about what a call takes or returns. :func:`install` replaces ``app.openapi`` with a
-builder that keeps those 23 operations, declares their bodies and the errors they really answer
+builder that keeps those 24 operations, declares their bodies and the errors they really answer
 (the JSON body of :func:`actorflow._wire.describe_error`, not FastAPI's ``HTTPValidationError``,
 which this API never sends), and adds, for every registered actor type, a create operation
 (``POST /v1/actors/{Type}/{actor_id}``, ``__init__``'s parameters) and one operation per public
@@ -37,6 +37,7 @@ from actorflow.actor import VirtualActorClass, registered_types
 from actorflow.serve.docs import BEARER, docs_router
 from actorflow.serve.openapi_parts import (
     ACTOR_ID,
+    ACTOR_TYPES,
     ANY_JSON,
     ARGUMENTS,
     BULK_ACTORS,
@@ -66,6 +67,7 @@ _ROUTE_ERRORS: dict[str, tuple[int, ...]] = {
     "call_actor": (*_BODY, 404, 409, 422, 429),
     "describe_actor": (400, 404),
     "delete_actor": (400, 404, 409),
+    "list_types": (),
     "list_actors": (400, 404, 422),
     "list_timers": (400, 404),
     "set_timer": (*_BODY, 404, 409, 422),
@@ -151,7 +153,7 @@ def build_document(
                 statuses = (*statuses, 500, 503)
             op["responses"] = {k: v for k, v in op["responses"].items() if k != "422"}
             unauthorized = token_required and name != "healthz"
-            workflows = not path.startswith(("/v1/actors/", "/v1/bulk/actors/"))
+            workflows = path != "/v1/actors" and not path.startswith(("/v1/actors/", "/v1/bulk/actors/"))
             op["responses"].update(error_responses(statuses, unauthorized, workflows=workflows))
             if name != "healthz":
                 op["security"] = required
@@ -185,6 +187,8 @@ def _document_generic(name: str, op: dict[str, Any]) -> None:
     if name == "call_actor":
         op.setdefault("parameters", []).append(IDEMPOTENCY_KEY)
         responses["200"] = json_content(result_schema(ANY_JSON), "The method's result")
+    if name == "list_types":
+        responses["200"] = json_content(ACTOR_TYPES, "The registered actor types, by name")
     if name == "set_timer":
         op["requestBody"] = json_content(TIMER_SPEC, required=True)
     if name == "post_event":

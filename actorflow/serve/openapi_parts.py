@@ -2,7 +2,7 @@
 the responses that reference it (statuses and codes from :data:`actorflow._wire.ERRORS`), the
 bearer security requirement, the ``Idempotency-Key`` and ``actor_id`` parameters, and the
 fixed component schemas (call arguments, a creation's answer, a timer's specification, the
-bodies and answer of the bulk operations)."""
+bodies and answer of the bulk operations, the listing of actor types)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from actorflow import _wire
 from actorflow.engine import WorkflowStatus
-from actorflow.serve.backend import DEFAULT_BULK_LIMIT, MAX_BULK_LIMIT
+from actorflow.serve.backend import COUNT_LIMIT, DEFAULT_BULK_LIMIT, MAX_BULK_LIMIT
 from actorflow.serve.docs import BEARER
 
 Schema = dict[str, Any]
@@ -25,6 +25,7 @@ TIMER_SPEC = "actorflow.TimerSpec"
 BULK_WORKFLOWS = "actorflow.BulkWorkflowFilter"
 BULK_ACTORS = "actorflow.BulkActorFilter"
 BULK_RESULT = "actorflow.BulkResult"
+ACTOR_TYPES = "actorflow.ActorTypes"
 ANY_JSON: Schema = {}
 
 REF = "#/components/schemas/{model}"
@@ -225,9 +226,38 @@ def bulk_schemas() -> dict[str, Schema]:
     }
 
 
+def actor_types_schema() -> Schema:
+    """The answer of ``GET /v1/actors``: every registered type with its count of actors."""
+    text = {"type": "string"}
+    return {
+        "title": "ActorTypes",
+        "type": "object",
+        "properties": {
+            "types": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "type": text,
+                        "count": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "maximum": COUNT_LIMIT,
+                            "description": f"stored actors of the type, counted up to {COUNT_LIMIT}",
+                        },
+                        "more": {"type": "boolean", "description": f"there are more than {COUNT_LIMIT}"},
+                    },
+                    "required": ["type", "count", "more"],
+                },
+            }
+        },
+        "required": ["types"],
+    }
+
+
 def fixed_schemas() -> dict[str, Schema]:
     """The components every document has: the error body, call arguments, a creation's answer,
-    a timer's specification and the bulk operations' bodies and answer."""
+    a timer's specification, the bulk operations' bodies and answer, the actor types' listing."""
     text = {"type": "string"}
     error_properties = {
         "error": {**text, "description": "A code: who failed and why (see the API's error table)"},
@@ -258,6 +288,7 @@ def fixed_schemas() -> dict[str, Schema]:
             },
             "additionalProperties": False,
         },
+        ACTOR_TYPES: actor_types_schema(),
         CREATED: {
             "title": "Created",
             "type": "object",
