@@ -246,3 +246,53 @@ def test_a_workflow_still_loading_its_steps_is_not_settled() -> None:
         with pytest.raises(testing.StuckError, match="did not settle"):
             env.settle(timeout=0.1)
         running.result(timeout=10)
+
+
+@workflow.virtual_actor(name="FailSender")
+class FailSender:
+    def poke(self, other: str) -> None:
+        workflow.send(FailReceiver.get_or_create(other).refuse, "no")
+
+
+@workflow.virtual_actor(name="FailReceiver")
+class FailReceiver:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def refuse(self, why: str) -> None:
+        raise ValueError(why)
+
+
+def test_a_message_whose_handler_raises_is_recorded_once_even_across_a_crash(
+    env: testing.Environment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender's outbox entry and the receiver's failure record live in two storage groups
+    (two commits). A process that dies between them leaves the entry: its next delivery runs
+    the handler again, finds the failure recorded, and only removes the entry."""
+    from actorflow.errors import StorageUnavailableError
+
+    storage, real = env.actors.outbox.storage, env.actors.outbox.storage.commit
+    crashed: list[int] = []
+
+    async def commit(batch: Any) -> bool:
+        takes_entry = any(k.startswith("act/FailSender/s2/out/") for k in batch.deletes)
+        if takes_entry and not crashed:
+            crashed.append(1)
+            raise StorageUnavailableError("the process died here", "test")
+        return await real(batch)
+
+    def failures(actor: str) -> list[dict[str, Any]]:
+        return list(env._blocking(env.actors.outbox.failures_of("FailReceiver", actor)))
+
+    env.call("FailSender", "s1", "poke", other="r1")
+    env.settle()
+    assert [f["kind"] for f in failures("r1")] == ["message"]
+    assert env._blocking(env.actors.outbox.size()) == 0
+
+    monkeypatch.setattr(storage, "commit", commit)
+    env.call("FailSender", "s2", "poke", other="r2")
+    env.settle()
+    assert crashed and env._blocking(env.actors.outbox.size()) == 1  # recorded; the entry stayed
+    env.advance(minutes=1)  # the recovery pass delivers it again
+    assert env._blocking(env.actors.outbox.size()) == 0
+    assert [f["message_id"].split("/")[1] for f in failures("r2")] == ["s2"]  # once

@@ -36,7 +36,9 @@ TIMER_INDEX = "timers"
 #: Folders of an actor's own keys besides its version, snapshot and listing: what deleting it
 #: removes (for ``out/``, only entries addressed to the actor itself).
 IDEM_DIR, TIMER_DIR, TIMERFAIL_DIR, FAILED_DIR, OUT_DIR = "idem/", "timer/", "timerfail/", "failed/", "out/"
-OWN_DIRS = (IDEM_DIR, TIMER_DIR, TIMERFAIL_DIR, FAILED_DIR, OUT_DIR)
+#: Which failed messages the actor recorded already (a marker per message, naming its record).
+FAILMARK_DIR = "failmark/"
+OWN_DIRS = (IDEM_DIR, TIMER_DIR, TIMERFAIL_DIR, FAILED_DIR, FAILMARK_DIR, OUT_DIR)
 
 
 def actor_name(t: str, a: str) -> str:
@@ -90,6 +92,10 @@ def split_member(member: str) -> tuple[str, str, str]:
 
 def k_failed(t: str, a: str, name: str) -> str:
     return f"act/{t}/{a}/failed/{name}"
+
+
+def k_failmark(t: str, a: str, digest: str) -> str:
+    return f"act/{t}/{a}/{FAILMARK_DIR}{digest}"
 
 
 def k_timer(t: str, a: str, name: str) -> str:

@@ -25,10 +25,12 @@ from actorflow.actor._context import Message
 from actorflow.actor._idempotency import fingerprint
 from actorflow.actor._keys import (
     FAILED_DIR,
+    FAILMARK_DIR,
     OUTBOX_INDEX,
     actor_name,
     event_key,
     k_failed,
+    k_failmark,
     k_idem,
     k_outbox,
     k_version,
@@ -184,8 +186,14 @@ class Outbox:
         self, key: str, raw: bytes, member: str, msg: Message, exc: BaseException
     ) -> None:
         """Remove the outbox entry as this delivery read it and, if the receiver still exists,
-        record on it that the delivery failed and why; both in one commit, so a failure is
-        never lost, nor recorded (or handled) twice by two deliveries of one entry."""
+        record on it that the delivery failed and why, so that a failure is never lost, nor
+        recorded (or handled) twice by two deliveries of one entry.
+
+        For an event (the entry is the receiver's own) both go in one commit. A message's entry
+        is its sender's, in another storage group, so they are two commits: the record first,
+        with a marker of the message on the receiver that only one commit can create, then the
+        entry's removal. A delivery that finds the marker (a crash came between the two, or
+        another delivery recorded it) only removes the entry."""
         t, actor_id = msg.target_type, msg.target_id
         now = self.config.clock.time()
         failure = {
@@ -199,23 +207,44 @@ class Outbox:
         else:
             failure.update(kind="message", sender=member.rsplit("/", 1)[0], message_id=member)
         # Time-ordered names, so the oldest are the first listed (and trimmed first).
-        name = f"{int(now * 1000):013d}.{hashlib.sha1(member.encode()).hexdigest()[:12]}"
+        digest = hashlib.sha1(member.encode()).hexdigest()[:12]
+        name = f"{int(now * 1000):013d}.{digest}"
+        own = member.rsplit("/", 1)[0] == actor_name(t, actor_id)
+        mark = k_failmark(t, actor_id, digest)
         for _ in range(MAX_ATTEMPTS):
             current, entry = await self.storage.get_many([k_version(t, actor_id), key])
             if entry != raw:
                 return  # another delivery took it (and recorded what became of it)
-            batch = Batch().require(key, raw).delete(key).index_remove(OUTBOX_INDEX, member)
+            take = Batch().require(key, raw).delete(key).index_remove(OUTBOX_INDEX, member)
+            note = Batch()
             if is_live(current):
-                batch.require(k_version(t, actor_id), current)
-                batch.put(k_failed(t, actor_id, name), _codec.json_dumps(failure))
-            if await self.storage.commit(batch):
-                break
+                note.require(k_version(t, actor_id), current)
+                note.put(k_failed(t, actor_id, name), _codec.json_dumps(failure))
+            if own or not note:
+                if await self.storage.commit(take.merge(note)):
+                    break
+            else:
+                note.require(mark, None).put(mark, name.encode())
+                if await self.storage.commit(note) or await self.storage.get(mark) is not None:
+                    await self.storage.commit(take)  # recorded, now or before: the entry goes
+                    break
             await asyncio.sleep(random.uniform(0, 0.01))  # the receiver committed meanwhile
+        await self._trim_failures(t, actor_id)
+
+    async def _trim_failures(self, t: str, actor_id: str) -> None:
+        """Keep the newest ``FAILED_KEPT`` failure records of the actor, and the markers of
+        those (a marker outlives its record by at most one trim)."""
         kept = await self.storage.list_keys(own_prefix(t, actor_id, FAILED_DIR))
-        if len(kept) > FAILED_KEPT:
-            old = Batch()
-            for k in kept[: len(kept) - FAILED_KEPT]:
-                old.delete(k)
+        old = Batch()
+        for k in kept[: max(0, len(kept) - FAILED_KEPT)]:
+            old.delete(k)
+        marks = await self.storage.list_keys(own_prefix(t, actor_id, FAILMARK_DIR))
+        if marks:
+            live = {k.rsplit("/", 1)[1] for k in kept[max(0, len(kept) - FAILED_KEPT) :]}
+            for k, named in zip(marks, await self.storage.get_many(marks), strict=True):
+                if named is not None and named.decode() not in live:
+                    old.delete(k)
+        if old:
             await self.storage.commit(old)
 
     async def failures_of(self, t: str, actor_id: str) -> list[dict[str, Any]]:
