@@ -296,3 +296,21 @@ def test_a_message_whose_handler_raises_is_recorded_once_even_across_a_crash(
     env.advance(minutes=1)  # the recovery pass delivers it again
     assert env._blocking(env.actors.outbox.size()) == 0
     assert [f["message_id"].split("/")[1] for f in failures("r2")] == ["s2"]  # once
+
+
+def test_an_undelivered_message_is_listed_as_pending_until_delivered(
+    env: testing.Environment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``GET /v1/actors/{type}/{id}`` lists the messages the actor sent that are not delivered
+    yet (here: as if its process died before delivering), until the recovery pass delivers."""
+    monkeypatch.setattr(env.actors.outbox, "spawn", lambda *a: None)  # nothing delivered at once
+    client = env.http()
+    env.call("FailSender", "s3", "poke", other="r3")
+    pending = client.get("/v1/actors/FailSender/s3").json()["pending_messages"]
+    assert [(p["kind"], p["to"], p["method"]) for p in pending] == [("message", "FailReceiver/r3", "refuse")]
+    assert pending[0]["message_id"].startswith("FailSender/s3/")
+    env.advance(minutes=1)
+    assert client.get("/v1/actors/FailSender/s3").json()["pending_messages"] == []
+    assert [f["kind"] for f in client.get("/v1/actors/FailReceiver/r3").json()["failed_messages"]] == [
+        "message"
+    ]

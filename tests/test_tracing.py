@@ -92,3 +92,23 @@ def test_without_a_tracer_provider_nothing_is_recorded() -> None:
     assert _tracing.carrier() is None
     with _tracing.span("anything") as current:
         assert current is None
+
+
+def test_a_step_run_as_a_ray_task_gets_the_trace_context_of_its_run(ray_address: str) -> None:
+    """The context goes with the task: a step in a Ray worker process is handed the W3C
+    headers of the span that ran the workflow (its span there is that span's child)."""
+    pytest.importorskip("opentelemetry.sdk.trace")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])}
+    done = subprocess.run(
+        [sys.executable, str(HERE / "_traced_ray.py"), ray_address],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["step"]["pid"] != got["pid"]  # it ran in another process
+    version, trace_id, parent_id, _flags = got["step"]["trace"]["traceparent"].split("-")
+    assert (version, trace_id) == ("00", got["trace"])
+    assert parent_id == got["span"]

@@ -26,6 +26,7 @@ from actorflow.actor._idempotency import fingerprint
 from actorflow.actor._keys import (
     FAILED_DIR,
     FAILMARK_DIR,
+    OUT_DIR,
     OUTBOX_INDEX,
     actor_name,
     event_key,
@@ -246,6 +247,27 @@ class Outbox:
                     old.delete(k)
         if old:
             await self.storage.commit(old)
+
+    async def pending_of(self, t: str, actor_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The actor's outbox entries not delivered yet (at most ``limit``, in id order):
+        messages it sent, and events posted to it. Each: ``message_id``, ``kind`` (``message``
+        or ``event``), ``to`` (``{type}/{id}``), ``method`` and, for an event, ``event``."""
+        keys = await self.storage.list_keys(own_prefix(t, actor_id, OUT_DIR), limit=limit)
+        out: list[dict[str, Any]] = []
+        for key, raw in zip(keys, await self.storage.get_many(keys), strict=True):
+            if raw is None:
+                continue  # delivered meanwhile
+            msg: Message = _codec.loads(raw)
+            entry = {
+                "message_id": outbox_member(t, actor_id, key.rsplit("/", 1)[1]),
+                "kind": "event" if msg.event is not None else "message",
+                "to": actor_name(msg.target_type, msg.target_id),
+                "method": msg.method,
+            }
+            if msg.event is not None:
+                entry["event"] = msg.event
+            out.append(entry)
+        return out
 
     async def failures_of(self, t: str, actor_id: str) -> list[dict[str, Any]]:
         """The actor's failed deliveries (events and messages whose handler raised), newest

@@ -274,8 +274,10 @@ class LocalBackend:
         snap = await self._run(self.actors.read(ac, actor_id))
         timers = await self.get_timers(type_name, actor_id)
         failed = await self._run(self.actors.outbox.failures_of(type_name, actor_id))
+        pending = await self._run(self.actors.outbox.pending_of(type_name, actor_id))
         return {
             **timers,
+            "pending_messages": pending,
             "failed_events": [f for f in failed if f.get("kind") == "event"],
             "failed_messages": [f for f in failed if f.get("kind") == "message"],
             "type": type_name,
