@@ -13,24 +13,26 @@ RAY = 'Component="core_worker",NodeAddress="10.0.0.{node}",SessionName="s",Versi
 
 
 def _process(node: int, worker: str, calls: float, cached: float, backlog: float, under_1ms: float) -> str:
-    """One process's actorflow metrics as a Ray agent exports them (plus a Ray metric)."""
+    """One process's actorflow metrics as Ray's agent exports what ``_RayExport`` set: a gauge
+    per instrument, a series per sample (plus one of Ray's own metrics)."""
     ray = RAY.format(node=node, w=worker)
     call = 'method="add",status="ok",type="Counter"'
-    return f"""# HELP ray_actorflow_calls_total calls
-# TYPE ray_actorflow_calls_total counter
-ray_actorflow_calls_total{{{ray},{call}}} {calls}
-# HELP ray_actorflow_call_duration_seconds durations
-# TYPE ray_actorflow_call_duration_seconds histogram
-ray_actorflow_call_duration_seconds_bucket{{{ray},le="0.001",{call}}} {under_1ms}
-ray_actorflow_call_duration_seconds_bucket{{{ray},le="+Inf",{call}}} {calls}
-ray_actorflow_call_duration_seconds_count{{{ray},{call}}} {calls}
-ray_actorflow_call_duration_seconds_sum{{{ray},{call}}} {calls * 0.002}
+    h = "ray_actorflow_call_duration_seconds"
+    return f"""# HELP ray_actorflow_calls calls
+# TYPE ray_actorflow_calls gauge
+ray_actorflow_calls{{{ray},{call},le="",sample="actorflow_calls_total"}} {calls}
+# HELP {h} durations
+# TYPE {h} gauge
+{h}{{{ray},{call},le="0.001",sample="actorflow_call_duration_seconds_bucket"}} {under_1ms}
+{h}{{{ray},{call},le="+Inf",sample="actorflow_call_duration_seconds_bucket"}} {calls}
+{h}{{{ray},{call},le="",sample="actorflow_call_duration_seconds_count"}} {calls}
+{h}{{{ray},{call},le="",sample="actorflow_call_duration_seconds_sum"}} {calls * 0.002}
 # HELP ray_actorflow_cached_actors cached
 # TYPE ray_actorflow_cached_actors gauge
-ray_actorflow_cached_actors{{{ray}}} {cached}
+ray_actorflow_cached_actors{{{ray},le="",sample="actorflow_cached_actors"}} {cached}
 # HELP ray_actorflow_outbox_backlog backlog
 # TYPE ray_actorflow_outbox_backlog gauge
-ray_actorflow_outbox_backlog{{{ray}}} {backlog}
+ray_actorflow_outbox_backlog{{{ray},le="",sample="actorflow_outbox_backlog"}} {backlog}
 # HELP ray_tasks tasks
 # TYPE ray_tasks gauge
 ray_tasks{{{ray},State="RUNNING"}} 3
