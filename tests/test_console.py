@@ -4,9 +4,10 @@ In-process (TestClient over a LocalBackend): the page and its two files are publ
 the package and name no other host, while the data stays behind the token. In a real browser
 (headless Chromium from Debian's ``chromium`` and ``chromium-driver``, driven by selenium,
 every host but this machine blocked) against the Serve application on the session's Ray
-cluster, with a token: sign in, find an actor created through the API, read its state and
-timers (and see them change live), open a workflow's step graph, cancel a running workflow,
-the API confirming each effect. Screenshots at 1280x800 go to ``tests/artifacts/console/``.
+cluster, with a token: sign in, find an actor created through the API, read its state, timers
+and pending messages (and see them change live), delete actors by id prefix in bulk (a dry run's
+count, a confirmation, the run), open a workflow's step graph, count a bulk cancel, cancel a
+running workflow, the API confirming each effect. Screenshots at 1280x800 go to ``tests/artifacts/console/``.
 
 This module also defines the actor types the service hosts (its replicas import it by name).
 """
@@ -269,7 +270,31 @@ class Console:
         return self.wait.until(found, f"no visible {css!r}" + (f" with {text!r}" if text else ""))
 
     def text_of(self, css: str) -> str:
-        return str(self.find(css).text)
+        """The text of the first visible ``css``, read again if the page redrew it meanwhile."""
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        def read(_: Any) -> Any:
+            try:
+                return [str(self.find(css).text)]
+            except StaleElementReferenceException:
+                return False
+
+        got: list[str] = self.wait.until(read, f"no text of {css!r}")
+        return got[0]
+
+    def click(self, css: str, text: str | None = None) -> None:
+        """Click the first visible ``css`` (with ``text``), again if the page redrew it meanwhile
+        (a list is drawn again at every refresh)."""
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        def clicked(_: Any) -> bool:
+            try:
+                self.find(css, text).click()
+            except StaleElementReferenceException:
+                return False
+            return True
+
+        self.wait.until(clicked, f"could not click {css!r}")
 
     def until(self, what: str, check: Callable[[], Any]) -> Any:
         return self.wait.until(lambda _: _quiet(check), what)
@@ -361,7 +386,7 @@ def test_the_console_shows_actors_and_workflows_and_cancels_one(service: str, br
         assert row.text.split() == ["Expense", "2"]
         console.find("#updated", "Updated")
         console.shot("02-actor-types")
-        row.find_element(By.TAG_NAME, "a").click()
+        console.click(".types-card tbody tr a", "Expense")
 
         # Its ids, then a search by prefix.
         console.find(".ids a", "x-7")
@@ -370,7 +395,7 @@ def test_the_console_shows_actors_and_workflows_and_cancels_one(service: str, br
         console.find(".search button[type=submit]").click()
         console.until("only e-1001 listed", lambda: console.text_of(".ids").split() == ["e-1001"])
         console.shot("03-expense-ids")
-        console.find(".ids a", "e-1001").click()
+        console.click(".ids a", "e-1001")
 
         # One actor: its committed state, version and timer, as the API describes them.
         described = api.get("/v1/actors/Expense/e-1001").json()
@@ -402,15 +427,49 @@ def test_the_console_shows_actors_and_workflows_and_cancels_one(service: str, br
 
         console.go("#/actors/ConsoleBag/b1")
         assert "Pickled, not shown" in console.text_of("#state")
+        assert api.get("/v1/actors/ConsoleBag/b1").json()["pending_messages"] == []
+        assert console.text_of("#pending-messages").endswith("None.")
+
+        # A bulk delete by id prefix: refused without one, counted by a dry run as the API counts,
+        # confirmed on the page, then run; the ids with another prefix stay.
+        for actor_id in ("bulk-a1", "bulk-a2", "bulk-a3", "bulk-b1"):
+            api.post(f"/v1/actors/ConsoleBag/{actor_id}").raise_for_status()
+        dry = api.post("/v1/bulk/actors/ConsoleBag/delete", json={"prefix": "bulk-a", "dry_run": True})
+        assert (dry.json()["affected"], dry.json()["next"]) == (3, None), dry.text
+        console.go("#/actors/ConsoleBag")
+        console.find(".ids a", "bulk-b1")
+        console.find("#bulk-delete").click()
+        assert "Give the prefix" in console.text_of("#bulk .problem")
+        console.find("#bulk-prefix").send_keys("bulk-a")
+        console.find("#bulk-delete").click()
+        assert console.find("#bulk .confirm").get_attribute("data-count") == "3"
+        assert console.text_of("#bulk-count").startswith("3 ConsoleBag actors whose ids start with “bulk-a”")
+        console.shot("05-bulk-delete-confirm")
+        console.find("#bulk-confirm").click()
+        summary = console.text_of("#bulk-summary")
+        assert summary == "Deleted 3 ConsoleBag actors whose ids start with “bulk-a”.", summary
+        assert api.get("/v1/actors/ConsoleBag").json()["ids"] == ["b1", "bulk-b1"]
+        console.until(
+            "the deleted ids off the list", lambda: console.text_of(".ids").split() == ["b1", "bulk-b1"]
+        )
+        console.shot("06-bulk-deleted")
 
         # The workflows, filtered by status; a finished one's graph.
         console.find('.bar nav a[data-section="workflows"]').click()
         console.find('.filters a[data-status="SUCCESSFUL"]').click()
         console.find('.filters a[data-status="SUCCESSFUL"][aria-current="page"]')
-        listed = console.find(f'tr[data-workflow="{done_id}"]')
+        console.find(f'tr[data-workflow="{done_id}"]')
         assert running_id not in console.text_of(".wf-body")  # filtered by status
-        console.shot("05-successful-workflows")
-        listed.find_element(By.TAG_NAME, "a").click()
+        # A bulk cancel of the successful ones: its dry run finds nothing to cancel, as the API does.
+        by_status = {"status": ["SUCCESSFUL"], "dry_run": True}
+        counted = api.post("/v1/bulk/workflows/cancel", json=by_status).json()
+        assert counted["affected"] == 0 and counted["skipped"] >= 1
+        console.find("#bulk-cancel").click()
+        nothing = console.text_of("#bulk-summary")
+        skipped = f"{counted['skipped']} skipped: already ended"
+        assert nothing == f"Nothing to cancel: no successful workflows ({skipped}).", nothing
+        console.shot("07-successful-workflows")
+        console.click(f'tr[data-workflow="{done_id}"] a')
         steps = api.get(f"/v1/workflows/{done_id}").json()["steps"]
         assert len(steps) == 3 and sum(len(s["deps"]) for s in steps) == 2
         console.until(
@@ -422,26 +481,26 @@ def test_the_console_shows_actors_and_workflows_and_cancels_one(service: str, br
             node = console.find(f'#graph svg .node[data-step="{step["step_id"]}"]')
             assert f"{step['attempts']} attempt" in node.text
         assert console.find("#cancel").get_attribute("disabled") is not None  # it ended
-        console.shot("06-workflow-graph")
+        console.shot("08-workflow-graph")
 
         # A running one: its graph, then cancel it from the page.
         console.find('.bar nav a[data-section="workflows"]').click()
         console.find('.filters a[data-status="RUNNING"]').click()
-        console.find(f'tr[data-workflow="{running_id}"] a').click()
+        console.click(f'tr[data-workflow="{running_id}"] a')
         console.find("#wf-status", "RUNNING")
         console.until(
             "the waiting step drawn as ready",
             lambda: browser.find_elements(By.CSS_SELECTOR, "#graph svg .node.st-ready"),
         )
-        console.shot("07-running-workflow")
+        console.shot("09-running-workflow")
         console.find("#cancel").click()
         console.find("#confirm-cancel")
-        console.shot("08-confirm-cancel")
+        console.shot("10-confirm-cancel")
         console.find("#confirm-cancel").click()
         console.find("#wf-status", "CANCELED")
         assert api.get(f"/v1/workflows/{running_id}").json()["status"] == "CANCELED"
         assert console.find("#cancel").get_attribute("disabled") is not None
-        console.shot("09-cancelled")
+        console.shot("11-cancelled")
         assert console.problems() == []
     finally:
         pool.shutdown(wait=False, cancel_futures=True)

@@ -335,6 +335,199 @@
     );
   }
 
+  // ---------------------------------------------------------------- bulk actions
+
+  const BULK_COUNT_LIMIT = 1000; // ids looked at by each request of a dry run
+  const BULK_BATCH = 100; // and by each request of the real run
+
+  function capital(text) {
+    return text.charAt(0).toUpperCase() + text.slice(1);
+  }
+
+  /** The bulk actions of a list (``POST /v1/bulk/...``), on the ids starting with a prefix.
+   * Each is a dry run over every page (``next`` sent back as ``start_after`` until it is null)
+   * that counts, a confirmation on the page with that count, the real run in batches of
+   * BULK_BATCH with its progress, then a summary. ``actions``: ``{id, label, danger, route,
+   * filters(prefix)`` (the body's filters; throws when they would select everything)
+   * ``, phrase(n, filters)`` ("3 running workflows whose ids start with “a-”")
+   * ``, verb, done, skippedWhy}``. Leaving the page stops a run after the batch in flight. */
+  class BulkPanel {
+    constructor(view, { title, scope, placeholder, actions }) {
+      this.view = view;
+      this.title = title;
+      this.scope = scope;
+      this.placeholder = placeholder;
+      this.actions = actions;
+      this.working = false;
+    }
+
+    element() {
+      this.input = h("input", {
+        id: "bulk-prefix",
+        type: "search",
+        name: "bulk-prefix",
+        placeholder: this.placeholder,
+        autocomplete: "off",
+        spellcheck: "false",
+      });
+      this.buttons = this.actions.map((action) =>
+        h(
+          "button",
+          {
+            type: "button",
+            id: action.id,
+            class: action.danger ? "danger" : null,
+            onclick: () => this.count(action),
+          },
+          action.label,
+        ),
+      );
+      this.problem = h("p", { class: "problem banner", role: "alert", hidden: true });
+      this.out = h("div", { class: "bulk-out", role: "status", "aria-live": "polite" });
+      const form = h(
+        "form",
+        { class: "search bulk-form", onsubmit: (event) => event.preventDefault() },
+        h("label", { for: "bulk-prefix" }, "Ids starting with"),
+        this.input,
+        this.buttons,
+      );
+      return section(
+        this.title,
+        [h("p", { class: "muted bulk-scope" }, this.scope), form, this.problem, this.out],
+        { class: "card bulk-card", id: "bulk" },
+      );
+    }
+
+    here() {
+      return current === this.view && !signingIn;
+    }
+
+    hold(working) {
+      this.working = working;
+      this.input.disabled = working;
+      for (const button of this.buttons) button.disabled = working;
+    }
+
+    fail(error) {
+      this.problem.textContent = error ? error.message : "";
+      this.problem.hidden = !error;
+    }
+
+    say(text, attrs = {}) {
+      const line = h("p", { class: "bulk-line", ...attrs }, text);
+      this.out.replaceChildren(line);
+      return line;
+    }
+
+    /** Every page of ``action`` with ``filters``, summed; ``onPage(sum)`` after each. */
+    async pages(action, filters, dryRun, limit, onPage) {
+      const sum = { scanned: 0, matched: 0, affected: 0, skipped: 0, complete: false };
+      let start = null;
+      for (;;) {
+        const body = { ...filters, dry_run: dryRun, limit };
+        if (start !== null) body.start_after = start;
+        const page = await api(action.route, { method: "POST", body });
+        for (const key of ["scanned", "matched", "affected", "skipped"]) sum[key] += page[key] || 0;
+        onPage(sum);
+        if (page.next === null || page.next === undefined || page.next === start) break;
+        if (!this.here()) return sum; // left the page: no more batches
+        start = page.next;
+      }
+      sum.complete = true;
+      return sum;
+    }
+
+    async count(action) {
+      if (this.working) return;
+      this.fail(null);
+      const prefix = this.input.value.trim();
+      let filters;
+      try {
+        if (prefix && !ID_CHARS.test(prefix)) throw new Error("ids hold only letters, digits and . _ : @ -");
+        filters = action.filters(prefix);
+      } catch (error) {
+        this.out.replaceChildren();
+        this.fail(error);
+        return;
+      }
+      this.hold(true);
+      const counting = "Counting (a dry run, nothing changes)…";
+      const line = this.say(counting);
+      try {
+        const sum = await this.pages(action, filters, true, BULK_COUNT_LIMIT, (s) => {
+          line.textContent = `${counting} ${s.scanned.toLocaleString()} looked at`;
+        });
+        if (!this.here() || !sum.complete) return;
+        this.confirm(action, filters, sum);
+      } catch (error) {
+        this.out.replaceChildren();
+        this.stopped(error, "Could not count them");
+      }
+    }
+
+    confirm(action, filters, sum) {
+      const n = sum.affected;
+      const skipped = sum.skipped ? ` (${sum.skipped.toLocaleString()} skipped: ${action.skippedWhy})` : "";
+      if (n === 0) {
+        const none = action.phrase(2, filters).replace(/^\S+ /, ""); // "2 x" without its count
+        this.say(`Nothing to ${action.verb}: no ${none}${skipped}.`, { id: "bulk-summary" });
+        this.hold(false);
+        return;
+      }
+      const keep = h("button", { type: "button", class: "quiet", id: "bulk-keep" }, "Keep them");
+      const yes = h(
+        "button",
+        { type: "button", class: "danger", id: "bulk-confirm" },
+        `Yes, ${action.verb} ${n.toLocaleString()}`,
+      );
+      keep.addEventListener("click", () => {
+        this.say("Nothing was changed.");
+        this.hold(false);
+        this.input.focus();
+      });
+      yes.addEventListener("click", () => this.run(action, filters, n));
+      this.out.replaceChildren(
+        h(
+          "div",
+          { class: "confirm", role: "group", "aria-label": `Confirm: ${action.label}`, "data-count": n },
+          h("span", { id: "bulk-count" }, `${action.phrase(n, filters)}: ${action.verb} them?${skipped}`),
+          yes,
+          keep,
+        ),
+      );
+      yes.focus();
+    }
+
+    async run(action, filters, total) {
+      const Done = capital(action.done);
+      const line = this.say(`${Done} 0 of ${total.toLocaleString()}…`, { id: "bulk-progress" });
+      let done = 0;
+      try {
+        const sum = await this.pages(action, filters, false, BULK_BATCH, (s) => {
+          done = s.affected;
+          const of = Math.max(total, done).toLocaleString();
+          line.textContent = `${Done} ${done.toLocaleString()} of ${of}…`;
+        });
+        const skipped = sum.skipped ? `; ${sum.skipped.toLocaleString()} skipped (${action.skippedWhy})` : "";
+        const end = sum.complete ? "." : ", then stopped: the page was left.";
+        const text = `${Done} ${action.phrase(sum.affected, filters)}${skipped}${end}`;
+        this.say(text, { id: "bulk-summary" });
+        this.hold(false);
+        if (this.view.afterBulk) this.view.afterBulk();
+        if (this.here()) await refresh();
+      } catch (error) {
+        line.textContent = `${Done} ${done.toLocaleString()} of ${total.toLocaleString()}, then stopped.`;
+        this.stopped(error, "Stopped before the end");
+      }
+    }
+
+    stopped(error, what) {
+      this.hold(false);
+      if (error instanceof SignInNeeded) return;
+      this.fail(new Error(`${what}: ${error.message}`));
+    }
+  }
+
   // ---------------------------------------------------------------- actors: types and ids
 
   class ActorsView {
@@ -378,6 +571,7 @@
         this.pageLabel = h("span", { class: "muted", "aria-live": "polite" });
         const pager = h("div", { class: "pager" }, this.prevButton, this.pageLabel, this.nextButton);
         idsPart = [form, this.idsBody, pager];
+        this.bulk = new BulkPanel(this, ActorsView.bulkActions(this.type));
       }
       el.replaceChildren(
         h("h1", {}, "Actors"),
@@ -385,9 +579,57 @@
           "div",
           { class: "split" },
           section("Actor types", this.typesBody, { class: "card types-card" }),
-          section(idsTitle, idsPart, { class: "card ids-card" }),
+          h(
+            "div",
+            { class: "stack" },
+            section(idsTitle, idsPart, { class: "card ids-card" }),
+            this.bulk ? this.bulk.element() : null,
+          ),
         ),
       );
+    }
+
+    afterBulk() {
+      this.typesAt = 0; // the counts are read again at once, not in up to TYPES_EVERY_MS
+    }
+
+    static bulkActions(type) {
+      const filters = (prefix) => {
+        if (!prefix) throw new Error("Give the prefix of the ids: a bulk action never takes them all.");
+        return { prefix };
+      };
+      const ids = (f) => `whose ids start with “${f.prefix}”`;
+      return {
+        title: "Bulk actions",
+        scope:
+          `On the ${type} actors whose ids start with the prefix. A dry run counts them first; nothing ` +
+          "changes before you confirm. Purging drops the records of failed timer ticks; the timers stay.",
+        placeholder: "e.g. order-",
+        actions: [
+          {
+            id: "bulk-delete",
+            label: "Delete ids with prefix…",
+            danger: true,
+            route: path("v1", "bulk", "actors", type, "delete"),
+            filters,
+            phrase: (n, f) => `${plural(n, `${type} actor`, `${type} actors`)} ${ids(f)}`,
+            verb: "delete",
+            done: "deleted",
+            skippedWhy: "gone meanwhile",
+          },
+          {
+            id: "bulk-purge",
+            label: "Purge failed timers…",
+            route: path("v1", "bulk", "actors", type, "purge-failed-timers"),
+            filters,
+            phrase: (n, f) =>
+              `${plural(n, "failed timer tick", "failed timer ticks")} of the ${type} actors ${ids(f)}`,
+            verb: "purge",
+            done: "purged",
+            skippedWhy: "gone meanwhile",
+          },
+        ],
+      };
     }
 
     search(event) {
@@ -541,6 +783,10 @@
             "div",
             { class: "stack" },
             section("Timers", this.timers(actor.timers), { class: "card", id: "timers" }),
+            section("Pending messages", this.pending(actor.pending_messages), {
+              class: "card",
+              id: "pending-messages",
+            }),
             section("Failed timer ticks", this.failedTimers(actor.failed_timers), {
               class: "card",
               id: "failed-timers",
@@ -584,6 +830,31 @@
           ),
         );
       return table("Timers", ["Name", "Calls", "Next due", "Repeats", "Left", "Tries"], rows, "No timers.");
+    }
+
+    /** The outbox entries not delivered yet: messages this actor sent, events posted to it. */
+    pending(entries) {
+      const list = entries || [];
+      const rows = list.map((p) =>
+        h(
+          "tr",
+          { "data-message": p.message_id },
+          h("td", {}, p.kind),
+          h("td", {}, h("code", {}, p.to)),
+          h(
+            "td",
+            {},
+            p.kind === "event"
+              ? [h("code", {}, p.event), h("span", { class: "muted" }, " → "), h("code", {}, p.method)]
+              : h("code", {}, p.method),
+          ),
+          // "{type}/{id}/{rest}": the type and id are this actor's, the rest tells them apart
+          h("td", {}, h("code", { title: p.message_id }, String(p.message_id).split("/").slice(2).join("/"))),
+        ),
+      );
+      const shown = table("Pending messages", ["Kind", "To", "Method or event", "Id"], rows, "None.");
+      if (list.length < 100) return shown;
+      return [shown, h("p", { class: "muted more" }, "The first 100 are shown.")];
     }
 
     failedTimers(failed) {
@@ -694,7 +965,57 @@
           this.body,
           h("div", { class: "pager" }, this.prevButton, this.pageLabel, this.nextButton),
         ),
+        new BulkPanel(this, this.bulkActions()).element(),
       );
+    }
+
+    bulkActions() {
+      const status = this.status;
+      const filters = (prefix) => {
+        if (!prefix && !status) {
+          throw new Error(
+            "Give an id prefix, or choose a status above: a bulk action never takes every workflow.",
+          );
+        }
+        return { ...(prefix ? { prefix } : {}), ...(status ? { status: [status] } : {}) };
+      };
+      const phrase = (n, f) => {
+        const kind = status ? `${status.toLowerCase()} ` : "";
+        const ids = f.prefix ? ` whose ids start with “${f.prefix}”` : "";
+        return `${plural(n, `${kind}workflow`, `${kind}workflows`)}${ids}`;
+      };
+      const scope = status
+        ? `On the ${status.toLowerCase()} workflows (the status chosen above) whose ids start with the ` +
+          "prefix, if you give one."
+        : "On the workflows whose ids start with the prefix (give one, or choose a status above).";
+      return {
+        title: "Bulk actions",
+        scope: `${scope} A dry run counts them first; nothing changes before you confirm.`,
+        placeholder: "e.g. order-",
+        actions: [
+          {
+            id: "bulk-cancel",
+            label: "Cancel matching…",
+            route: "/v1/bulk/workflows/cancel",
+            filters,
+            phrase,
+            verb: "cancel",
+            done: "cancelled",
+            skippedWhy: "already ended",
+          },
+          {
+            id: "bulk-delete",
+            label: "Delete matching…",
+            danger: true,
+            route: "/v1/bulk/workflows/delete",
+            filters,
+            phrase,
+            verb: "delete",
+            done: "deleted",
+            skippedWhy: "still running",
+          },
+        ],
+      };
     }
 
     turn(step) {
