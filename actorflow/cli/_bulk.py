@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 import click
@@ -174,14 +174,8 @@ class Totals:
             setattr(self, name, getattr(self, name) + int(answer[name]))
 
     def public(self) -> dict[str, Any]:
-        return {
-            "dry_run": self.dry_run,
-            "scanned": self.scanned,
-            "matched": self.matched,
-            "affected": self.affected,
-            "skipped": self.skipped,
-            "batches": self.batches,
-        }
+        """The totals as ``--json`` prints them."""
+        return asdict(self)
 
 
 @dataclass(frozen=True)

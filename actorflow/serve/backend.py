@@ -13,7 +13,7 @@ import importlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
 from actorflow import _metrics
@@ -78,15 +78,7 @@ class BulkResult:
 
     def public(self) -> dict[str, Any]:
         """The JSON answer of the HTTP API."""
-        return {
-            "dry_run": self.dry_run,
-            "scanned": self.scanned,
-            "matched": self.matched,
-            "affected": self.affected,
-            "skipped": self.skipped,
-            "ids": self.ids,
-            "next": self.next,
-        }
+        return asdict(self)
 
 
 def bulk_request(body: Any, *, workflows: bool, now: float | None = None) -> BulkRequest:
