@@ -217,8 +217,8 @@ def test_a_workflow_started_by_a_driver_that_exits_runs_to_the_end(
     assert done.returncode == 0 and "leaving" in done.stdout, done.stderr[-2000:]
     assert workflow.get_status("fire-and-forget") == workflow.RUNNING  # the driver is gone
     deadline = time.monotonic() + 90
-    while workflow.get_status("fire-and-forget") != workflow.SUCCESSFUL:
-        assert workflow.get_status("fire-and-forget") == workflow.RUNNING
+    while (status := workflow.get_status("fire-and-forget")) != workflow.SUCCESSFUL:
+        assert status == workflow.RUNNING, status
         assert time.monotonic() < deadline, "the workflow did not finish without its driver"
         time.sleep(0.2)
     assert workflow.get_output("fire-and-forget") == 0 + 1 + 2 + 3 + 4

@@ -678,3 +678,24 @@ def test_haproxy_listener_ports_are_outside_the_ephemeral_range() -> None:
     for env in ports:
         for name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
             assert 20000 <= int(env[name]) < low
+
+
+def test_a_lease_dies_with_its_process_but_a_handed_one_only_by_its_expiry() -> None:
+    """run_async and resume_async hand a lease to a runner in another process, and the caller
+    may exit before that runner takes it over: the workflow must read RUNNING meanwhile."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    from actorflow.engine._store import Lease, WorkflowStatus, effective_status
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    dead_pid = int(gone.stdout)
+    running = {"status": WorkflowStatus.RUNNING.value}
+    mine = dataclasses.replace(Lease.new(30.0), pid=dead_pid)
+    assert not mine.alive() and effective_status(running, mine) is WorkflowStatus.RESUMABLE
+    handed = Lease.new(30.0, handed=True)
+    assert handed.pid == 0 and handed.alive()
+    assert effective_status(running, handed) is WorkflowStatus.RUNNING
+    lapsed = dataclasses.replace(handed, expires=handed.expires - 31.0)
+    assert effective_status(running, lapsed) is WorkflowStatus.RESUMABLE

@@ -101,12 +101,14 @@ class WorkflowEngine:
         workflow_id: str | None,
         metadata: dict[str, Any] | None,
         pending: bool = False,
+        handed: bool = False,
     ) -> Prepared:
         """Validate and serialize a new workflow before anything is stored (no I/O): the batch
         that creates it, to commit alone (:meth:`start`) or with other writes (an actor's turn
         that launches it), and the runner's lease, valid once that batch commits. ``pending``:
         the batch stores it PENDING with no lease instead, for a queue to start it later (a
-        :meth:`resume` takes it over then)."""
+        :meth:`resume` takes it over then). ``handed``: the lease is for a runner in another
+        process, which may outlive this one (:meth:`Lease.new`)."""
         if not isinstance(wf, Workflow):
             raise TypeError(f"expected a Workflow (the result of f.step(...)), got {type(wf).__name__}")
         wid = check_workflow_id(workflow_id) if workflow_id is not None else new_workflow_id()
@@ -121,7 +123,7 @@ class WorkflowEngine:
         except SerializationError:
             _raise_culprit(wid, specs)
             raise
-        lease = Lease.new(self.lease_ttl)
+        lease = Lease.new(self.lease_ttl, handed=handed)
         batch.put(k_counters(wid), _codec.json_dumps(assigner.counters))
         if not pending:
             batch.put(k_lease(wid), lease.encode())
@@ -175,10 +177,11 @@ class WorkflowEngine:
         until = time.time() + (self.lease_ttl if within is None else min(self.lease_ttl, within))
         return await ride_out(op, lambda: until, what)
 
-    async def _take_over(self, wid: str, expected_lease: bytes | None) -> Lease | None:
-        """Become the workflow's runner if its lease is still ``expected_lease``."""
+    async def _take_over(self, wid: str, expected_lease: bytes | None, handed: bool = False) -> Lease | None:
+        """Become the workflow's runner (or, ``handed``, take it for a runner elsewhere) if its
+        lease is still ``expected_lease``."""
         meta, meta_raw, _ = await self._through_blips(lambda: self.store.read_head(wid), "a take-over")
-        lease = Lease.new(self.lease_ttl)
+        lease = Lease.new(self.lease_ttl, handed=handed)
         # Each run starts anew: a resumed workflow's start time is the resume's (as with Ray).
         meta.update(status=WorkflowStatus.RUNNING.value, start_time=time.time(), end_time=None, error=None)
         batch = Batch().require(k_lease(wid), expected_lease).require(k_meta(wid), meta_raw)
@@ -198,7 +201,7 @@ class WorkflowEngine:
         status = effective_status(meta, Lease.decode(lease_raw))
         if status not in (WorkflowStatus.RESUMABLE, WorkflowStatus.FAILED):
             return None
-        mine = await self._take_over(wid, lease_raw)
+        mine = await self._take_over(wid, lease_raw, handed=True)
         return mine.encode() if mine is not None else None
 
     async def step_output(self, wid: str, step: str) -> Any:

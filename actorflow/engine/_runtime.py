@@ -224,7 +224,8 @@ class WorkflowRuntime:
         host starts or queues it, or ``queue.Full`` is raised."""
         if self.limits[0] is not None:
             return self._submit_queued(wf, workflow_id, metadata)[1]
-        prepared = self.engine.prepare(wf, workflow_id, metadata)
+        # Handed: the runner is elsewhere, and this process may exit before it starts.
+        prepared = self.engine.prepare(wf, workflow_id, metadata, handed=True)
         self.engine.runner.ready()
         created = self.blocking(self.storage.commit(prepared.batch))
         lease = prepared.lease.encode() if created else None

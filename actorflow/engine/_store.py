@@ -120,7 +120,11 @@ class Lease:
     """Ownership of a running workflow. Renewed by its runner; dead once expired.
 
     On the runner's own host a lease also dies with the runner's process, so a killed
-    workflow is reported RESUMABLE at once rather than after the expiry.
+    workflow is reported RESUMABLE at once rather than after the expiry. A *handed* lease
+    (``pid`` 0) is made by one process for a runner in another (``run_async``,
+    ``resume_async``): it names no process, so only its expiry counts until that runner takes
+    the workflow over with a lease of its own, as it does when it starts; the process that made
+    it may exit first.
     """
 
     token: str
@@ -129,8 +133,8 @@ class Lease:
     expires: float
 
     @classmethod
-    def new(cls, ttl: float, token: str | None = None) -> Lease:
-        return cls(token or uuid.uuid4().hex, _HOST, os.getpid(), time.time() + ttl)
+    def new(cls, ttl: float, token: str | None = None, *, handed: bool = False) -> Lease:
+        return cls(token or uuid.uuid4().hex, _HOST, 0 if handed else os.getpid(), time.time() + ttl)
 
     def renewed(self, ttl: float) -> Lease:
         return Lease(self.token, _HOST, os.getpid(), time.time() + ttl)
@@ -138,7 +142,7 @@ class Lease:
     def alive(self) -> bool:
         if self.expires < time.time():
             return False
-        return not (self.host == _HOST and not _pid_alive(self.pid))
+        return not (self.pid and self.host == _HOST and not _pid_alive(self.pid))
 
     def encode(self) -> bytes:
         return _codec.json_dumps(asdict(self))
