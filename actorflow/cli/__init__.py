@@ -90,8 +90,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except click.UsageError as exc:  # bad options or arguments: click's usage line and message
         exc.show()
         return USAGE
-    except click.Abort:
-        err("aborted")
+    except click.Abort as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt):  # Ctrl-C once click runs the command
+            err("interrupted")
+            return 130
+        err("aborted")  # a confirmation answered no
         return FAILED
     except click.ClickException as exc:  # Failed: the command ran and could not do its job
         err(exc.format_message())
