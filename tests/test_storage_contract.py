@@ -18,7 +18,7 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -213,12 +213,16 @@ async def test_malformed_batches_raise_storage_error(storage: Storage) -> None:
     assert await storage.index_range("ix") == []
 
 
-async def cas_increment(storage: Storage, key: str) -> int:
-    """Increment a decimal counter with compare-and-set; return how many attempts it took."""
+async def cas_increment(storage: Storage, key: str, read: Callable[[], Awaitable[None]] | None = None) -> int:
+    """Increment a decimal counter with compare-and-set; return how many attempts it took.
+    ``read``: awaited after the first read, before its commit."""
     attempts = 0
     while True:
         attempts += 1
         current = await storage.get(key)
+        if read is not None:
+            await read()
+            read = None
         value = int(current) if current is not None else 0
         if await storage.commit(Batch().require(key, current).put(key, b"%d" % (value + 1))):
             return attempts
@@ -226,16 +230,23 @@ async def cas_increment(storage: Storage, key: str) -> int:
 
 async def test_concurrent_cas_increments_from_tasks(storage: Storage) -> None:
     tasks, per_task = 20, 10
+    # Every task's first increment commits only once all have read the counter: one of those
+    # commits wins and the others must conflict and retry (how the rest interleave is up to
+    # the storage's own scheduling).
+    have_read = asyncio.Barrier(tasks)
+
+    async def all_read() -> None:
+        await asyncio.wait_for(have_read.wait(), 30)
 
     async def worker() -> int:
-        attempts = 0
-        for _ in range(per_task):
+        attempts = await cas_increment(storage, "counter", all_read)
+        for _ in range(per_task - 1):
             attempts += await cas_increment(storage, "counter")
         return attempts
 
     attempts = await asyncio.gather(*(worker() for _ in range(tasks)))
     assert await storage.get("counter") == b"%d" % (tasks * per_task)
-    assert sum(attempts) > tasks * per_task, "expected some CAS conflicts between tasks"
+    assert sum(attempts) >= tasks * per_task + tasks - 1, "the first round's losers must have retried"
 
 
 WORKER = textwrap.dedent(
