@@ -5,7 +5,9 @@ right parent; a timer's firing is a trace of its own, linked to the turn that se
 
 The service runs in a process of its own (tests/_traced_service.py), because a tracer provider
 is set once per process; it is actorflow.testing's, so the steps run in threads with the same
-code a Ray worker runs (the context goes with the step, not through the thread)."""
+code a Ray worker runs (the context goes with the step, not through the thread). The last test
+runs steps as Ray tasks and collects the spans of every process of its job, workers included
+(tests/_traced_ray.py)."""
 
 from __future__ import annotations
 
@@ -94,13 +96,18 @@ def test_without_a_tracer_provider_nothing_is_recorded() -> None:
         assert current is None
 
 
-def test_a_step_run_as_a_ray_task_gets_the_trace_context_of_its_run(ray_address: str) -> None:
-    """The context goes with the task: a step in a Ray worker process is handed the W3C
-    headers of the span that ran the workflow (its span there is that span's child)."""
+def test_steps_run_as_ray_tasks_are_spans_of_the_trace_that_ran_the_workflow(
+    ray_address: str, tmp_path: pathlib.Path
+) -> None:
+    """Across processes: each step of a workflow run in a driver's span runs as a Ray task in
+    a worker process, is handed that span's W3C context, and its span there (exported by the
+    worker's own provider, set through Ray's worker_process_setup_hook) is that span's child
+    in the same trace."""
     pytest.importorskip("opentelemetry.sdk.trace")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)])}
+    spans_file = tmp_path / "spans.jsonl"
     done = subprocess.run(
-        [sys.executable, str(HERE / "_traced_ray.py"), ray_address],
+        [sys.executable, str(HERE / "_traced_ray.py"), ray_address, str(spans_file)],
         env=env,
         capture_output=True,
         text=True,
@@ -108,7 +115,17 @@ def test_a_step_run_as_a_ray_task_gets_the_trace_context_of_its_run(ray_address:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
-    assert got["step"]["pid"] != got["pid"]  # it ran in another process
+    assert got["step"]["amount"] == 44
+    assert got["step"]["pid"] != got["pid"]  # the step ran in another process
     version, trace_id, parent_id, _flags = got["step"]["trace"]["traceparent"].split("-")
-    assert (version, trace_id) == ("00", got["trace"])
-    assert parent_id == got["span"]
+    assert (version, trace_id, parent_id) == ("00", got["trace"], got["span"])
+    spans = [json.loads(line) for line in spans_file.read_text().splitlines()]
+    driver = _one(spans, "driver")
+    assert (driver["trace"], driver["span"], driver["pid"]) == (got["trace"], got["span"], got["pid"])
+    steps = sorted((s for s in spans if s["name"].startswith("workflow step ")), key=lambda s: s["name"])
+    assert [s["name"] for s in steps] == ["workflow step price", "workflow step with_tax"]
+    for step in steps:
+        assert step["pid"] != got["pid"], step  # recorded in a worker, not in the driver
+        assert (step["trace"], step["parent"]) == (got["trace"], got["span"])
+        assert step["events"] == ["attempt"]
+        assert step["attributes"]["actorflow.workflow_id"] == "traced-ray"
