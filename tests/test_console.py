@@ -502,8 +502,45 @@ def test_the_console_shows_actors_and_workflows_and_cancels_one(service: str, br
         assert console.find("#cancel").get_attribute("disabled") is not None
         console.shot("11-cancelled")
         assert console.problems() == []
+        try_docs_with_the_token(browser, service, api)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         if waiting is not None:
             concurrent.futures.wait([waiting], timeout=30)  # no thread outlives the test
         api.close()
+
+
+def try_docs_with_the_token(browser: Any, service: str, api: httpx.Client) -> None:
+    """The API's own page: /docs loads without the token, asks for it in its form, and then
+    Swagger's "Try it out" calls a method with it (the request it shows carries the header)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"{service}/docs")
+    wait = WebDriverWait(browser, 30)
+    field = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#token input[name=token]")))
+    field.send_keys(TOKEN)
+    browser.find_element(By.CSS_SELECTOR, "#token button[type=submit]").click()
+    path = "/v1/actors/ConsoleBag/{actor_id}/tag"
+    summary = wait.until(
+        ec.element_to_be_clickable((By.CSS_SELECTOR, f'.opblock-summary-path[data-path="{path}"]'))
+    )
+    summary.click()
+    block = summary.find_element(By.XPATH, "./ancestor::div[contains(@class, 'opblock ')]")
+    wait.until(lambda _: block.find_element(By.CSS_SELECTOR, ".try-out__btn")).click()
+    wait.until(lambda _: block.find_element(By.CSS_SELECTOR, "input[placeholder='actor_id']")).send_keys("b1")
+    body = block.find_element(By.CSS_SELECTOR, "textarea.body-param__text")
+    body.send_keys(Keys.CONTROL, "a")
+    body.send_keys(Keys.DELETE)
+    body.send_keys('{"kwargs": {"name": "green"}}')
+    block.find_element(By.CSS_SELECTOR, "button.execute").click()
+    cell = ".live-responses-table tr.response .response-col_status"
+    status = wait.until(lambda _: block.find_element(By.CSS_SELECTOR, cell))
+    response = block.find_element(By.CSS_SELECTOR, ".live-responses-table .response-col_description pre")
+    assert status.text.strip() == "200", response.text
+    assert '"result": 3' in response.text  # red, blue and now green
+    assert f"Authorization: Bearer {TOKEN}" in block.text
+    again = api.post("/v1/actors/ConsoleBag/b1/tag", json={"kwargs": {"name": "green"}})
+    assert again.json() == {"result": 3}, again.text  # the page's call was committed
