@@ -171,24 +171,24 @@ def test_resuming_from_threads_at_once_runs_the_workflow_once(tmp_path: pathlib.
 
 
 DRIVER = r"""
-import sys, time
+import os, sys, time
 from actorflow import workflow
 
-storage, tally = sys.argv[1:3]
+storage, tally, go = sys.argv[1:4]
 workflow.init(storage)
 
 @workflow.step
 def leg(n: int, before: int) -> int:
     with open(tally, "a") as f:
         f.write(f"leg{n}\n")
-    time.sleep(2)
+    while n == 0 and not os.path.exists(go):  # the first leg holds until the test says go
+        time.sleep(0.05)
     return before + n
 
 wf = leg.step(0, 0)
 for n in range(1, 5):
     wf = leg.step(n, wf)
-workflow.run_async(wf, workflow_id="fire-and-forget")  # five 2 s steps, one after another
-time.sleep(1)
+workflow.run_async(wf, workflow_id="fire-and-forget")  # five steps, one after another
 print("leaving", flush=True)
 """
 
@@ -205,10 +205,10 @@ def test_a_workflow_started_by_a_driver_that_exits_runs_to_the_end(
 
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
-    tally = tmp_path / "tally"
+    tally, go = tmp_path / "tally", tmp_path / "go"
     env = {**os.environ, "RAY_ADDRESS": ray_address}
     done = subprocess.run(
-        [sys.executable, str(script), wf_storage, str(tally)],
+        [sys.executable, str(script), wf_storage, str(tally), str(go)],
         env=env,
         capture_output=True,
         text=True,
@@ -216,6 +216,7 @@ def test_a_workflow_started_by_a_driver_that_exits_runs_to_the_end(
     )
     assert done.returncode == 0 and "leaving" in done.stdout, done.stderr[-2000:]
     assert workflow.get_status("fire-and-forget") == workflow.RUNNING  # the driver is gone
+    go.touch()
     deadline = time.monotonic() + 90
     while (status := workflow.get_status("fire-and-forget")) != workflow.SUCCESSFUL:
         assert status == workflow.RUNNING, status
