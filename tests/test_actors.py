@@ -527,13 +527,14 @@ def test_messages_that_fail_for_infrastructure_reasons_stay_in_the_outbox(
 
     monkeypatch.setattr(rt.turns, "call", flaky_call)
     monkeypatch.setattr(rt.config, "outbox_grace", 0.0)
+    monkeypatch.setattr(rt.config, "outbox_retry", 0.3)  # the next pass, 0.3 s on (not 5 s)
     sender.forward.run(receiver, 7)
     deadline = time.monotonic() + 30
     while receiver.items.run() != [7]:  # the recovery loop retries it
         assert time.monotonic() < deadline, "the message was lost"
         time.sleep(0.05)
     assert failures == [1]
-    time.sleep(1.5)  # another recovery pass must not deliver it twice
+    time.sleep(1.5)  # more recovery passes must not deliver it twice
     assert receiver.items.run() == [7]
     assert rt.workflows.blocking(rt.outbox.size()) == 0
 
