@@ -22,6 +22,7 @@ from collections.abc import Iterator
 import pytest
 from _procs import child, wait_while_alive
 from _redis import free_port
+from _swagger import try_it_out
 
 pytestmark = pytest.mark.slow
 
@@ -36,6 +37,9 @@ if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
         allow_module_level=True,
     )
 webdriver = pytest.importorskip("selenium.webdriver")
+
+
+GRACE = '{"kwargs": {"name": "Grace"}}'
 
 
 def readme_section() -> str:
@@ -70,11 +74,6 @@ def test_first_actor_served_called_with_curl_tried_in_docs_and_stopped(
     tmp_path: pathlib.Path, browser: object
 ) -> None:
     """As the README says, step by step."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-
     section = readme_section()
     [module] = blocks(section, "python")
     [shell] = blocks(section, "sh")
@@ -112,32 +111,12 @@ def test_first_actor_served_called_with_curl_tried_in_docs_and_stopped(
         assert got.stdout == answers[0]  # {"result":"Hello, Ada! You are visitor 1."}
 
         browser.get(f"{base}/docs")  # type: ignore[attr-defined]
-        wait = WebDriverWait(browser, 30)
-        path = "/v1/actors/Greeter/{actor_id}/greet"
-        summary = wait.until(
-            ec.element_to_be_clickable((By.CSS_SELECTOR, f'.opblock-summary-path[data-path="{path}"]'))
-        )
-        summary.click()
-        block = summary.find_element(By.XPATH, "./ancestor::div[contains(@class, 'opblock ')]")
-        wait.until(lambda _: block.find_element(By.CSS_SELECTOR, ".try-out__btn")).click()
-        actor_id = wait.until(lambda _: block.find_element(By.CSS_SELECTOR, "input[placeholder='actor_id']"))
-        actor_id.send_keys("front-desk")
-        body = block.find_element(By.CSS_SELECTOR, "textarea.body-param__text")
-        assert '"name"' in body.get_attribute("value")  # Swagger's example, from the schema
-        body.send_keys(Keys.CONTROL, "a")  # replace it, as a user would
-        body.send_keys(Keys.DELETE)
-        body.send_keys('{"kwargs": {"name": "Grace"}}')
-        block.find_element(By.CSS_SELECTOR, "button.execute").click()
-        status = wait.until(
-            lambda _: block.find_element(
-                By.CSS_SELECTOR, ".live-responses-table tr.response .response-col_status"
-            )
-        )
-        response = block.find_element(By.CSS_SELECTOR, ".live-responses-table .response-col_description pre")
-        assert status.text.strip() == "200", response.text
-        assert '"result": "Hello, Grace! You are visitor 2."' in response.text
-        assert "curl -X 'POST'" in block.text  # the request Swagger shows is the one it sent
-        assert "Authorization: Bearer" not in block.text
+        tried = try_it_out(browser, "/v1/actors/Greeter/{actor_id}/greet", "front-desk", GRACE)
+        assert '"name"' in tried.example  # Swagger's example, from the schema
+        assert tried.status == "200", tried.response
+        assert '"result": "Hello, Grace! You are visitor 2."' in tried.response
+        assert "curl -X 'POST'" in tried.block  # the request Swagger shows is the one it sent
+        assert "Authorization: Bearer" not in tried.block
 
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=90)

@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 from _redis import free_port
+from _swagger import try_it_out
 from fastapi.testclient import TestClient
 
 from actorflow import workflow
@@ -513,34 +514,11 @@ def test_the_console_shows_actors_and_workflows_and_cancels_one(service: str, br
 def try_docs_with_the_token(browser: Any, service: str, api: httpx.Client) -> None:
     """The API's own page: /docs loads without the token, asks for it in its form, and then
     Swagger's "Try it out" calls a method with it (the request it shows carries the header)."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-
     browser.get(f"{service}/docs")
-    wait = WebDriverWait(browser, 30)
-    field = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#token input[name=token]")))
-    field.send_keys(TOKEN)
-    browser.find_element(By.CSS_SELECTOR, "#token button[type=submit]").click()
-    path = "/v1/actors/ConsoleBag/{actor_id}/tag"
-    summary = wait.until(
-        ec.element_to_be_clickable((By.CSS_SELECTOR, f'.opblock-summary-path[data-path="{path}"]'))
-    )
-    summary.click()
-    block = summary.find_element(By.XPATH, "./ancestor::div[contains(@class, 'opblock ')]")
-    wait.until(lambda _: block.find_element(By.CSS_SELECTOR, ".try-out__btn")).click()
-    wait.until(lambda _: block.find_element(By.CSS_SELECTOR, "input[placeholder='actor_id']")).send_keys("b1")
-    body = block.find_element(By.CSS_SELECTOR, "textarea.body-param__text")
-    body.send_keys(Keys.CONTROL, "a")
-    body.send_keys(Keys.DELETE)
-    body.send_keys('{"kwargs": {"name": "green"}}')
-    block.find_element(By.CSS_SELECTOR, "button.execute").click()
-    cell = ".live-responses-table tr.response .response-col_status"
-    status = wait.until(lambda _: block.find_element(By.CSS_SELECTOR, cell))
-    response = block.find_element(By.CSS_SELECTOR, ".live-responses-table .response-col_description pre")
-    assert status.text.strip() == "200", response.text
-    assert '"result": 3' in response.text  # red, blue and now green
-    assert f"Authorization: Bearer {TOKEN}" in block.text
+    body = '{"kwargs": {"name": "green"}}'
+    tried = try_it_out(browser, "/v1/actors/ConsoleBag/{actor_id}/tag", "b1", body, token=TOKEN)
+    assert tried.status == "200", tried.response
+    assert '"result": 3' in tried.response  # red, blue and now green
+    assert f"Authorization: Bearer {TOKEN}" in tried.block
     again = api.post("/v1/actors/ConsoleBag/b1/tag", json={"kwargs": {"name": "green"}})
     assert again.json() == {"result": 3}, again.text  # the page's call was committed
