@@ -172,6 +172,11 @@ def test_a_thousand_resumable_workflows_cancelled_by_prefix(rt: WorkflowRuntime,
     seed_resumable(rt, a_ids + others)
     before = statuses(rt)
     assert set(before.values()) == {"RESUMABLE"} and len(before) == 1025
+    first = client.get("/v1/workflows").json()  # the plain list: bounded pages of it
+    assert len(first["workflows"]) == 1000 and first["next"] == first["workflows"][-1]["id"]
+    rest = client.get("/v1/workflows", params={"start_after": first["next"]}).json()
+    listed = {w["id"]: w["status"] for w in first["workflows"] + rest["workflows"]}
+    assert (listed, rest["next"]) == (before, None)
     body = {"prefix": "a-", "status": ["RESUMABLE"]}
 
     dry = bulk(client, CANCEL, {**body, "dry_run": True}, limit=300)
@@ -492,6 +497,10 @@ def test_the_cli_goes_batch_by_batch(
     a_ids = [f"a-{i:03d}" for i in range(250)]
     seed_resumable(rt, [*a_ids, "b-0", "b-1"])
     before = statuses(rt)
+    status, out, _ = run(capsys, "workflows", "list", "--json")
+    assert status == 0 and json.loads(out)["workflows"] == [
+        {"id": w, "status": "RESUMABLE"} for w in sorted(before)
+    ]
     select = ("--prefix", "a-", "--status", "resumable")
 
     status, out, err = run(capsys, "workflows", "cancel", *select, "--dry-run")

@@ -383,8 +383,9 @@ def test_workflow_routes(client: TestClient, rt: WorkflowRuntime) -> None:
     # being held by this live process.
     prepared = rt.engine.prepare(noop.step(), "wf-http", {"k": "v"})
     assert rt.blocking(rt.storage.commit(prepared.batch))
-    assert client.get("/v1/workflows").json() == {"workflows": [{"id": "wf-http", "status": "RUNNING"}]}
-    assert client.get("/v1/workflows", params={"status": "FAILED"}).json() == {"workflows": []}
+    listed = client.get("/v1/workflows").json()
+    assert listed == {"workflows": [{"id": "wf-http", "status": "RUNNING"}], "next": None}
+    assert client.get("/v1/workflows", params={"status": "FAILED"}).json() == {"workflows": [], "next": None}
     assert client.get("/v1/workflows", params={"status": "BOGUS"}).status_code == 400
     meta = client.get("/v1/workflows/wf-http").json()
     assert meta["status"] == "RUNNING" and meta["user_metadata"] == {"k": "v"}
@@ -397,6 +398,40 @@ def test_workflow_routes(client: TestClient, rt: WorkflowRuntime) -> None:
     assert client.post("/v1/workflows/nope/cancel").status_code == 404
     assert client.get("/v1/workflows/bad id").status_code == 400
     assert Batch  # the storage API used above
+
+
+def test_the_workflow_list_comes_in_bounded_pages(client: TestClient, rt: WorkflowRuntime) -> None:
+    """Pages of at most ``limit`` ids looked at, in id order, narrowed by status and prefix;
+    following ``next`` lists each workflow once; bad paging parameters are 400s."""
+
+    @workflow.step
+    def noop() -> int:
+        return 1
+
+    ids = [f"page-{i:02d}" for i in range(7)] + ["other-1"]
+    for wid in ids:
+        assert rt.blocking(rt.storage.commit(rt.engine.prepare(noop.step(), wid, None).batch))
+    assert client.post("/v1/workflows/page-03/cancel").status_code == 200
+
+    def every(**params: Any) -> tuple[list[str], int]:
+        seen, pages = [], 0
+        while True:
+            got = client.get("/v1/workflows", params=params)
+            assert got.status_code == 200, got.text
+            pages += 1
+            seen += [w["id"] for w in got.json()["workflows"]]
+            if got.json()["next"] is None:
+                return seen, pages
+            params["start_after"] = got.json()["next"]
+
+    assert every(limit=3) == (sorted(ids), 3)
+    assert every(limit=3, prefix="page-") == ([i for i in sorted(ids) if i.startswith("page-")], 3)
+    # Pages may come back empty; a full last page cannot know it is the last (a fifth, empty).
+    assert every(limit=2, status="CANCELED") == (["page-03"], 5)
+    assert every(status="CANCELED", prefix="other") == ([], 1)
+    for bad in ({"limit": 0}, {"limit": 1001}, {"limit": "many"}, {"start_after": "bad id"}):
+        r = client.get("/v1/workflows", params=bad)
+        assert r.status_code in (400, 422) and "workflows" not in r.json(), (bad, r.text)
 
 
 def test_actor_types_are_listed_with_their_counts(client: TestClient) -> None:

@@ -298,13 +298,20 @@ def workflows() -> None:
 def list_workflows(
     status: str | None, address: str, token: str | None, token_file: str | None, as_json: bool
 ) -> None:
-    """Stored workflows and their status."""
+    """Stored workflows and their status, every page of them, in id order."""
+    rows: list[dict[str, Any]] = []
     with Service(address, token, token_file) as service:
-        got = service.request("GET", "/v1/workflows", params={"status": status} if status else None)
+        params: dict[str, str] = {"status": status} if status else {}
+        while True:
+            got = service.request("GET", "/v1/workflows", params=params or None)
+            rows += got["workflows"]
+            if got.get("next") is None:
+                break
+            params["start_after"] = got["next"]
     if as_json:
-        print_json(got)
+        print_json({"workflows": rows})
         return
-    print_table(("WORKFLOW", "STATUS"), ((w["id"], w["status"]) for w in got["workflows"]))
+    print_table(("WORKFLOW", "STATUS"), ((w["id"], w["status"]) for w in rows))
 
 
 @workflows.command("status")

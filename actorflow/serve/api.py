@@ -250,9 +250,17 @@ def _workflow_routes(backend: Backend) -> APIRouter:
         return JSONResponse({"accepted": True, "duplicate": not stored}, status_code=202)
 
     @router.get("/v1/workflows", tags=["workflows"])
-    async def list_workflows(status: str | None = None) -> dict[str, Any]:
-        rows = await backend.list_workflows(status)
-        return {"workflows": [{"id": wid, "status": s} for wid, s in rows]}
+    async def list_workflows(
+        status: str | None = None, prefix: str = "", start_after: str | None = None, limit: int = 1000
+    ) -> dict[str, Any]:
+        """Stored workflows in id order, one bounded page at a time: the first ``limit`` ids
+        after ``start_after`` whose ids start with ``prefix`` are looked at, and those with
+        ``status`` (any, without it) listed. A page may hold fewer (even none) while ``next``
+        is set: pass it back as ``start_after`` for the next page; null after the last."""
+        if not 1 <= limit <= 1000:
+            raise errors.BadRequestError("limit must be between 1 and 1000")
+        rows, following = await backend.list_workflows(status, prefix, start_after, limit)
+        return {"workflows": [{"id": wid, "status": s} for wid, s in rows], "next": following}
 
     @router.get("/v1/workflows/{workflow_id}", tags=["workflows"])
     async def get_workflow(workflow_id: str) -> dict[str, Any]:

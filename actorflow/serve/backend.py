@@ -176,7 +176,9 @@ class Backend(Protocol):
     async def delete(self, type_name: str, actor_id: str) -> None: ...
     async def list_ids(self, type_name: str, start_after: str | None, limit: int) -> list[str]: ...
     async def list_types(self) -> list[dict[str, Any]]: ...
-    async def list_workflows(self, status: str | None) -> list[tuple[str, str]]: ...
+    async def list_workflows(
+        self, status: str | None, prefix: str, start_after: str | None, limit: int
+    ) -> tuple[list[tuple[str, str]], str | None]: ...
     async def set_timer(
         self, type_name: str, actor_id: str, name: str, spec: dict[str, Any]
     ) -> dict[str, Any]: ...
@@ -301,10 +303,15 @@ class LocalBackend:
 
         return await self._run(_each(sorted(registered_types()), count))
 
-    async def list_workflows(self, status: str | None) -> list[tuple[str, str]]:
+    async def list_workflows(
+        self, status: str | None, prefix: str, start_after: str | None, limit: int
+    ) -> tuple[list[tuple[str, str]], str | None]:
+        """One page of ``WorkflowEngine.scan``: ``([(id, status)], next)``."""
         wanted = None if status is None else {as_status(status)}
-        rows = await self._run(self.engine.list_workflows(wanted))
-        return [(wid, s.value) for wid, s in rows]
+        if start_after is not None:
+            check_workflow_id(start_after)
+        page = await self._run(self.engine.scan(prefix, start_after=start_after, limit=limit, wanted=wanted))
+        return [(wid, s.value) for wid, s in page.rows], page.next
 
     async def workflow(self, workflow_id: str) -> dict[str, Any]:
         """The workflow's metadata and its steps (``WorkflowEngine.steps``), each with ``deps``:

@@ -14,6 +14,7 @@
   const REFRESH_MS = 2000;
   const TYPES_EVERY_MS = 15000;
   const PAGE_SIZE = 50;
+  const MAX_WORKFLOWS = 10000; // the most the workflows list loads, a page of the API at a time
   const STATUSES = ["RUNNING", "PENDING", "RESUMABLE", "FAILED", "SUCCESSFUL", "CANCELED"];
   const ENDED = new Set(["SUCCESSFUL", "CANCELED"]);
   const CAN_RESUME = new Set(["RESUMABLE", "FAILED"]);
@@ -1024,8 +1025,20 @@
     }
 
     async refresh() {
-      const query = this.status ? `?status=${encodeURIComponent(this.status)}` : "";
-      this.rows = (await api(`/v1/workflows${query}`)).workflows;
+      // The API lists a bounded page at a time; follow its pages up to MAX_WORKFLOWS rows.
+      const rows = [];
+      let after = null;
+      do {
+        const params = new URLSearchParams();
+        if (this.status) params.set("status", this.status);
+        if (after != null) params.set("start_after", after);
+        const query = params.toString();
+        const page = await api(`/v1/workflows${query ? `?${query}` : ""}`);
+        rows.push(...page.workflows);
+        after = page.next;
+      } while (after != null && rows.length < MAX_WORKFLOWS);
+      this.rows = rows;
+      this.more = after != null;
       this.render();
     }
 
@@ -1047,7 +1060,8 @@
       this.body.replaceChildren(table("Workflows", ["Workflow", "Status"], rows, `No ${what}.`));
       this.prevButton.disabled = this.page === 0;
       this.nextButton.disabled = this.page >= pages - 1;
-      const count = plural(shown.length, "workflow", "workflows");
+      const count =
+        plural(shown.length, "workflow", "workflows") + (this.more ? " (the first; filter by status for others)" : "");
       this.pageLabel.textContent = `Page ${this.page + 1} of ${pages} · ${count}`;
     }
   }
