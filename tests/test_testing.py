@@ -178,6 +178,9 @@ def test_workflow_sleep_ends_when_the_clock_gets_there(env: testing.Environment)
         ("sleep", "SUCCESSFUL"),
         ("count_after", "SUCCESSFUL"),
     ]
+    by_name = {s["name"]: s for s in steps}
+    assert by_name["count_after"]["deps"] == [by_name["sleep"]["step_id"]]  # the graph, as over HTTP
+    assert env.http().get("/v1/workflows/day-long").json()["steps"] == steps
 
 
 def test_idempotency_records_age_with_the_clock(storage_url: str) -> None:

@@ -372,12 +372,15 @@ class WorkflowEngine:
     async def steps(self, wid: str, limit: int = 1000) -> list[dict[str, Any]]:
         """The workflow's steps as far as storage knows them, at most ``limit``: those planned
         when it started, in plan order, then any added as it ran (continuations, in id order).
-        Each is ``{step_id, name, status, attempts, start_time, end_time}``; a step with no
-        stored result yet is PENDING (it may be running). Read, not locked: a running workflow
-        can move on while this is read."""
+        Each is ``{step_id, name, status, attempts, start_time, end_time, deps}``; a step with
+        no stored result yet is PENDING (it may be running). ``deps``: the ids of the steps whose
+        outputs it takes, from the graph stored when it started; None for a step added as it ran
+        (a continuation's), whose edges that graph does not hold. Read, not locked: a running
+        workflow can move on while this is read."""
         specs, _ = await self.store.load_dag(wid)
         planned = [s.step_id for s in specs]
         names = {s.step_id: s.name for s in specs}
+        deps = {s.step_id: s.deps() for s in specs}
         known = set(planned)
         order = planned + sorted(await self.store.step_ids(wid) - known)
         order = order[:limit]
@@ -394,6 +397,7 @@ class WorkflowEngine:
                     "attempts": header.get("attempts"),
                     "start_time": header.get("start_time"),
                     "end_time": header.get("end_time"),
+                    "deps": deps.get(sid),
                 }
             )
         return out

@@ -314,15 +314,10 @@ class LocalBackend:
         return [(wid, s.value) for wid, s in page.rows], page.next
 
     async def workflow(self, workflow_id: str) -> dict[str, Any]:
-        """The workflow's metadata and its steps (``WorkflowEngine.steps``), each with ``deps``:
-        the ids of the steps whose outputs it takes, from the graph stored when it started; None
-        for a step added as it ran (a continuation's), whose edges that graph does not hold."""
+        """The workflow's metadata and its steps (``WorkflowEngine.steps``, each with ``deps``)."""
         wid = check_workflow_id(workflow_id)
         meta = await self._run(self.engine.metadata(wid, None))
-        steps = await self._run(self.engine.steps(wid))
-        specs, _ = await self._run(self.engine.store.load_dag(wid))
-        deps: dict[str, list[str]] = {spec.step_id: spec.deps() for spec in specs}
-        return {**meta, "steps": [{**step, "deps": deps.get(step["step_id"])} for step in steps]}
+        return {**meta, "steps": await self._run(self.engine.steps(wid))}
 
     async def resume_workflow(self, workflow_id: str) -> str:
         wid = check_workflow_id(workflow_id)
