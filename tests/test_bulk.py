@@ -30,7 +30,12 @@ from actorflow._clock import SYSTEM
 from actorflow.actor import ActorConfig, ActorRuntime, adopt
 from actorflow.cli import main
 from actorflow.engine import InlineRunner, WorkflowRuntime, WorkflowStatus
-from actorflow.errors import WorkflowCancelledError, WorkflowExecutionError, WorkflowRunningError
+from actorflow.errors import (
+    WorkflowCancelledError,
+    WorkflowExecutionError,
+    WorkflowNotFoundError,
+    WorkflowRunningError,
+)
 from actorflow.serve.api import ApiSettings, create_api
 from actorflow.serve.backend import LocalBackend
 from actorflow.storage import Storage
@@ -564,3 +569,59 @@ def test_the_cli_goes_batch_by_batch(
         assert status == 2 and out == "", (argv, err)
     status, _, err = run(capsys, "actors", "delete", "Nobody", "--prefix", "x-", "--yes")
     assert status == 1 and "unknown_actor_type" in err
+
+
+# --------------------------------------------------------------------------- delete and resume at once
+
+
+def test_a_resume_that_takes_over_first_makes_the_delete_refuse(rt: WorkflowRuntime) -> None:
+    """The delete read the workflow RESUMABLE, then a resume took it over before the delete
+    changed anything: the delete must refuse (it runs now) and leave every checkpoint."""
+    seed_resumable(rt, ["race-1"])
+    engine, real = rt.engine, rt.engine.store.read_head
+    handed: list[bytes | None] = []
+    reads = 0
+
+    async def read_then_resume(wid: str) -> Any:
+        nonlocal reads
+        head = await real(wid)
+        reads += 1
+        if reads == 1:  # the delete's first read: a resume takes it over right after
+            handed.append(await engine.take_over_for(wid))
+        return head
+
+    engine.store.read_head = read_then_resume  # type: ignore[method-assign]
+    try:
+        with pytest.raises(WorkflowRunningError):
+            rt.blocking(engine.delete("race-1"))
+    finally:
+        engine.store.read_head = real  # type: ignore[method-assign]
+    assert handed[0] is not None and rt.get_status("race-1") is WorkflowStatus.RUNNING
+    specs, _ = rt.blocking(engine.store.load_dag("race-1"))  # its graph is all there
+    assert [s.name for s in specs] == ["noop"]
+
+
+def test_a_workflow_being_deleted_is_not_taken_over_even_after_a_crash(rt: WorkflowRuntime) -> None:
+    """The delete marks the head before any checkpoint goes; a crash after that leaves it
+    listed, a resume treats it as gone (rather than run what is left of it), and a second
+    delete finishes the job."""
+    seed_resumable(rt, ["race-2"])
+    engine, storage = rt.engine, rt.storage
+    real = storage.delete_prefix
+
+    async def crash(prefix: str) -> int:
+        raise ConnectionError("the deleting process died here")
+
+    storage.delete_prefix = crash  # type: ignore[method-assign]
+    try:
+        with pytest.raises(ConnectionError):
+            rt.blocking(engine.delete("race-2"))
+    finally:
+        storage.delete_prefix = real  # type: ignore[method-assign]
+    assert statuses(rt) == {"race-2": "RESUMABLE"}  # still listed
+    with pytest.raises(WorkflowNotFoundError):
+        rt.blocking(engine.take_over_for("race-2"))
+    with pytest.raises(WorkflowNotFoundError):
+        rt.resume("race-2")
+    assert rt.blocking(engine.delete("race-2", only={WorkflowStatus.SUCCESSFUL})) is True  # marked: goes
+    assert statuses(rt) == {}

@@ -45,6 +45,7 @@ from actorflow.errors import (
     InvalidDefinitionError,
     SerializationError,
     WorkflowCancelledError,
+    WorkflowNotFoundError,
     WorkflowNotResumableError,
     WorkflowRunningError,
     WorkflowStepNotFoundError,
@@ -181,6 +182,8 @@ class WorkflowEngine:
         """Become the workflow's runner (or, ``handed``, take it for a runner elsewhere) if its
         lease is still ``expected_lease``."""
         meta, meta_raw, _ = await self._through_blips(lambda: self.store.read_head(wid), "a take-over")
+        if meta.get("deleting"):  # a delete has begun: its checkpoints may be gone already
+            raise WorkflowNotFoundError(wid)
         lease = Lease.new(self.lease_ttl, handed=handed)
         # Each run starts anew: a resumed workflow's start time is the resume's (as with Ray).
         meta.update(status=WorkflowStatus.RUNNING.value, start_time=time.time(), end_time=None, error=None)
@@ -457,15 +460,27 @@ class WorkflowEngine:
         (``WorkflowRunningError`` if it runs). ``only`` (a bulk delete's status filter):
         delete it only if its status is one of these (else False, nothing deleted). Returns
         whether its record went (False: it changed while its checkpoints were deleted; it is
-        still listed, and can be deleted again)."""
-        meta, meta_raw, lease_raw = await self.store.read_head(wid)
-        status = effective_status(meta, Lease.decode(lease_raw))
-        if status is WorkflowStatus.RUNNING:
-            raise WorkflowRunningError(wid, "delete")
-        if only is not None and status not in only:
-            return False
+        still listed, and can be deleted again).
+
+        A resume racing the delete either takes the workflow over first (then the delete finds
+        it RUNNING and refuses) or finds it marked as being deleted and treats it as gone: the
+        head is marked before any checkpoint goes, by a commit that requires the head read."""
+        while True:
+            meta, meta_raw, lease_raw = await self.store.read_head(wid)
+            status = effective_status(meta, Lease.decode(lease_raw))
+            if status is WorkflowStatus.RUNNING:
+                raise WorkflowRunningError(wid, "delete")
+            if only is not None and status not in only and not meta.get("deleting"):
+                return False
+            marked = {**meta, "deleting": True}
+            fence = self.store.put_meta(Batch().require(k_meta(wid), meta_raw), wid, marked)
+            if meta.get("deleting") or await self.storage.commit(fence):
+                break
+        if not meta.get("deleting"):
+            meta_raw = _codec.json_dumps(marked)
         # Everything but the head goes first, so a crash half-way leaves a visible workflow
-        # that can be deleted again, never a new workflow that inherits stale checkpoints.
+        # that can be deleted again (and that no resume takes over), never a new workflow that
+        # inherits stale checkpoints.
         await self.storage.delete_prefix(step_prefix(wid))
         await self.storage.delete_prefix(object_prefix(wid))
         rest = Batch()
