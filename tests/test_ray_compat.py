@@ -226,6 +226,69 @@ def test_a_workflow_started_by_a_driver_that_exits_runs_to_the_end(
     assert tally.read_text().split() == ["leg0", "leg1", "leg2", "leg3", "leg4"]  # each once
 
 
+TWO_DRIVERS = r"""
+import sys
+from actorflow import workflow
+
+storage, tally, name = sys.argv[1:4]
+workflow.init(storage)
+
+@workflow.step
+def leg(wid: str, n: int) -> int:
+    with open(tally, "a") as f:
+        f.write(f"{wid}/{n}\n")
+    return n
+
+@workflow.step
+def total(a: int, b: int) -> int:
+    return a + b
+
+for wid in [f"{name}-{i}" for i in range(10)] + ["shared"]:
+    workflow.run_async(total.step(leg.step(wid, 1), leg.step(wid, 2)), workflow_id=wid)
+print("leaving", flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("storage_url", ["redis"], indirect=True)
+def test_two_drivers_submitting_at_once_share_one_host_and_run_each_step_once(
+    tmp_path: pathlib.Path, wf_storage: str, ray_address: str
+) -> None:
+    """Two short-lived scripts start at the same moment on one storage with no workflow host
+    yet: they race to create it, each submits ten workflows of its own and both submit one
+    with the same id, and both exit. Every workflow ends, each step ran once, the shared one
+    once in all."""
+    import collections
+    import os
+    import subprocess
+    import sys
+
+    script, tally = tmp_path / "driver.py", tmp_path / "tally"
+    script.write_text(TWO_DRIVERS)
+    env = {**os.environ, "RAY_ADDRESS": ray_address}
+    drivers = [
+        subprocess.Popen(
+            [sys.executable, str(script), wf_storage, str(tally), name],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("d1", "d2")
+    ]
+    for proc in drivers:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and "leaving" in out, err[-2000:]
+    wids = [f"{d}-{i}" for d in ("d1", "d2") for i in range(10)] + ["shared"]
+    deadline = time.monotonic() + 90
+    while any(workflow.get_status(w) != workflow.SUCCESSFUL for w in wids):
+        assert time.monotonic() < deadline, {w: workflow.get_status(w) for w in wids}
+        time.sleep(0.2)
+    assert {w: workflow.get_output(w) for w in wids} == dict.fromkeys(wids, 3)
+    ran = collections.Counter(tally.read_text().split())
+    assert ran == collections.Counter(f"{w}/{n}" for w in wids for n in (1, 2))  # each once
+
+
 def test_bad_metadata_and_a_half_custom_state_class_are_value_errors() -> None:
     @workflow.step
     def one() -> int:
