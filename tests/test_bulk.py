@@ -601,7 +601,9 @@ def test_a_resume_that_takes_over_first_makes_the_delete_refuse(rt: WorkflowRunt
     assert [s.name for s in specs] == ["noop"]
 
 
-def test_a_workflow_being_deleted_is_not_taken_over_even_after_a_crash(rt: WorkflowRuntime) -> None:
+def test_a_workflow_being_deleted_is_not_taken_over_even_after_a_crash(
+    rt: WorkflowRuntime, client: TestClient
+) -> None:
     """The delete marks the head before any checkpoint goes; a crash after that leaves it
     listed, a resume treats it as gone (rather than run what is left of it), and a second
     delete finishes the job."""
@@ -623,5 +625,6 @@ def test_a_workflow_being_deleted_is_not_taken_over_even_after_a_crash(rt: Workf
         rt.blocking(engine.take_over_for("race-2"))
     with pytest.raises(WorkflowNotFoundError):
         rt.resume("race-2")
+    assert client.post("/v1/workflows/race-2/resume").status_code == 404
     assert rt.blocking(engine.delete("race-2", only={WorkflowStatus.SUCCESSFUL})) is True  # marked: goes
     assert statuses(rt) == {}

@@ -320,15 +320,21 @@ class LocalBackend:
         return {**meta, "steps": await self._run(self.engine.steps(wid))}
 
     async def resume_workflow(self, workflow_id: str) -> str:
+        """Take a RESUMABLE or FAILED workflow over here and run it in the background; its
+        status now (RUNNING once taken over: it reads so before this returns). Others are left
+        as they are; a workflow a delete has begun on is not found."""
         wid = check_workflow_id(workflow_id)
         status = await self._run(self.engine.status(wid))
-        if status.value in ("RESUMABLE", "FAILED"):
-            await asyncio.to_thread(self.engine.runner.ready)
-            # Runs here in the background; the caller polls GET /v1/workflows/{id}.
-            task = asyncio.run_coroutine_threadsafe(self.engine.resume(wid), self.workflows.loop)
-            task.add_done_callback(functools.partial(_log_resume, wid))
-            return "RUNNING"
-        return status.value
+        if status.value not in ("RESUMABLE", "FAILED"):
+            return status.value
+        await asyncio.to_thread(self.engine.runner.ready)
+        handed = await self._run(self.engine.take_over_for(wid))
+        if handed is None:  # it changed meanwhile (another resume, a cancel)
+            return (await self._run(self.engine.status(wid))).value
+        # Runs here in the background; the caller polls GET /v1/workflows/{id}.
+        task = asyncio.run_coroutine_threadsafe(self.engine.resume(wid, handed), self.workflows.loop)
+        task.add_done_callback(functools.partial(_log_resume, wid))
+        return "RUNNING"
 
     async def cancel_workflow(self, workflow_id: str) -> None:
         await self._run(self.engine.cancel(check_workflow_id(workflow_id)))
