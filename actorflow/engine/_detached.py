@@ -216,9 +216,14 @@ def _host(storage_url: str, lease_ttl: float, limits: tuple[int | None, int | No
 
 
 def run_detached(storage_url: str, lease_ttl: float, workflow_id: str, lease: bytes | None) -> Any:
-    """Start the workflow in the storage's detached actor; an ``ObjectRef`` of its output."""
+    """Start the workflow in the storage's detached actor; an ``ObjectRef`` of its output.
+    Returns once the actor has taken the start (a round trip): a task submitted without waiting
+    can be lost when the calling driver exits right after, and the workflow would then wait
+    for its lease to lapse and read RESUMABLE, with no runner."""
+    import ray
+
     host = workflow_host(storage_url, lease_ttl)
-    host.start.remote(workflow_id, lease)
+    ray.get(host.start.remote(workflow_id, lease))
     return host.output.remote(workflow_id)
 
 
