@@ -470,14 +470,15 @@ class WorkflowEngine:
             status = effective_status(meta, Lease.decode(lease_raw))
             if status is WorkflowStatus.RUNNING:
                 raise WorkflowRunningError(wid, "delete")
-            if only is not None and status not in only and not meta.get("deleting"):
+            if meta.get("deleting"):  # a delete that stopped half-way: finish it
+                break
+            if only is not None and status not in only:
                 return False
             marked = {**meta, "deleting": True}
             fence = self.store.put_meta(Batch().require(k_meta(wid), meta_raw), wid, marked)
-            if meta.get("deleting") or await self.storage.commit(fence):
+            if await self.storage.commit(fence):
+                meta_raw = _codec.json_dumps(marked)  # the head as the fence left it
                 break
-        if not meta.get("deleting"):
-            meta_raw = _codec.json_dumps(marked)
         # Everything but the head goes first, so a crash half-way leaves a visible workflow
         # that can be deleted again (and that no resume takes over), never a new workflow that
         # inherits stale checkpoints.
