@@ -13,7 +13,7 @@
     workflow.get_status("w1")      # WorkflowStatus.SUCCESSFUL
 
 Guarantees: a workflow's graph is stored before its first step runs; each step's output is
-stored before any step that consumes it starts, and a step whose output is stored never runs
+stored before any step that consumes it runs, and a step whose output is stored never runs
 again. After any crash the workflow is RESUMABLE and ``resume`` finishes it.
 """
 

@@ -199,6 +199,20 @@ class StepSpec:
         refs = (ref.step_id for ref in map(_step_ref, walk_values((self.args, self.kwargs))) if ref)
         return list(dict.fromkeys(refs))
 
+    def passed_whole(self) -> set[str]:
+        """The ids of the steps whose outputs this one takes only as whole arguments (a plain
+        step reference, or a Ray DAG node at the top level): what Ray can hand it from the
+        producing task's ``ObjectRef`` (see ``engine._ahead``)."""
+        whole: set[str] = set()
+        inside: set[str] = set()
+        for v in (*self.args, *self.kwargs.values()):
+            ref = v.inner if isinstance(v, RayArg) and not v.nested else v
+            if isinstance(ref, StepRef):
+                whole.add(ref.step_id)
+            else:
+                inside.update(r.step_id for r in map(_step_ref, walk_values(v)) if r)
+        return whole - inside
+
     @property
     def name(self) -> str:
         return self.options.name or step_name_for(getattr(self.func, "__qualname__", "step"))

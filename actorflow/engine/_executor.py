@@ -4,7 +4,11 @@ The executor lives on the runtime's event loop. Steps whose inputs are ready are
 once (a fan-out runs in parallel); completions are drained in groups and checkpointed in one
 atomic commit per group, and only then are the steps that depend on them submitted. So:
 
-* a step starts only after the outputs it consumes are durable;
+* a step runs its function only after the outputs it consumes are durable. A step whose
+  consumers take its output whole is told to commit its record itself, under the lease, and
+  those consumers are submitted right behind it with its ``ObjectRef``; one that finds an
+  input uncommitted runs nothing and is submitted again (see :mod:`._ahead`). So a chain
+  moves at Ray's pace, without a round trip to the runner between two steps;
 * at most :data:`MAX_IN_FLIGHT` steps are submitted at once, and an output is dropped from
   the driver's memory once every step that consumes it has been submitted, so a wide graph
   costs the driver a window of it, not all of it;
@@ -31,8 +35,9 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from actorflow import _codec, _metrics, _tracing
-from actorflow.engine._dag import IdAssigner, RayArg, StepRef, StepSpec, flatten, map_values
+from actorflow.engine._dag import IdAssigner, StepSpec, flatten
 from actorflow.engine._fencing import LeaseLost, commit_fenced, lease_margin, ride_out
+from actorflow.engine._pipelining import RELEASED, Pipelining
 from actorflow.engine._runners import RayRunner, StepRunner
 from actorflow.engine._steps import StepContext, StepFailure, portable_exception
 from actorflow.engine._store import (
@@ -44,6 +49,7 @@ from actorflow.engine._store import (
     k_lease,
     k_out,
     k_step,
+    step_header,
 )
 from actorflow.errors import StorageUnavailableError, WorkflowCancelledError, WorkflowError
 from actorflow.storage import Batch
@@ -59,17 +65,7 @@ T = TypeVar("T")
 MAX_IN_FLIGHT = 1000
 
 
-class _Released:
-    """Stands in :attr:`Executor.done` for an output every consumer has been given already."""
-
-    def __repr__(self) -> str:
-        return "<released output>"
-
-
-RELEASED: Any = _Released()
-
-
-class Executor:
+class Executor(Pipelining):
     """Executes one workflow while holding its lease."""
 
     def __init__(
@@ -84,6 +80,8 @@ class Executor:
         self.storage_url = storage_url
         self.trace = _tracing.carrier()  # what started the run: its steps' spans are children
         self.runner: StepRunner = runner if runner is not None else RayRunner()
+        # Steps may commit their own outputs when their tasks can reach this storage.
+        self.ahead_ok = self.runner.ahead and not storage_url.startswith("memory:")
         self.waiting = False  # parked until a step completes (what actorflow.testing waits for)
         self.store = store
         self.storage = store.storage
@@ -109,7 +107,7 @@ class Executor:
         # Appended from Ray's callback threads, drained by the loop: a deque, whose append and
         # popleft are atomic, so nothing is lost between the two.
         self.completions: collections.deque[tuple[str, Any]] = collections.deque()
-        self._wake_pending = False  # a wake-up of the loop is scheduled and has not run yet
+        self._init_pipelining()
         self.wakeup = asyncio.Event()
         self.root = ""
         self._lost: LeaseLost | None = None  # set by the heartbeat when it could not renew
@@ -129,6 +127,8 @@ class Executor:
             s, v = stack.pop()
             if s in self.done:
                 continue
+            if self._taken(s):
+                v = RELEASED  # every consumer (submitted ahead) has already taken it
             self.done[s] = v
             self.active.discard(s)
             stack.extend((p, self._as_output_of(p, v)) for p in self.cont_parents.pop(s, ()))
@@ -137,6 +137,12 @@ class Executor:
                     self.missing[dep] -= 1
                     if self.missing[dep] == 0:
                         self.ready.append(dep)
+
+    def _taken(self, sid: str) -> bool:
+        """Whether every consumer of ``sid``'s output has taken it, and nothing else needs it."""
+        if sid not in self.dependents or self.readers[sid] > 0:
+            return False
+        return sid != self.root and sid not in self.cont_parents
 
     def _as_output_of(self, parent: str, value: Any) -> Any:
         """A continuation's value as the output of the step that returned it: ``(value, None)``
@@ -169,6 +175,9 @@ class Executor:
             self.owner.setdefault(s.step_id, parent)
         sub_root = specs[-1].step_id
         self.cont_parents.setdefault(sub_root, []).append(parent)
+        # It waits for its sub-graph and never runs again: not even when an input that it ran
+        # on ahead (see _pipelining) is only finished now.
+        self.missing[parent] = -1
         for s in specs:
             self._activate_iter(s.step_id)
 
@@ -311,43 +320,40 @@ class Executor:
             return
 
     def _submit_ready(self) -> None:
-        """Submit ready steps, up to :data:`MAX_IN_FLIGHT` in flight; the rest stay queued."""
+        """Submit ready steps, and steps that may go ahead of their inputs, up to
+        :data:`MAX_IN_FLIGHT` in flight; the rest stay queued. Then watch the completion of
+        each step submitted, unless steps ahead of it will tell (see ``_pipelining``)."""
         ready = self.ready
         while ready and len(self.in_flight) < MAX_IN_FLIGHT:
             sid = ready.popleft()
-            if sid not in self.in_flight and sid not in self.done and sid in self.active:
+            if sid in self.in_flight or sid in self.done or sid not in self.active:
+                continue
+            if self.missing[sid] == 0:
                 self._submit(sid)
+            elif self._may_go_ahead(sid):
+                self._submit(sid, ahead=True)
+        self._watch_submitted()
 
-    def _submit(self, sid: str) -> None:
+    def _submit(self, sid: str, ahead: bool = False) -> None:
         spec = self.specs[sid]
-        args = map_values(spec.args, self._arg)
-        kwargs = map_values(spec.kwargs, self._arg)
+        args, kwargs, positions, upstream = self._arguments(spec)
         ctx = StepContext(self.storage_url, self.wid, sid, trace=self.trace)
-        running = self.runner.submit(spec.func, spec.options, tuple(args), dict(kwargs), ctx)
-        self.in_flight[sid] = running
-        self._release_inputs(sid)
-        loop = asyncio.get_running_loop()
-
-        def on_done(fut: Any, sid: str = sid) -> None:
-            # From Ray's (or a thread's) callback: the deque's append is atomic, and one wake-up
-            # of the loop serves every completion that arrives before it runs.
-            self.completions.append((sid, fut))
-            if not self._wake_pending:
-                self._wake_pending = True
-                loop.call_soon_threadsafe(self._wake)
-
-        running.future.add_done_callback(on_done)
-
-    def _wake(self) -> None:
-        self._wake_pending = False
-        self.wakeup.set()
-
-    def _arg(self, v: Any) -> Any:
-        if isinstance(v, StepRef):
-            return self.done[v.step_id]
-        if isinstance(v, RayArg):
-            return self.runner.task_arg(self.done[v.inner.step_id], v.nested)
-        return v
+        commits = self._commits_itself(sid)
+        extra = None
+        if commits or positions:
+            lease = self.lease_bytes if commits else None
+            extra = (lease, spec.name, spec.options.metadata, tuple(positions))
+        self.in_flight[sid] = self.runner.submit(spec.func, spec.options, args, kwargs, ctx, extra)
+        self.submitted.append(sid)
+        if upstream:
+            self.upstream_of[sid] = upstream
+        if ahead:
+            self.ahead.add(sid)  # its inputs are released once it has run on them
+        else:
+            self._release_inputs(sid)
+        if commits:
+            self.committing.add(sid)
+            self.ready.extend(self.dependents[sid])  # candidates to go right behind it
 
     def _release_inputs(self, sid: str) -> None:
         """Once the last consumer of an output has been submitted (with the value in its
@@ -418,6 +424,9 @@ class Executor:
             continued: list[tuple[str, list[StepSpec]]] = []
             for sid, fut in items:
                 self.in_flight.pop(sid, None)
+                self.committing.discard(sid)
+                if sid in self.upstream_of and self._skipped(sid, fut):
+                    continue
                 failed = self._record(sid, fut, batch, finished, continued)
                 if failed is not None and failure is None:
                     failure = failed
@@ -443,31 +452,18 @@ class Executor:
         continuation to ``continued``); the failure it is, unless a catching step caught it."""
         spec = self.specs[sid]
         try:
-            kind, out, start, end, attempts, tb = fut.result()
+            kind, out, start, end, attempts, tb, committed = fut.result()
         except BaseException as exc:  # the task itself died (worker crash, cancel)
-            kind, out, start, end, attempts, tb = (
-                "err",
-                portable_exception(exc),
-                time.time(),
-                time.time(),
-                1,
-                "",
-            )
+            kind, out, attempts, tb, committed = "err", portable_exception(exc), 1, "", False
+            start = end = time.time()
         _metrics.inc("actorflow_workflow_steps", (_OUTCOMES.get(kind, kind),))
         if attempts > 1:
             _metrics.inc("actorflow_workflow_step_retries", (), attempts - 1)
-        header = {
-            "kind": kind,
-            "name": spec.name,
-            "start_time": start,
-            "end_time": end,
-            "attempts": attempts,
-            "user_metadata": spec.options.metadata,
-        }
+        header = step_header(kind, spec.name, start, end, attempts, spec.options.metadata)
         what = f"the output of step {sid!r} of workflow {self.wid!r}"
         try:
             if kind == "ok":
-                if spec.options.checkpoint:
+                if spec.options.checkpoint and not committed:  # else its task committed it
                     self.store.put_payload(batch, self.wid, k_step(self.wid, sid), header, out, what)
                 finished.append((sid, out))
             elif kind == "cont":

@@ -4,6 +4,8 @@ tests (:class:`InlineRunner`, what :mod:`actorflow.testing` uses).
 A runner takes a step's body, its arguments and its :class:`~actorflow.engine._steps.StepContext`
 and gives back a handle whose ``future`` (a :class:`concurrent.futures.Future`) settles with the
 body's outcome tuple. The executor is the same either way: it commits what the future brings.
+Only Ray tasks can be submitted ahead of the steps they consume (:attr:`StepRunner.ahead`):
+their arguments may be the ``ref`` of a step still running (see :mod:`._ahead`).
 """
 
 from __future__ import annotations
@@ -20,23 +22,34 @@ import cloudpickle
 from actorflow._clock import Clock
 from actorflow.engine._dag import StepOptions
 from actorflow.engine._detached import run_detached
-from actorflow.engine._steps import StepContext, Verbatim, body_for, remote_for
+from actorflow.engine._steps import Ahead, StepContext, Verbatim, body_for, remote_for
 
 
 class Running(Protocol):
-    """One submitted step."""
+    """One submitted step; ``ref`` is what a step submitted ahead of it takes as an argument
+    in its place (None where steps cannot be submitted ahead)."""
 
     future: concurrent.futures.Future[Any]
+    ref: Any
 
     def cancel(self) -> None: ...
 
 
 class StepRunner(Protocol):
+    #: Whether a step may be submitted before the outputs it consumes are in (see ``_ahead``).
+    ahead: bool
+
     def ready(self) -> None:
         """Make sure steps can run (start or connect to Ray); blocking, cheap once done."""
 
     def submit(
-        self, func: Any, options: StepOptions, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: StepContext
+        self,
+        func: Any,
+        options: StepOptions,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        ctx: StepContext,
+        ahead: Ahead | None = None,
     ) -> Running: ...
 
     def run_workflow(self, runtime: Any, workflow_id: str, lease: bytes | None) -> Any:
@@ -45,6 +58,10 @@ class StepRunner(Protocol):
 
     def task_arg(self, value: Any, nested: bool) -> Any:
         """A step's output as an argument of a Ray DAG task (see :class:`~._dag.RayArg`)."""
+
+    def output_of(self, ref: Any) -> Any:
+        """The output in the outcome of a finished step's task, by its ``ref`` (only for
+        runners whose steps go ahead)."""
 
 
 @dataclasses.dataclass
@@ -66,33 +83,47 @@ PACK_ARGS_OVER = 64
 class RayRunner:
     """Each step a Ray task (with the step's Ray options), anywhere in the cluster."""
 
+    ahead = True
+
     def ready(self) -> None:
         from actorflow._ray import ensure_ray
 
         ensure_ray()
 
     def submit(
-        self, func: Any, options: StepOptions, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: StepContext
+        self,
+        func: Any,
+        options: StepOptions,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        ctx: StepContext,
+        ahead: Ahead | None = None,
     ) -> Running:
         # The context as a plain tuple: Ray sends that without pickling (a dataclass it pickles).
         where: tuple[Any, ...] = (ctx.storage_url, ctx.workflow_id, ctx.step_id)
         if ctx.trace is not None:  # the run's trace context goes with the task
             where += (None, ctx.trace)
         remote = remote_for(func, options)
+        extra = {"_actorflow_ahead": ahead} if ahead is not None else {}
         if len(args) + len(kwargs) > PACK_ARGS_OVER:
             # A wide join: one object instead of a task spec with an entry per argument, which
             # Ray builds and keeps in the driver (100,000 of them cost it ~100 MB).
             import ray
 
             packed = ray.put((args, kwargs))
-            ref = remote.remote(_actorflow_ctx=where, _actorflow_packed=packed)
+            ref = remote.remote(_actorflow_ctx=where, _actorflow_packed=packed, **extra)
         else:
-            ref = remote.remote(*args, _actorflow_ctx=where, **kwargs)
+            ref = remote.remote(*args, _actorflow_ctx=where, **extra, **kwargs)
         return _RayTask(ref, ref.future())
 
     def run_workflow(self, runtime: Any, workflow_id: str, lease: bytes | None) -> Any:
         """In the storage's detached actor, where it outlives the caller: an ``ObjectRef``."""
         return run_detached(runtime.storage_url, runtime.lease_ttl, workflow_id, lease)
+
+    def output_of(self, ref: Any) -> Any:
+        import ray
+
+        return ray.get(ref)[1]
 
     def task_arg(self, value: Any, nested: bool) -> Any:
         """As Ray passes it: nested, an ``ObjectRef`` (one the task returned, or one put now);
@@ -107,6 +138,7 @@ class RayRunner:
 @dataclasses.dataclass
 class _Thread:
     future: concurrent.futures.Future[Any]
+    ref: Any = None
 
     def cancel(self) -> None:
         self.future.cancel()  # a step already running runs on; its result is then ignored
@@ -119,7 +151,10 @@ class InlineRunner:
     change its caller's objects. Ray's resource options (``num_cpus``...) mean nothing here;
     retries of application errors work as with Ray. ``busy()`` says how many steps run and are
     not waiting on the clock: what :mod:`actorflow.testing` waits on before it moves time.
+    Steps are never submitted ahead here: each starts once the outputs it takes are stored.
     """
+
+    ahead = False
 
     def __init__(self, clock: Clock, max_workers: int = 64) -> None:
         self.clock = clock
@@ -131,8 +166,15 @@ class InlineRunner:
         pass
 
     def submit(
-        self, func: Any, options: StepOptions, args: tuple[Any, ...], kwargs: dict[str, Any], ctx: StepContext
+        self,
+        func: Any,
+        options: StepOptions,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        ctx: StepContext,
+        ahead: Ahead | None = None,
     ) -> Running:
+        assert ahead is None, "the inline runner takes no steps ahead"
         args, kwargs = cloudpickle.loads(cloudpickle.dumps((args, kwargs)))
         body = body_for(func, options)
         ctx = dataclasses.replace(ctx, clock=self.clock)
@@ -156,6 +198,9 @@ class InlineRunner:
     def task_arg(self, value: Any, nested: bool) -> Any:
         """The value itself, nested or not: steps run here with no Ray to hold an ``ObjectRef``."""
         return value
+
+    def output_of(self, ref: Any) -> Any:
+        raise TypeError("steps of the inline runner never go ahead: no output is held by reference")
 
     def run_workflow(self, runtime: Any, workflow_id: str, lease: bytes | None) -> Any:
         """On the runtime's own loop: a :class:`concurrent.futures.Future` of its output."""

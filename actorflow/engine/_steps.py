@@ -3,8 +3,9 @@
 A step runs as one Ray task. The task body calls the user's function, retries it in place
 when it raises (``max_retries``), and returns a small tuple the executor understands:
 ``("ok", value, ...)``, ``("cont", workflow, ...)`` for a step that returned more steps, or
-``("err", exception, ...)``. Checkpointing happens in the executor, never in the task, so a
-step's output is durable before any step that depends on it starts.
+``("err", exception, ...)``, its last element whether the task committed the step's record
+itself (see :mod:`._ahead`). A step's output is durable before any step that depends on it
+runs its function: the executor commits it, or the task did, under the runner's lease.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import cloudpickle
 
 from actorflow import _tracing
+from actorflow.engine._ahead import commit_output
 from actorflow.engine._dag import StepOptions, Workflow
 
 
@@ -122,16 +124,49 @@ def _resolve_top_level(
     return tuple(listed), {**kwargs, **{k: next(values) for k in names}}
 
 
+#: What a step submitted ahead returns when an output it consumes was not committed: it ran
+#: nothing, and the executor submits it again once that output is durable.
+SKIPPED = ("skip", None, 0.0, 0.0, 0, "", False)
+
+#: How the executor asks a task to commit its own record and which of its arguments are the
+#: outcome tuples of steps it was submitted ahead of: ``(lease, name, metadata, positions)``,
+#: ``lease`` None when the executor commits the record, positions ints (args) or str (kwargs).
+Ahead = tuple[bytes | None, str, dict[str, Any], tuple[int | str, ...]]
+
+
+def _take_upstream(
+    args: tuple[Any, ...], kwargs: dict[str, Any], positions: tuple[int | str, ...]
+) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    """The arguments with each upstream outcome replaced by its output; None unless every one
+    of them ended "ok" and was committed (then the step must not run yet)."""
+    listed, named = list(args), dict(kwargs)
+    for pos in positions:
+        outcome = listed[pos] if isinstance(pos, int) else named[pos]
+        if outcome[0] != "ok" or not outcome[-1]:
+            return None
+        if isinstance(pos, int):
+            listed[pos] = outcome[1]
+        else:
+            named[pos] = outcome[1]
+    return tuple(listed), named
+
+
 def _make_body(func: Callable[..., Any], retries: int, catch: bool) -> Callable[..., Any]:
     def actorflow_step(
         *args: Any,
         _actorflow_ctx: StepContext | tuple[Any, ...],
         _actorflow_packed: tuple[tuple[Any, ...], dict[str, Any]] | None = None,
+        _actorflow_ahead: Ahead | None = None,
         **kwargs: Any,
     ) -> tuple[Any, ...]:
         if _actorflow_packed is not None:  # many arguments, sent as one object (see RayRunner)
             args, kwargs = _resolve_top_level(*_actorflow_packed)
         args, kwargs = _unwrap(args, kwargs)
+        if _actorflow_ahead is not None and _actorflow_ahead[3]:
+            taken = _take_upstream(args, kwargs, _actorflow_ahead[3])
+            if taken is None:
+                return SKIPPED
+            args, kwargs = taken
         ctx = _actorflow_ctx if isinstance(_actorflow_ctx, StepContext) else StepContext(*_actorflow_ctx)
         token = _enter_step(ctx)
         attributes = {"actorflow.workflow_id": ctx.workflow_id, "actorflow.step_id": ctx.step_id}
@@ -141,9 +176,15 @@ def _make_body(func: Callable[..., Any], retries: int, catch: bool) -> Callable[
                 outcome = run(args, kwargs)
                 if outcome[0] == "err":
                     _tracing.mark_error(current, repr(outcome[1]))
-                return outcome
         finally:
             _leave_step(token)
+        committed = False
+        if _actorflow_ahead is not None and outcome[0] == "ok":
+            lease, step_name, metadata, _ = _actorflow_ahead
+            if lease is not None:
+                url, wid, sid = ctx.storage_url, ctx.workflow_id, ctx.step_id
+                committed = commit_output(url, wid, sid, lease, step_name, metadata, outcome)
+        return (*outcome, committed)
 
     def run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
         start = time.time()
@@ -227,6 +268,8 @@ def remote_for(func: Callable[..., Any], options: StepOptions) -> Any:
 
 
 __all__ = [
+    "SKIPPED",
+    "Ahead",
     "StepContext",
     "StepFailure",
     "Verbatim",

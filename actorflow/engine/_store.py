@@ -102,6 +102,21 @@ def k_event(wid: str, key: str) -> str:
     return f"wf/{wid}/ev/{key}"
 
 
+def step_header(
+    kind: str, name: str, start: float, end: float, attempts: int, metadata: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The header of a step's record (its payload follows): written by the runner, or by the
+    step's own task when it checkpoints its output itself (see :mod:`._ahead`)."""
+    return {
+        "kind": kind,
+        "name": name,
+        "start_time": start,
+        "end_time": end,
+        "attempts": attempts,
+        "user_metadata": metadata,
+    }
+
+
 _HOST = socket.gethostname()
 
 
