@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import ray
 
-from actorflow import workflow
+from actorflow import _metrics, workflow
 from actorflow.engine import _pipelining
 
 pytestmark = [pytest.mark.usefixtures("ray_session", "wf_storage"), pytest.mark.timeout(120)]
@@ -136,7 +136,11 @@ def test_a_continuation_in_a_chain_feeds_the_steps_behind_it(tmp_path: pathlib.P
     assert sorted(runs(tally)) == [*range(10), 100, 101]
 
 
-def test_records_written_by_the_tasks_read_as_the_runners_do(tmp_path: pathlib.Path) -> None:
+def test_records_written_by_the_tasks_read_as_the_runners_do(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counted: list[tuple[str, float]] = []
+    monkeypatch.setattr(_metrics, "inc", lambda name, labels=(), amount=1.0: counted.append((name, amount)))
     tally = tmp_path / "tally"
     step = ray.remote(make_body(tally, retry_at=2))
     node: Any = 0
@@ -150,6 +154,9 @@ def test_records_written_by_the_tasks_read_as_the_runners_do(tmp_path: pathlib.P
         assert meta["user_metadata"] == {"index": i}
         assert meta["stats"]["start_time"] <= meta["stats"]["end_time"]
     assert runs(tally) == [0, 1, 2, 2, 3, 4]  # the failed attempt retried in place
+    # The runner never watched s2 (s3 went ahead of it) yet counts its retry, from s3's outcome.
+    assert counted.count(("actorflow_workflow_step_retries", 1)) == 1
+    assert counted.count(("actorflow_workflow_steps", 1.0)) == 5
 
 
 _RUNNER = """

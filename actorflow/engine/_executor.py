@@ -452,7 +452,7 @@ class Executor(Pipelining):
         continuation to ``continued``); the failure it is, unless a catching step caught it."""
         spec = self.specs[sid]
         try:
-            kind, out, start, end, attempts, tb, committed = fut.result()
+            kind, out, start, end, attempts, tb, committed, _ = fut.result()
         except BaseException as exc:  # the task itself died (worker crash, cancel)
             kind, out, attempts, tb, committed = "err", portable_exception(exc), 1, "", False
             start = end = time.time()

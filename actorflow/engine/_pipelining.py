@@ -108,10 +108,11 @@ class Pipelining(abc.ABC):
 
     def _arguments(
         self, spec: StepSpec
-    ) -> tuple[tuple[Any, ...], dict[str, Any], list[int | str], list[str]]:
+    ) -> tuple[tuple[Any, ...], dict[str, Any], list[tuple[int | str, str]], list[str]]:
         """A step's arguments. An input taken whole that is still running, or stored and never
-        fetched, is its task's ``ref``; third come the positions of those, fourth their steps."""
-        positions: list[int | str] = []
+        fetched, is its task's ``ref``; third come the positions of those with their steps,
+        fourth those steps (each once)."""
+        positions: list[tuple[int | str, str]] = []
         upstream: list[str] = []
 
         def whole(pos: int | str, v: Any) -> Any:
@@ -124,7 +125,7 @@ class Pipelining(abc.ABC):
                     given = self.done[d].ref
                 else:
                     return map_values(v, self._arg)
-                positions.append(pos)
+                positions.append((pos, d))
                 upstream.append(d)
                 return given
             return map_values(v, self._arg)
@@ -183,12 +184,14 @@ class Pipelining(abc.ABC):
         upstream = self.upstream_of.pop(sid)
         ahead = sid in self.ahead
         self.ahead.discard(sid)
+        retried: dict[str, int] = {}
         try:
-            ran = fut.result()[0] != "skip"
+            outcome = fut.result()
+            ran, retried = outcome[0] != "skip", dict(outcome[7])
         except BaseException:  # ahead: its input's task died, or its own; else it failed
             ran = not ahead
         if ran:
-            self._finish_behind(upstream)
+            self._finish_behind(upstream, retried)
             if ahead:
                 self._release_inputs(sid)
             return False
@@ -202,9 +205,10 @@ class Pipelining(abc.ABC):
             self.ready.append(sid)
         return True
 
-    def _finish_behind(self, upstream: list[str]) -> None:
+    def _finish_behind(self, upstream: list[str], retried: dict[str, int]) -> None:
         """A step ran on the outputs of ``upstream``: each of them (and what it ran on, in turn)
-        ended "ok" with its record stored. Finish those nobody watches."""
+        ended "ok" with its record stored. Finish those nobody watches; ``retried`` has the
+        attempts of those that were retried, as the step saw them."""
         stack = list(upstream)
         while stack:
             a = stack.pop()
@@ -214,6 +218,8 @@ class Pipelining(abc.ABC):
             running = self.in_flight.pop(a)
             self.committing.discard(a)
             _metrics.inc("actorflow_workflow_steps", ("ok",))
+            if retried.get(a, 1) > 1:
+                _metrics.inc("actorflow_workflow_step_retries", (), retried[a] - 1)
             if a in self.ahead:
                 self.ahead.discard(a)
                 self._release_inputs(a)

@@ -3,9 +3,10 @@
 A step runs as one Ray task. The task body calls the user's function, retries it in place
 when it raises (``max_retries``), and returns a small tuple the executor understands:
 ``("ok", value, ...)``, ``("cont", workflow, ...)`` for a step that returned more steps, or
-``("err", exception, ...)``, its last element whether the task committed the step's record
-itself (see :mod:`._ahead`). A step's output is durable before any step that depends on it
-runs its function: the executor commits it, or the task did, under the runner's lease.
+``("err", exception, ...)``, then whether the task committed the step's record itself (see
+:mod:`._ahead`) and, last, the attempts of retried steps behind it that nobody watched. A
+step's output is durable before any step that depends on it runs its function: the executor
+commits it, or the task did, under the runner's lease.
 """
 
 from __future__ import annotations
@@ -126,29 +127,36 @@ def _resolve_top_level(
 
 #: What a step submitted ahead returns when an output it consumes was not committed: it ran
 #: nothing, and the executor submits it again once that output is durable.
-SKIPPED = ("skip", None, 0.0, 0.0, 0, "", False)
+SKIPPED = ("skip", None, 0.0, 0.0, 0, "", False, ())
 
 #: How the executor asks a task to commit its own record and which of its arguments are the
-#: outcome tuples of steps it was submitted ahead of: ``(lease, name, metadata, positions)``,
-#: ``lease`` None when the executor commits the record, positions ints (args) or str (kwargs).
-Ahead = tuple[bytes | None, str, dict[str, Any], tuple[int | str, ...]]
+#: outcome tuples of steps it was submitted ahead of: ``(lease, name, metadata, inputs)``,
+#: ``lease`` None when the executor commits the record, ``inputs`` pairs of a position (an
+#: int in args, a str in kwargs) and the id of the step whose outcome is there.
+Ahead = tuple[bytes | None, str, dict[str, Any], tuple[tuple[int | str, str], ...]]
 
 
 def _take_upstream(
-    args: tuple[Any, ...], kwargs: dict[str, Any], positions: tuple[int | str, ...]
-) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-    """The arguments with each upstream outcome replaced by its output; None unless every one
-    of them ended "ok" and was committed (then the step must not run yet)."""
+    args: tuple[Any, ...], kwargs: dict[str, Any], inputs: tuple[tuple[int | str, str], ...]
+) -> tuple[tuple[Any, ...], dict[str, Any], tuple[tuple[str, int], ...]] | None:
+    """The arguments with each upstream outcome replaced by its output, and the attempts of
+    the retried steps among and behind those (the runner may never watch them: it counts
+    their retries from here); None unless every one ended "ok" and was committed (then the
+    step must not run yet)."""
     listed, named = list(args), dict(kwargs)
-    for pos in positions:
+    behind: dict[str, int] = {}
+    for pos, sid in inputs:
         outcome = listed[pos] if isinstance(pos, int) else named[pos]
-        if outcome[0] != "ok" or not outcome[-1]:
+        if outcome[0] != "ok" or not outcome[6]:
             return None
+        behind.update(outcome[7])
+        if outcome[4] > 1:
+            behind[sid] = outcome[4]
         if isinstance(pos, int):
             listed[pos] = outcome[1]
         else:
             named[pos] = outcome[1]
-    return tuple(listed), named
+    return tuple(listed), named, tuple(behind.items())
 
 
 def _make_body(func: Callable[..., Any], retries: int, catch: bool) -> Callable[..., Any]:
@@ -162,11 +170,12 @@ def _make_body(func: Callable[..., Any], retries: int, catch: bool) -> Callable[
         if _actorflow_packed is not None:  # many arguments, sent as one object (see RayRunner)
             args, kwargs = _resolve_top_level(*_actorflow_packed)
         args, kwargs = _unwrap(args, kwargs)
+        behind: tuple[tuple[str, int], ...] = ()
         if _actorflow_ahead is not None and _actorflow_ahead[3]:
             taken = _take_upstream(args, kwargs, _actorflow_ahead[3])
             if taken is None:
                 return SKIPPED
-            args, kwargs = taken
+            args, kwargs, behind = taken
         ctx = _actorflow_ctx if isinstance(_actorflow_ctx, StepContext) else StepContext(*_actorflow_ctx)
         token = _enter_step(ctx)
         attributes = {"actorflow.workflow_id": ctx.workflow_id, "actorflow.step_id": ctx.step_id}
@@ -184,7 +193,7 @@ def _make_body(func: Callable[..., Any], retries: int, catch: bool) -> Callable[
             if lease is not None:
                 url, wid, sid = ctx.storage_url, ctx.workflow_id, ctx.step_id
                 committed = commit_output(url, wid, sid, lease, step_name, metadata, outcome)
-        return (*outcome, committed)
+        return (*outcome, committed, behind)
 
     def run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
         start = time.time()
