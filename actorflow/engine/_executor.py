@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 from actorflow import _codec, _metrics, _tracing
 from actorflow.engine._dag import IdAssigner, StepSpec, flatten
 from actorflow.engine._fencing import LeaseLost, commit_fenced, lease_margin, ride_out
+from actorflow.engine._holding import Held
 from actorflow.engine._pipelining import RELEASED, Pipelining
 from actorflow.engine._runners import RayRunner, StepRunner
 from actorflow.engine._steps import StepContext, StepFailure, portable_exception
@@ -108,6 +109,7 @@ class Executor(Pipelining):
         # popleft are atomic, so nothing is lost between the two.
         self.completions: collections.deque[tuple[str, Any]] = collections.deque()
         self._init_pipelining()
+        self.held = Held(self.runner.ahead, self.dependents, self.missing, self.active, self._awaited)
         self.wakeup = asyncio.Event()
         self.root = ""
         self._lost: LeaseLost | None = None  # set by the heartbeat when it could not renew
@@ -143,6 +145,10 @@ class Executor(Pipelining):
         if sid not in self.dependents or self.readers[sid] > 0:
             return False
         return sid != self.root and sid not in self.cont_parents
+
+    def _awaited(self, sid: str) -> bool:
+        """Whether ``sid``'s output is the workflow's, or one a continuation's parent waits on."""
+        return sid == self.root or sid in self.cont_parents
 
     def _as_output_of(self, parent: str, value: Any) -> Any:
         """A continuation's value as the output of the step that returned it: ``(value, None)``
@@ -406,20 +412,17 @@ class Executor(Pipelining):
                 self._submit_ready()
             else:
                 self.ready.clear()
-            if not self.in_flight:
+            if not self.in_flight and not self.held.finished:
                 if failure is not None:
                     break
                 raise WorkflowError(self.wid, f"workflow {self.wid!r} has no runnable step (internal error)")
             self.waiting = not self.completions
-            await self.wakeup.wait()
+            await self._wait()
             self.waiting = False
             self.wakeup.clear()
             if self._lost is not None:
                 raise self._lost
             items = [self.completions.popleft() for _ in range(len(self.completions))]
-            if not items:
-                continue
-            batch = Batch()
             finished: list[tuple[str, Any]] = []
             continued: list[tuple[str, list[StepSpec]]] = []
             for sid, fut in items:
@@ -427,9 +430,12 @@ class Executor(Pipelining):
                 self.committing.discard(sid)
                 if sid in self.upstream_of and self._skipped(sid, fut):
                     continue
-                failed = self._record(sid, fut, batch, finished, continued)
+                failed = self._record(sid, fut, self.held.batch, finished, continued)
                 if failed is not None and failure is None:
                     failure = failed
+            if self.held.keep(finished, urgent=bool(continued) or failure is not None or not self.in_flight):
+                continue
+            batch, finished = self.held.take()
             if batch:
                 await self._commit(batch)
             for sid, out in finished:
@@ -439,6 +445,15 @@ class Executor(Pipelining):
         if failure is not None and self.root not in self.done:
             await self._fail(*failure)
         return await self._succeed()
+
+    async def _wait(self) -> None:
+        """Until a completion (or a lost lease) wakes the loop, or the held records are due."""
+        due = self.held.due()
+        if due is None:
+            await self.wakeup.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wakeup.wait(), max(0.0, due - time.monotonic()))
 
     def _record(
         self,
