@@ -38,6 +38,8 @@ log = logging.getLogger("actorflow.workflow")
 
 #: How long a task waits for its own commit before it leaves the checkpoint to the runner.
 COMMIT_TIMEOUT = 30.0
+#: Reads of a renewed lease a task's commit goes through before it leaves the record to the runner.
+RENEWED_TRIES = 5
 #: Storages a worker process keeps open for these commits (the least recently used closes).
 KEEP_OPEN = 4
 
@@ -65,13 +67,17 @@ async def _commit(opened: collections.OrderedDict[str, Storage], url: str, wid: 
     if await storage.commit(batch):
         return True
     # The runner may have renewed its lease since it submitted the step (only the expiry
-    # changes). A lease with the runner's token is still the runner's: require it as it is now.
+    # changes). A lease with the runner's token is still the runner's: require it as it is now,
+    # again if a renewal lands between the read and the commit (one every third of the ttl).
     given = Lease.decode(batch.expect[k_lease(wid)])
-    now = await storage.get(k_lease(wid))
-    held = Lease.decode(now)
-    if given is None or held is None or held.token != given.token:
-        return False
-    return await storage.commit(batch.require(k_lease(wid), now))
+    for _ in range(RENEWED_TRIES):
+        now = await storage.get(k_lease(wid))
+        held = Lease.decode(now)
+        if given is None or held is None or held.token != given.token:
+            return False
+        if await storage.commit(batch.require(k_lease(wid), now)):
+            return True
+    return False
 
 
 def commit_output(
