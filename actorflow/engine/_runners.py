@@ -23,6 +23,7 @@ from actorflow._clock import Clock
 from actorflow.engine._dag import StepOptions
 from actorflow.engine._detached import run_detached
 from actorflow.engine._steps import Ahead, StepContext, Verbatim, body_for, remote_for
+from actorflow.engine._watching import Watcher
 
 
 class Running(Protocol):
@@ -76,6 +77,9 @@ class _RayTask:
             ray.cancel(self.ref, force=True)  # a polite cancel cannot interrupt a blocking call
 
 
+#: One for the process: it watches the tasks of every runner and workflow here.
+_watcher = Watcher()
+
 #: A step with more arguments than this gets them in one Ray object (see ``RayRunner.submit``).
 PACK_ARGS_OVER = 64
 
@@ -114,7 +118,7 @@ class RayRunner:
             ref = remote.remote(_actorflow_ctx=where, _actorflow_packed=packed, **extra)
         else:
             ref = remote.remote(*args, _actorflow_ctx=where, **extra, **kwargs)
-        return _RayTask(ref, ref.future())
+        return _RayTask(ref, _watcher.watch(ref))
 
     def run_workflow(self, runtime: Any, workflow_id: str, lease: bytes | None) -> Any:
         """In the storage's detached actor, where it outlives the caller: an ``ObjectRef``."""
