@@ -34,6 +34,9 @@ WAIT = 0.01
 #: Seconds after which a task still running is watched by Ray's per-object callback instead.
 HAND_OFF = 0.1
 
+#: Watched tasks fetched together: each ref, its future, and when it joined the group.
+_Group = list[tuple[Any, concurrent.futures.Future[Any], float]]
+
 
 class Watcher:
     """Settles a future per watched ``ObjectRef`` (see the module's text for the rules)."""
@@ -70,7 +73,7 @@ class Watcher:
     def _run(self) -> None:
         import ray
 
-        group: list[tuple[Any, concurrent.futures.Future[Any], float]] = []
+        group: _Group = []
         while True:
             with self._cond:
                 while not group and not self._queue:
@@ -80,7 +83,7 @@ class Watcher:
                     ref, fut = self._queue.popleft()
                     group.append((ref, fut, now))
             try:
-                group = self._fetch(ray, group)
+                group = self._fetch(group)
             except Exception as exc:  # Ray itself failed (shut down, say): nothing can settle
                 if ray.is_initialized():
                     log.warning("watching step tasks failed, trying again: %r", exc)
@@ -94,8 +97,10 @@ class Watcher:
                 self._settled(count=len(lost))
                 group = []
 
-    def _fetch(self, ray: Any, group: list[tuple[Any, concurrent.futures.Future[Any], float]]) -> list[Any]:
+    def _fetch(self, group: _Group) -> _Group:
         """Fetch ``group``; settle what finished; return what still runs (to fetch again)."""
+        import ray
+
         refs = [g[0] for g in group]
         try:
             values = ray.get(refs, timeout=WAIT)
@@ -113,12 +118,10 @@ class Watcher:
                 else:
                     rest.append(g)
             return rest
-        for g, value in zip(group, values, strict=True):
-            _give(g[1], value)
-        self._settled(count=len(group))
+        self._give_all(group, values)
         return []
 
-    def _settle_each(self, group: list[tuple[Any, concurrent.futures.Future[Any], float]]) -> None:
+    def _settle_each(self, group: _Group) -> None:
         import ray
 
         if not group:
@@ -133,9 +136,13 @@ class Watcher:
                     _fail(fut, exc)
                 else:
                     _give(fut, value)
+            self._settled(count=len(group))
         else:
-            for g, value in zip(group, values, strict=True):
-                _give(g[1], value)
+            self._give_all(group, values)
+
+    def _give_all(self, group: _Group, values: list[Any]) -> None:
+        for g, value in zip(group, values, strict=True):
+            _give(g[1], value)
         self._settled(count=len(group))
 
     def _hand_off(self, ref: Any, fut: concurrent.futures.Future[Any]) -> None:
@@ -152,12 +159,14 @@ class Watcher:
 
 
 def _give(fut: concurrent.futures.Future[Any], value: Any) -> None:
-    if not fut.cancelled():  # whoever cancelled it no longer wants the value
+    # Done already: cancelled by whoever no longer wants it, or settled before Ray shut down
+    # under the watcher (which then fails all it holds).
+    if not fut.done():
         fut.set_result(value)
 
 
 def _fail(fut: concurrent.futures.Future[Any], exc: BaseException) -> None:
-    if not fut.cancelled():
+    if not fut.done():
         fut.set_exception(exc)
 
 
