@@ -10,10 +10,14 @@ of 32 keep-alive connections spread over 1,000 actors: absolute figures and rati
 
 The forms: "body" is what curl and most HTTP clients send (``{"args": [1]}`` as a JSON body);
 "python" is whatever the Python client sends for the same call (``HttpInvoker.call_request``).
+The call is ``Account.deposit(1)`` from ``examples.bank``, a plain method (it runs in a worker
+thread); with ``--method async`` (or ``both``, the default) also the same deposit written
+``async def`` (``bench/async_account.py``, run on the replica's event loop).
 
     python -m bench.http                       # HAProxy mode, SQLite and Redis
     python -m bench.http --proxy classic       # Serve's classic proxy
     python -m bench.http --storage sqlite      # one storage
+    python -m bench.http --method plain        # only the plain method
 """
 
 from __future__ import annotations
@@ -69,7 +73,14 @@ def floor_deployment(haproxy: bool) -> Any:
     return Floor.bind()  # type: ignore[attr-defined]
 
 
-def requests_for(form: str, actors: list[str], floor: bool) -> list[_load.Request]:
+#: The actor type called for each kind of method (see the module doc).
+TYPES = {"plain": "Account", "async": "AsyncAccount"}
+MODULES = ["examples.bank", "bench.async_account"]
+
+
+def requests_for(
+    form: str, actors: list[str], floor: bool, type_name: str = "Account"
+) -> list[_load.Request]:
     """One ``deposit(1)`` request per actor, in ``form``; the floor's path drops ``/v1``."""
     from actorflow.client import HttpInvoker
 
@@ -77,9 +88,9 @@ def requests_for(form: str, actors: list[str], floor: bool) -> list[_load.Reques
     headers: dict[str, str]
     for actor in actors:
         if form == "body":
-            path, headers, body = f"/v1/actors/Account/{actor}/deposit", {}, {"args": [1]}
+            path, headers, body = f"/v1/actors/{type_name}/{actor}/deposit", {}, {"args": [1]}
         else:
-            path, headers, body = HttpInvoker.call_request("Account", actor, "deposit", [1], {}, None)
+            path, headers, body = HttpInvoker.call_request(type_name, actor, "deposit", [1], {}, None)
         if floor:
             path = path.removeprefix("/v1")
         pairs = (*headers.items(), ("content-type", "application/json"))
@@ -99,9 +110,9 @@ def steady(base: str, actors: list[str], timeout: float = 60.0) -> None:
     time.sleep(1.0)
 
 
-def create_actors(base: str, actors: list[str]) -> None:
+def create_actors(base: str, actors: list[str], type_name: str = "Account") -> None:
     json_type = (("content-type", "application/json"),)
-    creates = [_load.Request("POST", f"/v1/actors/Account/{a}", json_type, b"{}") for a in actors]
+    creates = [_load.Request("POST", f"/v1/actors/{type_name}/{a}", json_type, b"{}") for a in actors]
     _load.latencies(base, creates, len(creates))
 
 
@@ -111,42 +122,49 @@ def measure(base: str, storage: str, args: argparse.Namespace, haproxy: bool) ->
     from actorflow.serve.app import build
 
     no_access_log = {"enable_access_log": False}
-    app = build({"modules": ["examples.bank"], "storage": storage, "actor_host_replicas": REPLICAS})
+    app = build({"modules": MODULES, "storage": storage, "actor_host_replicas": REPLICAS})
     serve.run(app, name="actorflow", route_prefix="/", logging_config=no_access_log)
     floor = f"{base}/floor"
     actors = [f"acct-{i}" for i in range(args.actors)]
     steady(base, actors)
-    create_actors(base, actors)
-    forms = ("body", "python")
+    methods = ("plain", "async") if args.method == "both" else (args.method,)
+    for method in methods:
+        create_actors(base, actors, TYPES[method])
+    cases = [(method, form) for method in methods for form in ("body", "python")]
     sides = ("floor", "actor")
-    reqs = {(form, side): requests_for(form, actors, side == "floor") for form in forms for side in sides}
+    reqs = {
+        (case, side): requests_for(case[1], actors, side == "floor", TYPES[case[0]])
+        for case in cases
+        for side in sides
+    }
     urls = {"floor": floor, "actor": base}
-    for (_form, side), r in reqs.items():  # warm both paths and every actor's cache
+    for (_case, side), r in reqs.items():  # warm both paths and every actor's cache
         _load.latencies(urls[side], r, len(r))
-    lat: dict[tuple[str, str], list[float]] = {}
-    thr: dict[tuple[str, str], list[float]] = {}
+    lat: dict[tuple[tuple[str, str], str], list[float]] = {}
+    thr: dict[tuple[tuple[str, str], str], list[float]] = {}
     for _ in range(args.runs):  # interleaved, so drift hits both sides alike
-        for form in forms:
-            for side in ("floor", "actor"):
-                one = reqs[form, side][:1]  # one client, one actor
-                lat.setdefault((form, side), []).append(
+        for case in cases:
+            for side in sides:
+                one = reqs[case, side][:1]  # one client, one actor
+                lat.setdefault((case, side), []).append(
                     statistics.median(_load.latencies(urls[side], one, args.calls))
                 )
-            for side in ("floor", "actor"):
-                rate = _load.throughput(urls[side], reqs[form, side], args.connections, args.seconds)
-                thr.setdefault((form, side), []).append(rate)
+            for side in sides:
+                rate = _load.throughput(urls[side], reqs[case, side], args.connections, args.seconds)
+                thr.setdefault((case, side), []).append(rate)
     kind = storage.split(":", 1)[0]
     lines = []
-    for form in forms:
-        lf, la = (statistics.median(lat[form, side]) * 1e3 for side in ("floor", "actor"))
-        tf, ta = (statistics.median(thr[form, side]) for side in ("floor", "actor"))
+    for case in cases:
+        method, form = case
+        lf, la = (statistics.median(lat[case, side]) * 1e3 for side in sides)
+        tf, ta = (statistics.median(thr[case, side]) for side in sides)
         lines.append(
-            f"{kind:6} {form:6}  latency, 1 client:  floor {lf:6.2f} ms  call {la:6.2f} ms  "
+            f"{kind:6} {method:5} {form:6}  latency, 1 client:  floor {lf:6.2f} ms  call {la:6.2f} ms  "
             f"{la / lf:4.2f}x (goal <= {LATENCY_GOAL}x)"
         )
         lines.append(
-            f"{kind:6} {form:6}  throughput, {args.connections} conns: floor {tf:6.0f}/s  call {ta:6.0f}/s  "
-            f"{ta / tf:4.2f}x (goal >= {THROUGHPUT_GOAL}x)"
+            f"{kind:6} {method:5} {form:6}  throughput, {args.connections} conns: floor {tf:6.0f}/s  "
+            f"call {ta:6.0f}/s  {ta / tf:4.2f}x (goal >= {THROUGHPUT_GOAL}x)"
         )
     for line in lines:
         print(line, flush=True)
@@ -162,6 +180,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each throughput run")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--actors", type=int, default=1000)
+    parser.add_argument(
+        "--method", choices=("plain", "async", "both"), default="both", help="the kind of method called"
+    )
     args = parser.parse_args()
     haproxy = args.proxy == "haproxy"
     tmp = tempfile.TemporaryDirectory(prefix="actorflow-bench-http-")
