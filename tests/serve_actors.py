@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import threading
 import time
 from typing import Any
 
@@ -49,6 +50,15 @@ class Tally:
     @workflow.virtual_actor.readonly
     def measure(self, text: str, *, times: int = 1) -> int:
         return len(text) * times
+
+
+@workflow.virtual_actor
+class Probe:
+    """Tells where a replica runs actor code."""
+
+    @workflow.virtual_actor.readonly
+    async def thread(self) -> str:
+        return threading.current_thread().name
 
 
 @workflow.step

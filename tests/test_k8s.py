@@ -50,7 +50,7 @@ import ray
 import yaml
 from _k8s_podmonitor_schema import SCHEMA as PODMONITOR_SCHEMA
 
-from actorflow.serve.ingress import balance_rule
+from actorflow.serve.ingress import USER_CODE_THREAD, balance_rule
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "k8s"
@@ -546,6 +546,7 @@ def test_ray_pods(kustomization: str) -> None:
         # Serve's HAProxy ingress with actorflow's routing rule, on every node.
         assert env["RAY_SERVE_ENABLE_HA_PROXY"].get("value") == "1", where
         assert env["RAY_SERVE_HAPROXY_BALANCE_ALGORITHM"].get("value") == balance_rule(10), where
+        assert env[USER_CODE_THREAD].get("value") == "0", where  # as haproxy_env() sets it
         # KubeRay rejects these next to gcsFaultToleranceOptions.
         assert not {"REDIS_PASSWORD", "RAY_REDIS_ADDRESS", "REDIS_USERNAME"} & set(env), where
         assert "redis-password" not in spec["rayStartParams"], where

@@ -346,6 +346,21 @@ def test_every_request_for_an_actor_reaches_one_replica_before_and_after_a_scale
     assert configs and all(balance_rule(3) in c.read_text() for c in configs)
 
 
+def test_replicas_run_actor_code_on_the_loop_that_serves_their_http_port(service: dict[str, str]) -> None:
+    """In HAProxy mode a replica runs the API and its actors on the loop of its HTTP server
+    (Ray's actor loop), not on the loop Serve otherwise starts in a thread of its own for user
+    code: no request crosses between two threads."""
+    from actorflow.serve.ingress import USER_CODE_THREAD
+
+    assert os.environ[USER_CODE_THREAD] == "0"
+    names = set()
+    for i in range(20):  # actors on both replicas
+        r = httpx.post(f"{service['url']}/v1/actors/Probe/p{i}/thread", timeout=60)
+        assert r.status_code == 200, r.text
+        names.add(r.json()["result"])
+    assert not any("_run_user_code_event_loop" in n for n in names), names
+
+
 def _scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     """``GET /metrics``, parsed by prometheus_client: sample name -> labels -> value."""
     from prometheus_client.parser import text_string_to_metric_families
