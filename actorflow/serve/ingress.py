@@ -27,11 +27,12 @@ In HAProxy mode a replica also runs its user code (the FastAPI app, the actor ru
 event loop that serves its HTTP port (``RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0``, as
 Serve's own ``RAY_SERVE_THROUGHPUT_OPTIMIZED`` does): by default Serve gives user code a loop in
 a thread of its own, and every request then crosses between the two threads for its body and
-for each message of its answer. Measured with ``bench.http`` here, the same loop took a call
-from 1.17 to 1.00 ms for one client (0.76 ms for an ``async def`` method, from 1.13) and the
-no-op floor from 0.55-0.88 to 0.49 ms. The price is that code blocking the loop also delays
-Serve's own work in that replica (health checks, metrics); actorflow never blocks it for long:
-plain methods run in worker threads, and storage calls made on the loop yield every 5 ms.
+for each message of its answer. Measured with ``bench.http`` here (SQLite), the same loop took
+one client's call from 1.17 to 0.93 ms (0.73 ms for an ``async def`` method, from 1.13) and the
+no-op floor from 0.55-0.88 to 0.44 ms (docs/design.md has the figures). The price is that code
+blocking the loop also delays Serve's own work in that replica (health checks, metrics);
+actorflow never blocks it for long: plain methods run in worker threads, and storage calls
+made on the loop yield every 5 ms.
 
 The mode is a property of the Ray cluster: :func:`configure` must run before ``ray.init`` (or
 the same variables be in the environment of every ``ray start``), because Serve reads them when
