@@ -353,11 +353,15 @@ def test_replicas_run_actor_code_on_the_loop_that_serves_their_http_port(service
     from actorflow.serve.ingress import USER_CODE_THREAD
 
     assert os.environ[USER_CODE_THREAD] == "0"
-    names = set()
+    url = service["url"]
+    replicas = steady(url, 2)
+    names, answered = set(), set()
     for i in range(20):  # actors on both replicas
-        r = httpx.post(f"{service['url']}/v1/actors/Probe/p{i}/thread", timeout=60)
+        r = httpx.post(f"{url}/v1/actors/Probe/p{i}/thread", timeout=60)
         assert r.status_code == 200, r.text
         names.add(r.json()["result"])
+        answered.add(r.headers["x-actorflow-replica"])  # as _routing reads it
+    assert answered == replicas, (answered, replicas)
     assert not any("_run_user_code_event_loop" in n for n in names), names
 
 
