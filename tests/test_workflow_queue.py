@@ -19,7 +19,7 @@ import ray
 
 from actorflow import workflow
 from actorflow.engine import _runtime
-from actorflow.engine._detached import stop_host
+from actorflow.engine._detached import stop_host, workflow_host
 
 pytestmark = [pytest.mark.usefixtures("wf_storage", "ray_session"), pytest.mark.timeout(120)]
 
@@ -113,3 +113,28 @@ def test_pending_workflows_outlive_their_host(wf_storage: str, tmp_path: pathlib
     workflow.init(wf_storage, max_running_workflows=1, max_pending_workflows=5)
     assert workflow.get_output("qh-b", timeout=60) == "b"
     _until(lambda: workflow.get_status("qh-a") == workflow.RESUMABLE, "the first workflow reads RESUMABLE")
+
+
+def test_queue_limits_outlive_a_restart_of_their_host(wf_storage: str, tmp_path: pathlib.Path) -> None:
+    # The host is made without limits (as a plain run_async makes it) and limited afterwards.
+    # Ray restarts a dead host with the arguments it was made with, so the limits must come
+    # back from storage, or every PENDING workflow would start at once.
+    url = _runtime.canonical_url(wf_storage)
+    host = workflow_host(url, 10.0)
+    assert ray.get(host.ready.remote(), timeout=60)
+    workflow.init(wf_storage, max_running_workflows=1, max_pending_workflows=5)
+    _job(tmp_path, "a").run_async(workflow_id="qr-a")
+    _until(lambda: (tmp_path / "ran-a").exists(), "the first workflow started")
+    _job(tmp_path, "b").run_async(workflow_id="qr-b")
+    _job(tmp_path, "c").run_async(workflow_id="qr-c")
+    ray.kill(host, no_restart=False)  # its process dies; Ray makes it again
+    # qr-a's runner died with the old host; the new one has a free slot and starts qr-b only.
+    _until(lambda: (tmp_path / "ran-b").exists(), "the restarted host started the next workflow", 60)
+    time.sleep(1.0)
+    assert not (tmp_path / "ran-c").exists()
+    assert workflow.get_status("qr-c") == workflow.PENDING
+    (tmp_path / "gate").touch()
+    assert workflow.get_output("qr-b", timeout=60) == "b"
+    assert workflow.get_output("qr-c", timeout=60) == "c"
+    b, c = workflow.get_metadata("qr-b")["stats"], workflow.get_metadata("qr-c")["stats"]
+    assert c["start_time"] >= b["end_time"]  # one at a time, still

@@ -13,8 +13,11 @@ max_pending_workflows=)``): a workflow submitted while the running ones fill the
 PENDING and started, in the order submitted, as slots free up; when the queue is full too,
 :meth:`WorkflowHost.submit` stores nothing and says so (the caller raises ``queue.Full``). The
 queue itself is storage: a host that starts (a new cluster, a restarted actor) queues the PENDING
-workflows it finds, oldest first. The limits count what this host runs (one host per storage
-in a cluster, so per cluster).
+workflows it finds, oldest first. So are the limits: :meth:`WorkflowHost.configure` stores them
+(key :data:`LIMITS_KEY`) before it applies them, and a host that starts reads them back before
+it starts anything. Ray re-creates a dead host with the arguments it was first made with,
+which predate any later ``configure``. The limits count what this host runs (one host per
+storage in a cluster, so per cluster); the last ones set on a storage apply to every host on it.
 
 Ray creates the host in a worker process of its own, which can take seconds on a busy machine,
 and re-creates it when that process dies (``max_restarts=-1``). A creation that meets its
@@ -32,6 +35,7 @@ import threading
 import time
 from typing import Any
 
+from actorflow import _codec
 from actorflow.engine._fencing import RETRY_FIRST_DELAY, RETRY_MAX_DELAY
 from actorflow.errors import StorageUnavailableError
 
@@ -41,6 +45,9 @@ NAMESPACE = "actorflow"
 
 #: How long (seconds) a host being created waits for its storage to answer before it fails.
 OPEN_PATIENCE = 120.0
+
+#: Where the queue's limits are stored: JSON ``{"max_running": n, "max_pending": m}`` (null: none).
+LIMITS_KEY = "queue/limits"
 
 
 def host_name(storage_url: str) -> str:
@@ -65,7 +72,8 @@ class WorkflowHost:
         self._queue: collections.deque[str] = collections.deque()
         self._queued: set[str] = set()
         self._committing = 0  # submits between their capacity check and their commit
-        asyncio.run_coroutine_threadsafe(self._restore(), self.runtime.loop)
+        self._configured = 0  # configure calls so far: a restore must not undo a newer one
+        self._restored = asyncio.run_coroutine_threadsafe(self._restore(), self.runtime.loop)
 
     async def start(self, workflow_id: str, lease: bytes | None) -> None:
         """Run (or resume, holding ``lease`` when one is handed over) the workflow here, in the
@@ -75,9 +83,17 @@ class WorkflowHost:
         with self._lock:
             self._launch(workflow_id, lease)
 
-    def configure(self, max_running: int | None, max_pending: int | None) -> None:
-        """Set the queue's limits (None: no limit); workflows queued start if there is room."""
+    async def configure(self, max_running: int | None, max_pending: int | None) -> None:
+        """Set the queue's limits (None: no limit); workflows queued start if there is room.
+
+        The limits are stored first, so a host that restarts keeps them; if storing fails, the
+        error is raised and the limits in force do not change."""
+        from actorflow.storage import Batch
+
+        blob = _codec.json_dumps({"max_running": max_running, "max_pending": max_pending})
+        await self._on_loop(self.runtime.storage.commit(Batch().put(LIMITS_KEY, blob)))
         with self._lock:
+            self._configured += 1
             self.max_running, self.max_pending = max_running, max_pending
             self._pump()
 
@@ -86,13 +102,13 @@ class WorkflowHost:
         running ones fill ``max_running``: ``"started"``, ``"queued"``, ``"exists"`` (the id was
         taken: it is resumed or joined, as a run of a stored id is), or ``"full"`` when the
         queue holds ``max_pending`` already, and then nothing was stored."""
+        await asyncio.wrap_future(self._restored)  # the stored limits are in force first
         with self._lock:
             if self._full():
                 return "full"
             self._committing += 1
         try:
-            commit = asyncio.run_coroutine_threadsafe(self.runtime.storage.commit(batch), self.runtime.loop)
-            created = await asyncio.wrap_future(commit)
+            created = await self._on_loop(self.runtime.storage.commit(batch))
         finally:
             with self._lock:
                 self._committing -= 1
@@ -143,12 +159,21 @@ class WorkflowHost:
 
         fut.add_done_callback(ended)
 
+    async def _on_loop(self, coro: Any) -> Any:
+        """Await ``coro`` on the runtime's loop (this actor's calls run on Ray's)."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.runtime.loop))
+
     async def _restore(self) -> None:
-        """Queue the PENDING workflows storage holds (left by an earlier host), oldest first."""
+        """Take up the stored queue limits, then queue the PENDING workflows storage holds (left
+        by an earlier host), oldest first."""
         from actorflow.engine._store import WorkflowStatus
 
         engine = self.runtime.engine
+        with self._lock:
+            configured = self._configured
         try:
+            stored = await self.runtime.storage.get(LIMITS_KEY)
+            limits = None if stored is None else _codec.json_loads(stored)
             found = await engine.list_workflows({WorkflowStatus.PENDING})
             heads = [(await engine.store.read_head(wid))[0] for wid, _ in found]
         except Exception as exc:  # the next start of this host tries again
@@ -156,14 +181,15 @@ class WorkflowHost:
             return
         order = sorted(zip(heads, found, strict=True), key=lambda pair: pair[0].get("start_time") or 0)
         with self._lock:
+            if limits is not None and self._configured == configured:
+                self.max_running, self.max_pending = limits["max_running"], limits["max_pending"]
             for _, (wid, _) in order:
                 self._enqueue(wid)
             self._pump()
 
     async def output(self, workflow_id: str) -> Any:
         """The workflow's output once it ends (its failure raised), wherever it runs."""
-        wait = self.runtime.engine.wait(workflow_id, None)
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(wait, self.runtime.loop))
+        return await self._on_loop(self.runtime.engine.wait(workflow_id, None))
 
     def ready(self) -> bool:
         return True
