@@ -3,8 +3,11 @@ without a cluster; the service's metrics after a real load are in tests/test_ser
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
+import prometheus_client
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from actorflow import _metrics
@@ -82,3 +85,50 @@ def test_names_and_labels_follow_prometheus_conventions() -> None:
             assert name.endswith("_seconds")
         assert not {"id", "actor_id", "workflow_id"} & set(inst.labels)  # unbounded values
         assert inst.merge in ("sum", "max")
+
+
+def test_a_process_records_exact_counts_from_many_threads_in_prometheus_shapes() -> None:
+    sink = _metrics._LocalSink()
+    calls = _metrics.INSTRUMENTS["actorflow_calls"]
+    durations = _metrics.INSTRUMENTS["actorflow_call_duration_seconds"]
+    cached = _metrics.INSTRUMENTS["actorflow_cached_actors"]
+    labels = ("Counter", "add", "ok")
+
+    def load() -> None:
+        for i in range(2000):
+            sink.record(calls, labels, 1.0)
+            sink.record(durations, labels, (0.001, 0.0007, 30.0)[i % 3])  # a bound, inside, past all
+
+    threads = [threading.Thread(target=load) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    sink.record(cached, (), 7.0)
+    sink.record(cached, (), 5.0)  # a gauge keeps the last value
+    registry_text = prometheus_client.generate_latest(sink.registry).decode()
+    got = _parsed(registry_text)
+    base = (("method", "add"), ("status", "ok"), ("type", "Counter"))
+    assert got[("actorflow_calls_total", base)] == 16000
+    bucket = "actorflow_call_duration_seconds_bucket"
+    bounds = ("0.0005", "0.001", "10.0", "+Inf")
+    counts = {le: got[(bucket, tuple(sorted((*base, ("le", le)))))] for le in bounds}
+    # Per thread 667 values of 1 ms, 667 of 0.7 ms and 666 of 30 s: a value on a bound is in
+    # its bucket, and buckets are cumulative.
+    assert counts == {"0.0005": 0, "0.001": 8 * 1334, "10.0": 8 * 1334, "+Inf": 16000}
+    assert got[("actorflow_call_duration_seconds_count", base)] == 16000
+    total = 8 * (667 * 0.001 + 667 * 0.0007 + 666 * 30.0)
+    assert abs(got[("actorflow_call_duration_seconds_sum", base)] - total) < 1e-6
+    assert got[("actorflow_cached_actors", ())] == 5.0
+
+
+def test_recording_with_wrong_labels_or_a_negative_count_raises_and_records_nothing() -> None:
+    sink = _metrics._LocalSink()
+    calls = _metrics.INSTRUMENTS["actorflow_calls"]
+    with pytest.raises(ValueError, match="label values"):
+        sink.record(calls, ("Counter", "add"), 1.0)
+    with pytest.raises(ValueError, match="cannot go down"):
+        sink.record(calls, ("Counter", "add", "ok"), -1.0)
+    assert _parsed(prometheus_client.generate_latest(sink.registry).decode()).get(
+        ("actorflow_calls_total", (("method", "add"), ("status", "ok"), ("type", "Counter")))
+    ) in (None, 0.0)
