@@ -19,7 +19,7 @@ import ray
 
 from actorflow import workflow
 from actorflow.engine import _runtime
-from actorflow.engine._detached import stop_host, workflow_host
+from actorflow.engine._detached import NAMESPACE, host_name, stop_host, workflow_host
 
 pytestmark = [pytest.mark.usefixtures("wf_storage", "ray_session"), pytest.mark.timeout(120)]
 
@@ -138,3 +138,31 @@ def test_queue_limits_outlive_a_restart_of_their_host(wf_storage: str, tmp_path:
     assert workflow.get_output("qr-c", timeout=60) == "c"
     b, c = workflow.get_metadata("qr-b")["stats"], workflow.get_metadata("qr-c")["stats"]
     assert c["start_time"] >= b["end_time"]  # one at a time, still
+
+
+def test_a_host_killed_for_good_behind_the_drivers_back_is_made_again(
+    wf_storage: str, tmp_path: pathlib.Path
+) -> None:
+    # An operator (or Ray, after an __init__ that failed) ends the host for good; this driver
+    # still holds its handle. The next run, limit change and queued run make a new host.
+    url = _runtime.canonical_url(wf_storage)
+    (tmp_path / "gate").touch()
+    assert workflow.run(_job(tmp_path, "a"), workflow_id="qk-a") == "a"  # plain run: no host
+    assert ray.get(_job(tmp_path, "b").run_async(workflow_id="qk-b"), timeout=60) == "b"
+    ray.kill(ray.get_actor(host_name(url), namespace=NAMESPACE), no_restart=True)
+    _until(lambda: _host_gone(url), "the host is gone")
+    assert ray.get(_job(tmp_path, "c").run_async(workflow_id="qk-c"), timeout=60) == "c"
+    ray.kill(ray.get_actor(host_name(url), namespace=NAMESPACE), no_restart=True)
+    _until(lambda: _host_gone(url), "the second host is gone")
+    workflow.init(wf_storage, max_running_workflows=1, max_pending_workflows=1)
+    ray.kill(ray.get_actor(host_name(url), namespace=NAMESPACE), no_restart=True)
+    _until(lambda: _host_gone(url), "the third host is gone")
+    assert ray.get(_job(tmp_path, "d").run_async(workflow_id="qk-d"), timeout=60) == "d"
+
+
+def _host_gone(url: str) -> bool:
+    try:
+        ray.get_actor(host_name(url), namespace=NAMESPACE)
+    except ValueError:
+        return True
+    return False

@@ -23,6 +23,8 @@ Ray creates the host in a worker process of its own, which can take seconds on a
 and re-creates it when that process dies (``max_restarts=-1``). A creation that meets its
 storage down waits for it (up to :data:`OPEN_PATIENCE`) instead of failing: Ray takes an error
 in ``__init__`` as the actor's end, and every ``ObjectRef`` it handed out would fail with it.
+A driver whose handle names a host gone for good (that error, or a kill with no restart) makes
+a new one at its next call.
 """
 
 from __future__ import annotations
@@ -246,10 +248,7 @@ def run_detached(storage_url: str, lease_ttl: float, workflow_id: str, lease: by
     Returns once the actor has taken the start (a round trip): a task submitted without waiting
     can be lost when the calling driver exits right after, and the workflow would then wait
     for its lease to lapse and read RESUMABLE, with no runner."""
-    import ray
-
-    host = workflow_host(storage_url, lease_ttl)
-    ray.get(host.start.remote(workflow_id, lease))
+    host, _ = _on_host(storage_url, lease_ttl, (None, None), lambda h: h.start.remote(workflow_id, lease))
     return host.output.remote(workflow_id)
 
 
@@ -265,10 +264,8 @@ def submit_detached(
     and pending workflows fill ``limits`` already."""
     import queue
 
-    import ray
-
-    host = workflow_host(storage_url, lease_ttl, limits)
-    if ray.get(host.submit.remote(workflow_id, batch)) == "full":
+    host, answer = _on_host(storage_url, lease_ttl, limits, lambda h: h.submit.remote(workflow_id, batch))
+    if answer == "full":
         running, pending = limits
         raise queue.Full(
             f"workflow {workflow_id!r} not started: {running} workflows run and {pending} wait already "
@@ -279,9 +276,30 @@ def submit_detached(
 
 def configure_host(storage_url: str, lease_ttl: float, limits: tuple[int | None, int | None]) -> None:
     """Set the queue limits of the storage's detached actor (creating it with them if needed)."""
+    _on_host(storage_url, lease_ttl, limits, lambda h: h.configure.remote(*limits))
+
+
+def _on_host(
+    storage_url: str, lease_ttl: float, limits: tuple[int | None, int | None], call: Any
+) -> tuple[Any, Any]:
+    """``call(host)`` (an ``ObjectRef``) on the storage's host, waited for: the host and the answer.
+
+    A handle this process keeps may name a host that is gone for good (killed with no restart,
+    or whose ``__init__`` failed); then the call is made once more on a host found or made
+    afresh. Every host call is safe to repeat: a start or a submit of a stored id resumes or
+    joins it, and limits set twice are the same limits.
+    """
     import ray
 
-    ray.get(workflow_host(storage_url, lease_ttl, limits).configure.remote(*limits))
+    host = workflow_host(storage_url, lease_ttl, limits)
+    try:
+        return host, ray.get(call(host))
+    except ray.exceptions.RayActorError:
+        with _handles_lock:
+            if _handles.get(storage_url) is host:
+                del _handles[storage_url]
+        host = workflow_host(storage_url, lease_ttl, limits)
+        return host, ray.get(call(host))
 
 
 def stop_host(storage_url: str) -> bool:
