@@ -166,3 +166,22 @@ def _host_gone(url: str) -> bool:
     except ValueError:
         return True
     return False
+
+
+def test_a_workflow_submitted_again_while_it_waits_in_the_queue_keeps_its_place(
+    wf_storage: str, tmp_path: pathlib.Path
+) -> None:
+    # As a driver's retry after a host that died before answering would: the second submit
+    # finds the id stored and queued, and must not start it past max_running.
+    workflow.init(wf_storage, max_running_workflows=1, max_pending_workflows=5)
+    first = _job(tmp_path, "a").run_async(workflow_id="qa-a")
+    _until(lambda: (tmp_path / "ran-a").exists(), "the first workflow started")
+    _job(tmp_path, "b").run_async(workflow_id="qa-b")
+    again = _job(tmp_path, "b").run_async(workflow_id="qa-b")
+    time.sleep(1.0)
+    assert not (tmp_path / "ran-b").exists()
+    assert workflow.get_status("qa-b") == workflow.PENDING
+    (tmp_path / "gate").touch()
+    assert ray.get(first, timeout=60) == "a" and ray.get(again, timeout=60) == "b"
+    a, b = workflow.get_metadata("qa-a")["stats"], workflow.get_metadata("qa-b")["stats"]
+    assert b["start_time"] >= a["end_time"]

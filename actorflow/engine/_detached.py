@@ -15,9 +15,10 @@ PENDING and started, in the order submitted, as slots free up; when the queue is
 queue itself is storage: a host that starts (a new cluster, a restarted actor) queues the PENDING
 workflows it finds, oldest first. So are the limits: :meth:`WorkflowHost.configure` stores them
 (key :data:`LIMITS_KEY`) before it applies them, and a host that starts reads them back before
-it starts anything. Ray re-creates a dead host with the arguments it was first made with,
-which predate any later ``configure``. The limits count what this host runs (one host per
-storage in a cluster, so per cluster); the last ones set on a storage apply to every host on it.
+it queues or admits a submitted workflow. Ray re-creates a dead host with the arguments it was
+first made with, which predate any later ``configure``. The limits count what this host runs
+(one host per storage in a cluster, so per cluster); the last ones set on a storage apply to
+every host on it.
 
 Ray creates the host in a worker process of its own, which can take seconds on a busy machine,
 and re-creates it when that process dies (``max_restarts=-1``). A creation that meets its
@@ -75,6 +76,7 @@ class WorkflowHost:
         self._queued: set[str] = set()
         self._committing = 0  # submits between their capacity check and their commit
         self._configured = 0  # configure calls so far: a restore must not undo a newer one
+        self._configuring = asyncio.Lock()  # one configure at a time, stored then applied
         self._restored = asyncio.run_coroutine_threadsafe(self._restore(), self.runtime.loop)
 
     async def start(self, workflow_id: str, lease: bytes | None) -> None:
@@ -93,18 +95,21 @@ class WorkflowHost:
         from actorflow.storage import Batch
 
         blob = _codec.json_dumps({"max_running": max_running, "max_pending": max_pending})
-        await self._on_loop(self.runtime.storage.commit(Batch().put(LIMITS_KEY, blob)))
-        with self._lock:
-            self._configured += 1
-            self.max_running, self.max_pending = max_running, max_pending
-            self._pump()
+        async with self._configuring:  # the limits in force are always the last ones stored
+            await self._on_loop(self.runtime.storage.commit(Batch().put(LIMITS_KEY, blob)))
+            with self._lock:
+                self._configured += 1
+                self.max_running, self.max_pending = max_running, max_pending
+                self._pump()
 
     async def submit(self, workflow_id: str, batch: Any) -> str:
         """Store a workflow prepared PENDING (``batch``) and start it, or queue it when the
         running ones fill ``max_running``: ``"started"``, ``"queued"``, ``"exists"`` (the id was
         taken: it is resumed or joined, as a run of a stored id is), or ``"full"`` when the
-        queue holds ``max_pending`` already, and then nothing was stored."""
-        await asyncio.wrap_future(self._restored)  # the stored limits are in force first
+        queue holds ``max_pending`` already, and then nothing was stored. A host that has just
+        started answers once it has read its queue from storage (``StorageUnavailableError``
+        when that takes longer than :data:`OPEN_PATIENCE`)."""
+        await self._until_restored()
         with self._lock:
             if self._full():
                 return "full"
@@ -116,7 +121,11 @@ class WorkflowHost:
                 self._committing -= 1
         with self._lock:
             if not created:
-                self._launch(workflow_id, None)
+                # A repeated submit (its first try may have committed) must not skip the queue.
+                if workflow_id in self._queued:
+                    return "queued"
+                if workflow_id not in self._running:
+                    self._launch(workflow_id, None)
                 return "exists"
             if workflow_id in self._running or workflow_id in self._queued:
                 return "queued"  # the start-up scan found it first
@@ -165,29 +174,67 @@ class WorkflowHost:
         """Await ``coro`` on the runtime's loop (this actor's calls run on Ray's)."""
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.runtime.loop))
 
+    async def _until_restored(self) -> None:
+        restored = asyncio.shield(asyncio.wrap_future(self._restored))
+        try:
+            await asyncio.wait_for(restored, OPEN_PATIENCE)
+        except TimeoutError:
+            url = self.runtime.storage_url
+            raise StorageUnavailableError("the workflow host could not read its queue yet", url) from None
+
     async def _restore(self) -> None:
         """Take up the stored queue limits, then queue the PENDING workflows storage holds (left
-        by an earlier host), oldest first."""
-        from actorflow.engine._store import WorkflowStatus
-
-        engine = self.runtime.engine
-        with self._lock:
-            configured = self._configured
-        try:
-            stored = await self.runtime.storage.get(LIMITS_KEY)
-            limits = None if stored is None else _codec.json_loads(stored)
-            found = await engine.list_workflows({WorkflowStatus.PENDING})
-            heads = [(await engine.store.read_head(wid))[0] for wid, _ in found]
-        except Exception as exc:  # the next start of this host tries again
-            log.warning("could not read the PENDING workflows of %s: %r", self.runtime.storage_url, exc)
-            return
-        order = sorted(zip(heads, found, strict=True), key=lambda pair: pair[0].get("start_time") or 0)
+        by an earlier host), oldest first. Storage that fails is asked again (50 ms doubling to
+        1 s) until it answers: submits wait for this."""
+        delay = RETRY_FIRST_DELAY
+        while True:
+            with self._lock:
+                configured = self._configured
+            try:
+                limits = await self._stored_limits()
+                pending = await self._pending_oldest_first()
+                break
+            except Exception as exc:
+                if delay == RETRY_FIRST_DELAY:
+                    log.warning("workflow host cannot read its queue yet, trying again: %r", exc)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, RETRY_MAX_DELAY)
         with self._lock:
             if limits is not None and self._configured == configured:
-                self.max_running, self.max_pending = limits["max_running"], limits["max_pending"]
-            for _, (wid, _) in order:
+                self.max_running, self.max_pending = limits
+            for wid in pending:
                 self._enqueue(wid)
             self._pump()
+
+    async def _stored_limits(self) -> tuple[int | None, int | None] | None:
+        """The limits :meth:`configure` stored, if any (and readable)."""
+        stored = await self.runtime.storage.get(LIMITS_KEY)
+        if stored is None:
+            return None
+        try:
+            limits = _codec.json_loads(stored)
+            running, pending = limits["max_running"], limits["max_pending"]
+            for value, least in ((running, 1), (pending, 0)):
+                if value is not None and (type(value) is not int or value < least):
+                    raise ValueError(f"limit {value!r}")
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("ignoring the stored queue limits of %s: %r", self.runtime.storage_url, exc)
+            return None
+        return running, pending
+
+    async def _pending_oldest_first(self) -> list[str]:
+        from actorflow.engine._store import WorkflowStatus
+        from actorflow.errors import WorkflowNotFoundError
+
+        engine = self.runtime.engine
+        started: list[tuple[float, str]] = []
+        for wid, _ in await engine.list_workflows({WorkflowStatus.PENDING}):
+            try:
+                head, _, _ = await engine.store.read_head(wid)
+            except WorkflowNotFoundError:
+                continue  # deleted since it was listed
+            started.append((head.get("start_time") or 0, wid))
+        return [wid for _, wid in sorted(started)]
 
     async def output(self, workflow_id: str) -> Any:
         """The workflow's output once it ends (its failure raised), wherever it runs."""
@@ -286,15 +333,16 @@ def _on_host(
 
     A handle this process keeps may name a host that is gone for good (killed with no restart,
     or whose ``__init__`` failed); then the call is made once more on a host found or made
-    afresh. Every host call is safe to repeat: a start or a submit of a stored id resumes or
-    joins it, and limits set twice are the same limits.
+    afresh. Every host call is safe to repeat: a start of a running workflow waits for it, a
+    submit of a stored id joins it where it runs or waits in the queue, and limits set twice
+    are the same limits.
     """
     import ray
 
     host = workflow_host(storage_url, lease_ttl, limits)
     try:
         return host, ray.get(call(host))
-    except ray.exceptions.RayActorError:
+    except ray.exceptions.ActorDiedError:
         with _handles_lock:
             if _handles.get(storage_url) is host:
                 del _handles[storage_url]
