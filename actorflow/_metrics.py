@@ -216,16 +216,18 @@ class _LocalSink:
         """Add to a counter, count ``value`` in a histogram or set a gauge. Raises ``ValueError``
         for label values that do not match the instrument's labels, or a negative count."""
         key = (inst.name, labels)
+        if inst.kind == "counter" and value < 0:
+            raise ValueError(f"{inst.name} is a counter: it cannot go down by {-value}")
         with self._lock:
             series = self._series.get(key)
             if series is None:
+                if inst.name not in INSTRUMENTS:
+                    raise ValueError(f"{inst.name} is not one of actorflow's instruments")
                 if len(labels) != len(inst.labels) or not all(isinstance(v, str) for v in labels):
                     raise ValueError(f"{inst.name} takes label values for {inst.labels}, not {labels!r}")
                 size = len(LATENCY_BUCKETS) + 2 if inst.kind == "histogram" else 1
                 series = self._series[key] = [0.0] * size
             if inst.kind == "counter":
-                if value < 0:
-                    raise ValueError(f"{inst.name} is a counter: it cannot go down by {-value}")
                 series[0] += value
             elif inst.kind == "histogram":
                 series[bisect.bisect_left(LATENCY_BUCKETS, value)] += 1.0

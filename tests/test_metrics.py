@@ -104,6 +104,7 @@ def test_a_process_records_exact_counts_from_many_threads_in_prometheus_shapes()
         t.start()
     for t in threads:
         t.join(timeout=60)
+        assert not t.is_alive()
     sink.record(cached, (), 7.0)
     sink.record(cached, (), 5.0)  # a gauge keeps the last value
     registry_text = prometheus_client.generate_latest(sink.registry).decode()
@@ -129,6 +130,49 @@ def test_recording_with_wrong_labels_or_a_negative_count_raises_and_records_noth
         sink.record(calls, ("Counter", "add"), 1.0)
     with pytest.raises(ValueError, match="cannot go down"):
         sink.record(calls, ("Counter", "add", "ok"), -1.0)
-    assert _parsed(prometheus_client.generate_latest(sink.registry).decode()).get(
-        ("actorflow_calls_total", (("method", "add"), ("status", "ok"), ("type", "Counter")))
-    ) in (None, 0.0)
+    assert _parsed(prometheus_client.generate_latest(sink.registry).decode()) == {}
+
+
+def test_the_recorded_families_read_as_prometheus_clients_own_metrics_would() -> None:
+    sink = _metrics._LocalSink()
+    theirs = prometheus_client.CollectorRegistry()
+    made: dict[str, Any] = {}
+    for inst in _metrics.INSTRUMENTS.values():
+        kw: dict[str, Any] = {"labelnames": inst.labels, "registry": theirs}
+        if inst.kind == "histogram":
+            made[inst.name] = prometheus_client.Histogram(
+                inst.name, inst.doc, buckets=_metrics.LATENCY_BUCKETS, **kw
+            )
+        elif inst.kind == "counter":
+            made[inst.name] = prometheus_client.Counter(inst.name, inst.doc, **kw)
+        else:
+            made[inst.name] = prometheus_client.Gauge(inst.name, inst.doc, **kw)
+    events = [
+        ("actorflow_calls", ("Counter", "add", "ok"), 1.0),
+        ("actorflow_calls", ("Counter", "add", "error"), 1.0),
+        ("actorflow_calls", ("Counter", "add", "ok"), 2.0),
+        ("actorflow_commit_duration_seconds", ("actor",), 0.0025),
+        ("actorflow_commit_duration_seconds", ("actor",), 0.0001),
+        ("actorflow_commit_duration_seconds", ("workflow",), 99.0),
+        ("actorflow_workflow_step_retries", (), 3.0),
+        ("actorflow_cached_actors", (), 4.0),
+    ]
+    for name, labels, value in events:
+        inst = _metrics.INSTRUMENTS[name]
+        sink.record(inst, labels, value)
+        metric = made[name].labels(*labels) if labels else made[name]
+        if inst.kind == "counter":
+            metric.inc(value)
+        elif inst.kind == "histogram":
+            metric.observe(value)
+        else:
+            metric.set(value)
+    ours = _parsed(prometheus_client.generate_latest(sink.registry).decode())
+    recorded = {name for name, _, _ in events}
+    suffixes = ("_total", "_bucket", "_count", "_sum", "")
+    reference = {
+        key: value
+        for key, value in _parsed(prometheus_client.generate_latest(theirs).decode()).items()
+        if any(key[0] == name + suffix for name in recorded for suffix in suffixes)
+    }
+    assert ours == reference
