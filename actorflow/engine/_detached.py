@@ -15,10 +15,10 @@ PENDING and started, in the order submitted, as slots free up; when the queue is
 queue itself is storage: a host that starts (a new cluster, a restarted actor) queues the PENDING
 workflows it finds, oldest first. So are the limits: :meth:`WorkflowHost.configure` stores them
 (key :data:`LIMITS_KEY`) before it applies them, and a host that starts reads them back before
-it queues or admits a submitted workflow. Ray re-creates a dead host with the arguments it was
-first made with, which predate any later ``configure``. The limits count what this host runs
-(one host per storage in a cluster, so per cluster); the last ones set on a storage apply to
-every host on it.
+it queues or admits a submitted workflow; they are not arguments of the actor, since Ray
+re-creates a dead host with the arguments it was first made with. The limits count what this
+host runs (one host per storage in a cluster, so per cluster); the last ones set on a storage
+apply to every host on it.
 
 Ray creates the host in a worker process of its own, which can take seconds on a busy machine,
 and re-creates it when that process dies (``max_restarts=-1``). A creation that meets its
@@ -64,12 +64,12 @@ class WorkflowHost:
         self,
         storage_url: str,
         lease_ttl: float,
-        max_running: int | None = None,
-        max_pending: int | None = None,
     ) -> None:
+        # The limits come from storage (read by _restore) and from configure, never from the
+        # arguments: Ray re-creates a dead host with the arguments it was first made with.
         self.runtime = _open_runtime(storage_url, lease_ttl)
-        self.max_running = max_running
-        self.max_pending = max_pending
+        self.max_running: int | None = None
+        self.max_pending: int | None = None
         self._lock = threading.Lock()  # actor calls and run callbacks come from two threads
         self._running: set[str] = set()
         self._queue: collections.deque[str] = collections.deque()
@@ -267,16 +267,13 @@ _handles: dict[str, Any] = {}
 _handles_lock = threading.Lock()
 
 
-def workflow_host(
-    storage_url: str, lease_ttl: float, limits: tuple[int | None, int | None] = (None, None)
-) -> Any:
-    """The detached actor for ``storage_url`` (created if the cluster has none, with the queue
-    ``limits``: max running, max pending)."""
+def workflow_host(storage_url: str, lease_ttl: float) -> Any:
+    """The detached actor for ``storage_url`` (created if the cluster has none)."""
     with _handles_lock:
-        return _host(storage_url, lease_ttl, limits)
+        return _host(storage_url, lease_ttl)
 
 
-def _host(storage_url: str, lease_ttl: float, limits: tuple[int | None, int | None] = (None, None)) -> Any:
+def _host(storage_url: str, lease_ttl: float) -> Any:
     import ray
 
     handle = _handles.get(storage_url)
@@ -285,7 +282,7 @@ def _host(storage_url: str, lease_ttl: float, limits: tuple[int | None, int | No
         remote: Any = decorate(num_cpus=0, max_concurrency=1000, max_restarts=-1)(WorkflowHost)
         handle = remote.options(
             name=host_name(storage_url), namespace=NAMESPACE, lifetime="detached", get_if_exists=True
-        ).remote(storage_url, lease_ttl, *limits)
+        ).remote(storage_url, lease_ttl)
         _handles[storage_url] = handle
     return handle
 
@@ -295,7 +292,7 @@ def run_detached(storage_url: str, lease_ttl: float, workflow_id: str, lease: by
     Returns once the actor has taken the start (a round trip): a task submitted without waiting
     can be lost when the calling driver exits right after, and the workflow would then wait
     for its lease to lapse and read RESUMABLE, with no runner."""
-    host, _ = _on_host(storage_url, lease_ttl, (None, None), lambda h: h.start.remote(workflow_id, lease))
+    host, _ = _on_host(storage_url, lease_ttl, lambda h: h.start.remote(workflow_id, lease))
     return host.output.remote(workflow_id)
 
 
@@ -311,7 +308,7 @@ def submit_detached(
     and pending workflows fill ``limits`` already."""
     import queue
 
-    host, answer = _on_host(storage_url, lease_ttl, limits, lambda h: h.submit.remote(workflow_id, batch))
+    host, answer = _on_host(storage_url, lease_ttl, lambda h: h.submit.remote(workflow_id, batch))
     if answer == "full":
         running, pending = limits
         raise queue.Full(
@@ -322,13 +319,11 @@ def submit_detached(
 
 
 def configure_host(storage_url: str, lease_ttl: float, limits: tuple[int | None, int | None]) -> None:
-    """Set the queue limits of the storage's detached actor (creating it with them if needed)."""
-    _on_host(storage_url, lease_ttl, limits, lambda h: h.configure.remote(*limits))
+    """Set (and store) the queue limits of the storage's detached actor, creating it if needed."""
+    _on_host(storage_url, lease_ttl, lambda h: h.configure.remote(*limits))
 
 
-def _on_host(
-    storage_url: str, lease_ttl: float, limits: tuple[int | None, int | None], call: Any
-) -> tuple[Any, Any]:
+def _on_host(storage_url: str, lease_ttl: float, call: Any) -> tuple[Any, Any]:
     """``call(host)`` (an ``ObjectRef``) on the storage's host, waited for: the host and the answer.
 
     A handle this process keeps may name a host that is gone for good (killed with no restart,
@@ -339,14 +334,14 @@ def _on_host(
     """
     import ray
 
-    host = workflow_host(storage_url, lease_ttl, limits)
+    host = workflow_host(storage_url, lease_ttl)
     try:
         return host, ray.get(call(host))
     except ray.exceptions.ActorDiedError:
         with _handles_lock:
             if _handles.get(storage_url) is host:
                 del _handles[storage_url]
-        host = workflow_host(storage_url, lease_ttl, limits)
+        host = workflow_host(storage_url, lease_ttl)
         return host, ray.get(call(host))
 
 
