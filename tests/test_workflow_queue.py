@@ -46,12 +46,19 @@ def _job(tmp: pathlib.Path, name: str) -> Any:
     return gated.step(str(tmp / "gate"), str(tmp / f"ran-{name}"), name)
 
 
+def _first_takes_the_slot(storage: str, tmp: pathlib.Path, workflow_id: str, max_pending: int = 5) -> Any:
+    """Limit the queue to one running workflow and start ``workflow_id`` (job "a"), which holds
+    the slot until the gate opens; its ``ObjectRef`` once it runs."""
+    workflow.init(storage, max_running_workflows=1, max_pending_workflows=max_pending)
+    first = _job(tmp, "a").run_async(workflow_id=workflow_id)
+    _until(lambda: (tmp / "ran-a").exists(), "the first workflow started")
+    return first
+
+
 def test_past_max_running_a_workflow_waits_pending_and_past_max_pending_none_is_stored(
     wf_storage: str, tmp_path: pathlib.Path
 ) -> None:
-    workflow.init(wf_storage, max_running_workflows=1, max_pending_workflows=1)
-    first = _job(tmp_path, "a").run_async(workflow_id="q-a")
-    _until(lambda: (tmp_path / "ran-a").exists(), "the first workflow started")
+    first = _first_takes_the_slot(wf_storage, tmp_path, "q-a", max_pending=1)
     second = _job(tmp_path, "b").run_async(workflow_id="q-b")
     assert workflow.get_status("q-b") == workflow.PENDING
     with pytest.raises(queue.Full, match="nothing was stored"):
@@ -87,9 +94,7 @@ def test_bad_queue_limits_are_refused_and_change_nothing(wf_storage: str, tmp_pa
 
 
 def test_a_pending_workflow_cancelled_never_runs(wf_storage: str, tmp_path: pathlib.Path) -> None:
-    workflow.init(wf_storage, max_running_workflows=1, max_pending_workflows=5)
-    first = _job(tmp_path, "a").run_async(workflow_id="qc-a")
-    _until(lambda: (tmp_path / "ran-a").exists(), "the first workflow started")
+    first = _first_takes_the_slot(wf_storage, tmp_path, "qc-a")
     _job(tmp_path, "b").run_async(workflow_id="qc-b")
     third = _job(tmp_path, "c").run_async(workflow_id="qc-c")
     workflow.cancel("qc-b")
@@ -101,9 +106,7 @@ def test_a_pending_workflow_cancelled_never_runs(wf_storage: str, tmp_path: path
 
 
 def test_pending_workflows_outlive_their_host(wf_storage: str, tmp_path: pathlib.Path) -> None:
-    workflow.init(wf_storage, max_running_workflows=1, max_pending_workflows=5)
-    _job(tmp_path, "a").run_async(workflow_id="qh-a")
-    _until(lambda: (tmp_path / "ran-a").exists(), "the first workflow started")
+    _first_takes_the_slot(wf_storage, tmp_path, "qh-a")
     _job(tmp_path, "b").run_async(workflow_id="qh-b")
     assert stop_host(_runtime.canonical_url(wf_storage))  # the host and its queue in memory go
     assert workflow.get_status("qh-b") == workflow.PENDING  # the queue in storage stays
@@ -122,9 +125,7 @@ def test_queue_limits_outlive_a_restart_of_their_host(wf_storage: str, tmp_path:
     url = _runtime.canonical_url(wf_storage)
     host = workflow_host(url, 10.0)
     assert ray.get(host.ready.remote(), timeout=60)
-    workflow.init(wf_storage, max_running_workflows=1, max_pending_workflows=5)
-    _job(tmp_path, "a").run_async(workflow_id="qr-a")
-    _until(lambda: (tmp_path / "ran-a").exists(), "the first workflow started")
+    _first_takes_the_slot(wf_storage, tmp_path, "qr-a")
     _job(tmp_path, "b").run_async(workflow_id="qr-b")
     _job(tmp_path, "c").run_async(workflow_id="qr-c")
     ray.kill(host, no_restart=False)  # its process dies; Ray makes it again
@@ -173,9 +174,7 @@ def test_a_workflow_submitted_again_while_it_waits_in_the_queue_keeps_its_place(
 ) -> None:
     # As a driver's retry after a host that died before answering would: the second submit
     # finds the id stored and queued, and must not start it past max_running.
-    workflow.init(wf_storage, max_running_workflows=1, max_pending_workflows=5)
-    first = _job(tmp_path, "a").run_async(workflow_id="qa-a")
-    _until(lambda: (tmp_path / "ran-a").exists(), "the first workflow started")
+    first = _first_takes_the_slot(wf_storage, tmp_path, "qa-a")
     _job(tmp_path, "b").run_async(workflow_id="qa-b")
     again = _job(tmp_path, "b").run_async(workflow_id="qa-b")
     time.sleep(1.0)

@@ -53,6 +53,18 @@ OPEN_PATIENCE = 120.0
 LIMITS_KEY = "queue/limits"
 
 
+def check_limit(value: int | None, name: str, least: int) -> int | None:
+    """A queue limit as given to ``init``: None or -1 for none, else an int of at least ``least``
+    (``TypeError`` or ``ValueError`` naming ``name`` otherwise)."""
+    if value is None or (type(value) is int and value == -1):
+        return None
+    if type(value) is not int:
+        raise TypeError(f"{name} must be None or an integer, got {type(value).__name__}")
+    if value < least:
+        raise ValueError(f"{name} must be at least {least}, or -1 for no limit; got {value}")
+    return value
+
+
 def host_name(storage_url: str) -> str:
     return "actorflow-workflows-" + hashlib.sha1(storage_url.encode()).hexdigest()[:16]
 
@@ -213,10 +225,8 @@ class WorkflowHost:
             return None
         try:
             limits = _codec.json_loads(stored)
-            running, pending = limits["max_running"], limits["max_pending"]
-            for value, least in ((running, 1), (pending, 0)):
-                if value is not None and (type(value) is not int or value < least):
-                    raise ValueError(f"limit {value!r}")
+            running = check_limit(limits["max_running"], "max_running", 1)
+            pending = check_limit(limits["max_pending"], "max_pending", 0)
         except (ValueError, TypeError, KeyError) as exc:
             log.warning("ignoring the stored queue limits of %s: %r", self.runtime.storage_url, exc)
             return None

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from actorflow._ids import check_workflow_id
 from actorflow.engine._dag import Workflow
+from actorflow.engine._detached import check_limit as _limit
 from actorflow.engine._detached import configure_host, submit_detached
 from actorflow.engine._engine import DEFAULT_LEASE_TTL, WorkflowEngine, as_status
 from actorflow.engine._runners import RayRunner, StepRunner
@@ -398,17 +399,6 @@ def init(
         rt.start_recovery()
     _default = rt
     return rt
-
-
-def _limit(value: int | None, name: str, least: int) -> int | None:
-    """A queue limit as given to ``init``: None or -1 for none, else an int of at least ``least``."""
-    if value is None or (type(value) is int and value == -1):
-        return None
-    if type(value) is not int:
-        raise TypeError(f"{name} must be None or an integer, got {type(value).__name__}")
-    if value < least:
-        raise ValueError(f"{name} must be at least {least}, or -1 for no limit; got {value}")
-    return value
 
 
 def use_default(rt: WorkflowRuntime | None) -> WorkflowRuntime | None:
