@@ -77,6 +77,43 @@ def test_past_max_running_a_workflow_waits_pending_and_past_max_pending_none_is_
     assert workflow.run(_job(tmp_path, "d"), workflow_id="q-d") == "d"
 
 
+def test_queue_full_quotes_the_limits_the_host_applies(wf_storage: str, tmp_path: pathlib.Path) -> None:
+    # Another driver on this storage set other limits since this one did: the host applies the
+    # last ones stored, and the refusal says which.
+    first = _first_takes_the_slot(wf_storage, tmp_path, "qf-a", max_pending=3)
+    host = workflow_host(_runtime.canonical_url(wf_storage), 10.0)
+    ray.get(host.configure.remote(1, 0), timeout=60)  # as workflow.init in another driver
+    with pytest.raises(queue.Full, match="'qf-b' not started: 1 workflows run and 0 wait already"):
+        _job(tmp_path, "b").run_async(workflow_id="qf-b")
+    with pytest.raises(workflow.WorkflowNotFoundError):
+        workflow.get_status("qf-b")
+    (tmp_path / "gate").touch()
+    assert ray.get(first, timeout=60) == "a"
+
+
+def test_a_driver_that_set_no_limits_is_queued_by_the_ones_stored(
+    wf_storage: str, tmp_path: pathlib.Path
+) -> None:
+    # The limits count every workflow of the cluster on this storage: a second driver (here a
+    # runtime of its own on the same storage) that never called workflow.init with limits is
+    # queued and refused like the one that set them.
+    first = _first_takes_the_slot(wf_storage, tmp_path, "qd-a", max_pending=1)
+    other = _runtime.WorkflowRuntime(wf_storage)
+    try:
+        second = other.run_async(_job(tmp_path, "b"), workflow_id="qd-b")
+        assert workflow.get_status("qd-b") == workflow.PENDING
+        with pytest.raises(queue.Full, match="nothing was stored"):
+            other.run(_job(tmp_path, "c"), workflow_id="qd-c")
+        time.sleep(0.5)
+        assert not (tmp_path / "ran-b").exists()  # it waits for the slot
+        (tmp_path / "gate").touch()
+        assert ray.get(first, timeout=60) == "a" and ray.get(second, timeout=60) == "b"
+        a, b = workflow.get_metadata("qd-a")["stats"], workflow.get_metadata("qd-b")["stats"]
+        assert b["start_time"] >= a["end_time"]
+    finally:
+        other.close()
+
+
 def test_bad_queue_limits_are_refused_and_change_nothing(wf_storage: str, tmp_path: pathlib.Path) -> None:
     for bad, error in (
         ({"max_running_workflows": 0}, ValueError),
@@ -88,7 +125,7 @@ def test_bad_queue_limits_are_refused_and_change_nothing(wf_storage: str, tmp_pa
     ):
         with pytest.raises(error, match=r"max_(running|pending)_workflows"):
             workflow.init(wf_storage, **bad)
-    assert _runtime.default_runtime().limits == (None, None)
+    assert not _runtime.default_runtime()._queue_limited()  # nothing stored
     (tmp_path / "gate").touch()
     assert workflow.run(_job(tmp_path, "free"), workflow_id="q-free") == "free"
 

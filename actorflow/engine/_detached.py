@@ -114,17 +114,19 @@ class WorkflowHost:
                 self.max_running, self.max_pending = max_running, max_pending
                 self._pump()
 
-    async def submit(self, workflow_id: str, batch: Any) -> str:
+    async def submit(self, workflow_id: str, batch: Any) -> str | tuple[str, int, int]:
         """Store a workflow prepared PENDING (``batch``) and start it, or queue it when the
         running ones fill ``max_running``: ``"started"``, ``"queued"``, ``"exists"`` (the id was
-        taken: it is resumed or joined, as a run of a stored id is), or ``"full"`` when the
-        queue holds ``max_pending`` already, and then nothing was stored. A host that has just
+        taken: it is resumed or joined, as a run of a stored id is), or ``("full", max_running,
+        max_pending)``, the limits this host applied, when the queue holds ``max_pending``
+        already, and then nothing was stored. A host that has just
         started answers once it has read its queue from storage (``StorageUnavailableError``
         when that takes longer than :data:`OPEN_PATIENCE`)."""
         await self._until_restored()
         with self._lock:
             if self._full():
-                return "full"
+                assert self.max_running is not None and self.max_pending is not None
+                return "full", self.max_running, self.max_pending
             self._committing += 1
         try:
             created = await self._on_loop(self.runtime.storage.commit(batch))
@@ -203,7 +205,7 @@ class WorkflowHost:
             with self._lock:
                 configured = self._configured
             try:
-                limits = await self._stored_limits()
+                limits = await stored_limits(self.runtime.storage, self.runtime.storage_url)
                 pending = await self._pending_oldest_first()
                 break
             except Exception as exc:
@@ -217,20 +219,6 @@ class WorkflowHost:
             for wid in pending:
                 self._enqueue(wid)
             self._pump()
-
-    async def _stored_limits(self) -> tuple[int | None, int | None] | None:
-        """The limits :meth:`configure` stored, if any (and readable)."""
-        stored = await self.runtime.storage.get(LIMITS_KEY)
-        if stored is None:
-            return None
-        try:
-            limits = _codec.json_loads(stored)
-            running = check_limit(limits["max_running"], "max_running", 1)
-            pending = check_limit(limits["max_pending"], "max_pending", 0)
-        except (ValueError, TypeError, KeyError) as exc:
-            log.warning("ignoring the stored queue limits of %s: %r", self.runtime.storage_url, exc)
-            return None
-        return running, pending
 
     async def _pending_oldest_first(self) -> list[str]:
         from actorflow.engine._store import WorkflowStatus
@@ -297,6 +285,22 @@ def _host(storage_url: str, lease_ttl: float) -> Any:
     return handle
 
 
+async def stored_limits(storage: Any, url: str) -> tuple[int | None, int | None] | None:
+    """The queue limits :meth:`WorkflowHost.configure` stored on ``storage`` (max running, max
+    pending; None: no limit), or None if none are stored or what is stored is malformed."""
+    stored = await storage.get(LIMITS_KEY)
+    if stored is None:
+        return None
+    try:
+        limits = _codec.json_loads(stored)
+        running = check_limit(limits["max_running"], "max_running", 1)
+        pending = check_limit(limits["max_pending"], "max_pending", 0)
+    except (ValueError, TypeError, KeyError) as exc:
+        log.warning("ignoring the stored queue limits of %s: %r", url, exc)
+        return None
+    return running, pending
+
+
 def run_detached(storage_url: str, lease_ttl: float, workflow_id: str, lease: bytes | None) -> Any:
     """Start the workflow in the storage's detached actor; an ``ObjectRef`` of its output.
     Returns once the actor has taken the start (a round trip): a task submitted without waiting
@@ -306,21 +310,16 @@ def run_detached(storage_url: str, lease_ttl: float, workflow_id: str, lease: by
     return host.output.remote(workflow_id)
 
 
-def submit_detached(
-    storage_url: str,
-    lease_ttl: float,
-    limits: tuple[int | None, int | None],
-    workflow_id: str,
-    batch: Any,
-) -> Any:
+def submit_detached(storage_url: str, lease_ttl: float, workflow_id: str, batch: Any) -> Any:
     """Hand a workflow prepared PENDING to the storage's detached actor, which starts or queues
     it; an ``ObjectRef`` of its output. ``queue.Full`` (and nothing stored) when the running
-    and pending workflows fill ``limits`` already."""
+    and pending workflows fill the limits the host applies (the stored ones: another driver
+    may have set them) already; its message quotes those limits."""
     import queue
 
     host, answer = _on_host(storage_url, lease_ttl, lambda h: h.submit.remote(workflow_id, batch))
-    if answer == "full":
-        running, pending = limits
+    if isinstance(answer, tuple) and answer[0] == "full":
+        _, running, pending = answer
         raise queue.Full(
             f"workflow {workflow_id!r} not started: {running} workflows run and {pending} wait already "
             "(workflow.init(max_running_workflows=, max_pending_workflows=)); nothing was stored"

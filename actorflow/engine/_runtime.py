@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from actorflow._ids import check_workflow_id
 from actorflow.engine._dag import Workflow
 from actorflow.engine._detached import check_limit as _limit
-from actorflow.engine._detached import configure_host, submit_detached
+from actorflow.engine._detached import configure_host, stored_limits, submit_detached
 from actorflow.engine._engine import DEFAULT_LEASE_TTL, WorkflowEngine, as_status
 from actorflow.engine._runners import RayRunner, StepRunner
 from actorflow.engine._store import WorkflowStatus
@@ -96,8 +96,6 @@ class WorkflowRuntime:
                 self._stop_loop()
                 raise
         self.engine = WorkflowEngine(self.storage, self.storage_url, lease_ttl, runner)
-        #: The queue's limits (max running, max pending; None: none), see :meth:`configure_queue`.
-        self.limits: tuple[int | None, int | None] = (None, None)
 
     @classmethod
     async def attach(cls, storage: str, *, lease_ttl: float = DEFAULT_LEASE_TTL) -> WorkflowRuntime:
@@ -174,7 +172,7 @@ class WorkflowRuntime:
         self, wf: Workflow[T], *, workflow_id: str | None = None, metadata: dict[str, Any] | None = None
     ) -> T:
         """Run ``wf`` in this process until it ends; see :meth:`Workflow.run`."""
-        if self.limits[0] is not None:  # through the queue, which counts it
+        if self._queue_limited():  # through the queue, which counts it
             wid, _ = self._submit_queued(wf, workflow_id, metadata)
             queued: T = self._outcome(wid, self.engine.wait(wid, None))
             return queued
@@ -201,14 +199,22 @@ class WorkflowRuntime:
             )
         self.engine.runner.ready()
         configure_host(self.storage_url, self.lease_ttl, limits)
-        self.limits = limits
+
+    def _queue_limited(self) -> bool:
+        """Whether ``run`` and ``run_async`` go through the storage's queue: a limit on running
+        workflows is stored there, set by this driver or by any other on the same storage
+        (one storage read per run), so every driver of the cluster counts against it."""
+        if not isinstance(self.engine.runner, RayRunner):
+            return False
+        limits = self.blocking(stored_limits(self.storage, self.storage_url))
+        return limits is not None and limits[0] is not None
 
     def _submit_queued(
         self, wf: Workflow[Any], workflow_id: str | None, metadata: dict[str, Any] | None
     ) -> tuple[str, Any]:
         prepared = self.engine.prepare(wf, workflow_id, metadata, pending=True)
         self.engine.runner.ready()
-        ref = submit_detached(self.storage_url, self.lease_ttl, self.limits, prepared.wid, prepared.batch)
+        ref = submit_detached(self.storage_url, self.lease_ttl, prepared.wid, prepared.batch)
         return prepared.wid, ref
 
     def _outcome(self, wid: str, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
@@ -223,7 +229,7 @@ class WorkflowRuntime:
         inline runner of :mod:`actorflow.testing`: on this runtime's loop, and a
         :class:`concurrent.futures.Future`.) With queue limits (:meth:`configure_queue`), the
         host starts or queues it, or ``queue.Full`` is raised."""
-        if self.limits[0] is not None:
+        if self._queue_limited():
             return self._submit_queued(wf, workflow_id, metadata)[1]
         # Handed: the runner is elsewhere, and this process may exit before it starts.
         prepared = self.engine.prepare(wf, workflow_id, metadata, handed=True)
