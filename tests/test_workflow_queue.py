@@ -155,6 +155,27 @@ def test_pending_workflows_outlive_their_host(wf_storage: str, tmp_path: pathlib
     _until(lambda: workflow.get_status("qh-a") == workflow.RESUMABLE, "the first workflow reads RESUMABLE")
 
 
+def test_a_new_host_starts_the_stored_pending_workflows_oldest_first(
+    wf_storage: str, tmp_path: pathlib.Path
+) -> None:
+    # Ids whose byte order is not the order they were submitted in; one is deleted while no
+    # host runs, so the new host reads a listed workflow that is gone.
+    _first_takes_the_slot(wf_storage, tmp_path, "qo-a")
+    order = ["qo-z", "qo-m", "qo-x", "qo-b"]
+    for wid in order:
+        _job(tmp_path, wid).run_async(workflow_id=wid)
+    assert stop_host(_runtime.canonical_url(wf_storage))
+    workflow.delete("qo-x")
+    (tmp_path / "gate").touch()
+    workflow.init(wf_storage, max_running_workflows=1, max_pending_workflows=5)
+    kept = [w for w in order if w != "qo-x"]
+    assert [workflow.get_output(w, timeout=60) for w in kept] == kept
+    starts = [workflow.get_metadata(w)["stats"]["start_time"] for w in kept]
+    assert starts == sorted(starts)  # in the order submitted
+    with pytest.raises(workflow.WorkflowNotFoundError):
+        workflow.get_status("qo-x")
+
+
 def test_queue_limits_outlive_a_restart_of_their_host(wf_storage: str, tmp_path: pathlib.Path) -> None:
     # The host is made without limits (as a plain run_async makes it) and limited afterwards.
     # Ray restarts a dead host with the arguments it was made with, so the limits must come

@@ -49,6 +49,8 @@ NAMESPACE = "actorflow"
 #: How long (seconds) a host being created waits for its storage to answer before it fails.
 OPEN_PATIENCE = 120.0
 
+#: Heads of PENDING workflows read per storage call when a host starts.
+RESTORE_CHUNK = 500
 #: Where the queue's limits are stored: JSON ``{"max_running": n, "max_pending": m}`` (null: none).
 LIMITS_KEY = "queue/limits"
 
@@ -221,17 +223,19 @@ class WorkflowHost:
             self._pump()
 
     async def _pending_oldest_first(self) -> list[str]:
-        from actorflow.engine._store import WorkflowStatus
-        from actorflow.errors import WorkflowNotFoundError
+        """The PENDING workflows storage holds, oldest first: their heads read
+        :data:`RESTORE_CHUNK` at a time; one deleted since it was listed is skipped."""
+        from actorflow.engine._store import WorkflowStatus, k_meta
 
         engine = self.runtime.engine
+        wids = [wid for wid, _ in await engine.list_workflows({WorkflowStatus.PENDING})]
         started: list[tuple[float, str]] = []
-        for wid, _ in await engine.list_workflows({WorkflowStatus.PENDING}):
-            try:
-                head, _, _ = await engine.store.read_head(wid)
-            except WorkflowNotFoundError:
-                continue  # deleted since it was listed
-            started.append((head.get("start_time") or 0, wid))
+        for at in range(0, len(wids), RESTORE_CHUNK):
+            chunk = wids[at : at + RESTORE_CHUNK]
+            heads = await engine.storage.get_many([k_meta(w) for w in chunk])
+            for wid, raw in zip(chunk, heads, strict=True):
+                if raw is not None:
+                    started.append((_codec.json_loads(raw).get("start_time") or 0, wid))
         return [wid for _, wid in sorted(started)]
 
     async def output(self, workflow_id: str) -> Any:
