@@ -206,3 +206,41 @@ def test_a_chain_resumed_after_its_runner_is_killed_keeps_what_its_tasks_stored(
     assert sorted(set(after)) == list(range(40))
     assert len(after) - 40 <= 1
     assert after[: len(before)] == before
+
+
+def test_a_step_ahead_whose_record_is_held_is_not_run_again_on_its_input(tmp_path: pathlib.Path) -> None:
+    # b goes ahead of a's output; when b has run, a is finished behind it, which counts b's
+    # last input in. b's own record is then held back (it unblocks nothing: its consumer also
+    # waits for a slow wide join), and b was once submitted again with a's output, released by
+    # then, as its argument, its second output replacing its checkpoint.
+    tally = tmp_path / "tally"
+
+    @workflow.step
+    def a() -> int:
+        with open(tally, "a") as f:
+            f.write("a\n")
+        return 1
+
+    @workflow.step(name="b")
+    def b(x: int) -> str:
+        with open(tally, "a") as f:
+            f.write("b\n")
+        return f"b saw {x!r}"
+
+    @workflow.step(num_cpus=0)
+    def leaf(i: int) -> int:
+        time.sleep(0.5)
+        return i
+
+    @workflow.step
+    def join(*xs: int) -> int:
+        return sum(xs)
+
+    @workflow.step
+    def d(bv: str, total: int) -> tuple[str, int]:
+        return bv, total
+
+    wide = join.step(*[leaf.step(i) for i in range(_pipelining.AHEAD_MAX_INPUTS + 1)])
+    assert d.step(b.step(a.step()), wide).run(workflow_id="held-ahead") == ("b saw 1", 36)
+    assert sorted(tally.read_text().split()) == ["a", "b"]  # each once
+    assert workflow.get_output("held-ahead", task_id="b") == "b saw 1"  # its checkpoint

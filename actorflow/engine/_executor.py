@@ -430,6 +430,9 @@ class Executor(Pipelining):
                 self.committing.discard(sid)
                 if sid in self.upstream_of and self._skipped(sid, fut):
                     continue
+                # It ran: never submitted again, not even when an input it ran on ahead is
+                # finished only now (by _skipped, just above) while its own record is held.
+                self.missing[sid] = -1
                 failed = self._record(sid, fut, self.held.batch, finished, continued)
                 if failed is not None and failure is None:
                     failure = failed
