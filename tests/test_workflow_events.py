@@ -51,6 +51,20 @@ def test_waiting_workflow_is_running_and_gets_the_event_later() -> None:
     assert ray.get(ref, timeout=60) == "yes"
 
 
+def test_a_deleted_workflows_events_go_with_it() -> None:
+    # A new workflow under the id of a deleted one must neither get the old run's event nor
+    # have its own refused as a repeat.
+    ref = workflow.wait_for_event("pay").run_async(workflow_id="ev-again")
+    assert workflow.post_event("ev-again", "pay", "old") is True
+    assert ray.get(ref, timeout=60) == "old"
+    workflow.delete("ev-again")
+    ref = workflow.wait_for_event("pay").run_async(workflow_id="ev-again")
+    time.sleep(0.5)
+    assert workflow.get_status("ev-again") is WorkflowStatus.RUNNING  # it waits: nothing stored
+    assert workflow.post_event("ev-again", "pay", "new") is True
+    assert ray.get(ref, timeout=60) == "new"
+
+
 class FileListener(EventListener):
     """A custom event source: a file appearing, acknowledged by writing another file."""
 

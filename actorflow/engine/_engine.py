@@ -28,6 +28,7 @@ from actorflow.engine._store import (
     WorkflowStatus,
     WorkflowStore,
     effective_status,
+    event_prefix,
     k_counters,
     k_dag,
     k_err,
@@ -484,6 +485,7 @@ class WorkflowEngine:
         # inherits stale checkpoints.
         await self.storage.delete_prefix(step_prefix(wid))
         await self.storage.delete_prefix(object_prefix(wid))
+        await self.storage.delete_prefix(event_prefix(wid))  # a new run under the id posts anew
         rest = Batch()
         for key in (k_dag(wid), k_counters(wid), k_out(wid), k_err(wid), k_lease(wid)):
             rest.delete(key)

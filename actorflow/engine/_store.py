@@ -11,7 +11,8 @@ Key layout (all under ``wf/{workflow_id}/`` except the listing index)::
     wf/{wid}/o/{hash}         contents of checkpointed ObjectRefs
     wf/{wid}/out              the workflow's output (header + pickle)
     wf/{wid}/err              the exception that failed it (pickle)
-    wf/{wid}/ev/{key}         an event posted to it under a key (JSON), until a step takes it
+    wf/{wid}/ev/{key}         an event posted to it under a key (JSON): the first one kept,
+                              a repeat refused, until the workflow is deleted
 
 Every write a runner makes requires the lease to still hold its token (fencing), so a runner
 that lost its lease (cancelled, or taken over after it was presumed dead) cannot write.
@@ -80,6 +81,10 @@ def step_prefix(wid: str) -> str:
 
 def k_step(wid: str, sid: str) -> str:
     return f"{step_prefix(wid)}{sid}"
+
+
+def event_prefix(wid: str) -> str:
+    return f"wf/{wid}/ev/"
 
 
 def object_prefix(wid: str) -> str:
