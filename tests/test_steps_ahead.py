@@ -244,3 +244,45 @@ def test_a_step_ahead_whose_record_is_held_is_not_run_again_on_its_input(tmp_pat
     assert d.step(b.step(a.step()), wide).run(workflow_id="held-ahead") == ("b saw 1", 36)
     assert sorted(tally.read_text().split()) == ["a", "b"]  # each once
     assert workflow.get_output("held-ahead", task_id="b") == "b saw 1"  # its checkpoint
+
+
+class DiesOnReturn:
+    """An output whose first worker dies when it is pickled the second time: the step's task
+    pickles it for the record it commits itself, then Ray pickles it as the task's return."""
+
+    def __init__(self, marks: str) -> None:
+        self.marks = marks
+
+    def __reduce__(self) -> Any:
+        with open(self.marks, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        pids = pathlib.Path(self.marks).read_text().split()
+        if pids[0] == str(os.getpid()) and pids.count(pids[0]) == 2:
+            os._exit(1)  # the record is committed; Ray never gets the task's result
+        return (DiesOnReturn, (self.marks,))
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_a_step_whose_worker_dies_after_it_committed_its_record_never_runs_again(
+    tmp_path: pathlib.Path, retries: int
+) -> None:
+    # Ray runs the task again (retries 2), or reports it dead (retries 0) and the runner, which
+    # would record a failure, finds the checkpoint: either way the step ran once, and its
+    # record is the output it checkpointed.
+    tally, marks = tmp_path / "tally", str(tmp_path / "marks")
+
+    @workflow.step(name="a", max_retries=retries)
+    def a() -> DiesOnReturn:
+        with open(tally, "a") as f:
+            f.write("a\n")
+        return DiesOnReturn(marks)
+
+    @workflow.step
+    def b(x: DiesOnReturn) -> str:
+        with open(tally, "a") as f:
+            f.write("b\n")
+        return type(x).__name__
+
+    assert b.step(a.step()).run(workflow_id=f"dies-{retries}") == "DiesOnReturn"
+    assert sorted(tally.read_text().split()) == ["a", "b"]
+    assert isinstance(workflow.get_output(f"dies-{retries}", task_id="a"), DiesOnReturn)

@@ -56,7 +56,7 @@ class _PerThread(threading.local):
 _here = _PerThread()
 
 
-async def _commit(opened: collections.OrderedDict[str, Storage], url: str, wid: str, batch: Batch) -> bool:
+async def _opened(opened: collections.OrderedDict[str, Storage], url: str) -> Storage:
     storage = opened.get(url)
     if storage is None or storage.closed:
         storage = opened[url] = await open_storage(url)
@@ -64,6 +64,11 @@ async def _commit(opened: collections.OrderedDict[str, Storage], url: str, wid: 
             _, old = opened.popitem(last=False)
             await old.close()
     opened.move_to_end(url)
+    return storage
+
+
+async def _commit(opened: collections.OrderedDict[str, Storage], url: str, wid: str, batch: Batch) -> bool:
+    storage = await _opened(opened, url)
     if await storage.commit(batch):
         return True
     # The runner may have renewed its lease since it submitted the step (only the expiry
@@ -100,4 +105,44 @@ def commit_output(
         return False
 
 
-__all__ = ["COMMIT_TIMEOUT", "commit_output"]
+def is_rerun() -> bool:
+    """Whether this Ray task runs again after an attempt of it ended with its worker (a crash,
+    a node lost, or an object lost that Ray rebuilds by running its task again). ``True``
+    when Ray cannot say (its private attempt counter moved): then a committing task always
+    looks for its record first, which is slower, never wrong."""
+    try:
+        import ray
+
+        core = ray._private.worker.global_worker.core_worker  # type: ignore[attr-defined]
+        return int(core.get_current_task_attempt_number()) > 0
+    except Exception:
+        return True
+
+
+def stored_outcome(url: str, wid: str, sid: str) -> tuple[Any, ...] | None:
+    """The step body's outcome tuple as its ``"ok"`` record in storage has it, if one is stored
+    (a task of the step committed it and its worker died before Ray had its result); None if
+    none is, or storage cannot say (the step then runs again, as it would have)."""
+    try:
+        if _here.loop is None:
+            _here.loop, _here.opened = asyncio.new_event_loop(), collections.OrderedDict()
+        return _here.loop.run_until_complete(_stored_outcome(_here.opened, url, wid, sid))
+    except Exception as exc:
+        log.warning("step %s of workflow %s could not read its stored record: %r", sid, wid, exc)
+        return None
+
+
+async def _stored_outcome(
+    opened: collections.OrderedDict[str, Storage], url: str, wid: str, sid: str
+) -> tuple[Any, ...] | None:
+    storage = await _opened(opened, url)
+    raw = await storage.get(k_step(wid, sid))
+    if raw is None:
+        return None
+    header, value = await WorkflowStore(storage).load_payload(wid, raw)
+    if header.get("kind") != "ok":
+        return None
+    return ("ok", value, header["start_time"], header["end_time"], header["attempts"], "")
+
+
+__all__ = ["COMMIT_TIMEOUT", "commit_output", "is_rerun", "stored_outcome"]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -427,7 +428,9 @@ class Executor(Pipelining):
             continued: list[tuple[str, list[StepSpec]]] = []
             for sid, fut in items:
                 self.in_flight.pop(sid, None)
-                self.committing.discard(sid)
+                if sid in self.committing:
+                    self.committing.discard(sid)
+                    fut = await self._stored_if_died(sid, fut)
                 if sid in self.upstream_of and self._skipped(sid, fut):
                     continue
                 # It ran: never submitted again, not even when an input it ran on ahead is
@@ -448,6 +451,24 @@ class Executor(Pipelining):
         if failure is not None and self.root not in self.done:
             await self._fail(*failure)
         return await self._succeed()
+
+    async def _stored_if_died(self, sid: str, fut: Any) -> Any:
+        """For a step whose task was to commit its own record: if the task died (its worker
+        crashed and Ray ran out of retries) after its record was committed, that record, as
+        the completion to handle; a checkpoint is never replaced by a failure."""
+        try:
+            fut.result()
+            return fut
+        except BaseException:
+            pass
+        raw = await self._read(lambda: self.storage.get(k_step(self.wid, sid)), "reading a checkpoint")
+        if raw is None or _codec.unpack(raw)[0].get("kind") != "ok":
+            return fut
+        header, value = await self._load_payload(raw)
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        start, end, attempts = header["start_time"], header["end_time"], header["attempts"]
+        done.set_result(("ok", value, start, end, attempts, "", True, ()))
+        return done
 
     async def _wait(self) -> None:
         """Until a completion (or a lost lease) wakes the loop, or the held records are due."""

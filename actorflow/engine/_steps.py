@@ -25,7 +25,7 @@ from typing import Any
 import cloudpickle
 
 from actorflow import _tracing
-from actorflow.engine._ahead import commit_output
+from actorflow.engine._ahead import commit_output, is_rerun, stored_outcome
 from actorflow.engine._dag import StepOptions, Workflow
 
 
@@ -177,6 +177,12 @@ def _make_body(func: Callable[..., Any], retries: int, catch: bool) -> Callable[
                 return SKIPPED
             args, kwargs, behind = taken
         ctx = _actorflow_ctx if isinstance(_actorflow_ctx, StepContext) else StepContext(*_actorflow_ctx)
+        if _actorflow_ahead is not None and _actorflow_ahead[0] is not None and is_rerun():
+            # This task commits its own record: an attempt before this one may have committed
+            # it before its worker died. A checkpointed step never runs again.
+            stored = stored_outcome(ctx.storage_url, ctx.workflow_id, ctx.step_id)
+            if stored is not None:
+                return (*stored, True, behind)
         token = _enter_step(ctx)
         attributes = {"actorflow.workflow_id": ctx.workflow_id, "actorflow.step_id": ctx.step_id}
         try:
