@@ -9,6 +9,7 @@ was acknowledged and what survived.
 from __future__ import annotations
 
 import concurrent.futures
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -35,6 +36,12 @@ class Tally:
             self.seen.append(tag)
         return self.n
 
+    def incr_seeded(self, tag: str = "") -> int:
+        """``incr`` for a method that seeds Python's global ``random`` (a reproducible
+        simulation step): commit tokens must not come from that generator."""
+        random.seed(1234)
+        return self.incr(tag)
+
     @workflow.virtual_actor.readonly
     def value(self) -> int:
         return self.n
@@ -59,8 +66,8 @@ class Process:
     def create(self, actor_id: str) -> bool:
         return self.actors.create(AC, actor_id, (), {})
 
-    def incr(self, actor_id: str, key: str | None = None, tag: str = "") -> int:
-        result: int = self.actors.submit(AC, actor_id, "incr", (tag,), {}, key).result(timeout=60)
+    def incr(self, actor_id: str, key: str | None = None, tag: str = "", method: str = "incr") -> int:
+        result: int = self.actors.submit(AC, actor_id, method, (tag,), {}, key).result(timeout=60)
         return result
 
     def value(self, actor_id: str) -> int:
@@ -155,12 +162,13 @@ def test_delete_and_recreate_elsewhere_never_brings_back_the_old_actor(
     assert p2.state("a")["seen"] == ["p2"] * 5 + ["p1"]
 
 
-@pytest.mark.parametrize("keyed", [False, True])
+@pytest.mark.parametrize(("keyed", "method"), [(False, "incr"), (True, "incr"), (False, "incr_seeded")])
 def test_a_storage_rollback_never_lets_a_stale_cache_commit(
-    two: tuple[Process, Process], storage_url: str, keyed: bool
+    two: tuple[Process, Process], storage_url: str, keyed: bool, method: str
 ) -> None:
     """A reaches version 6; the storage goes back to version 3; B increments 3 times (version 6
-    again, acknowledged); A's next increment must not overwrite B's three."""
+    again, acknowledged); A's next increment must not overwrite B's three. Also when the
+    method seeds ``random`` (each turn's token would be the same if drawn from it)."""
     a, b = two
     key = iter(range(1000))
 
@@ -168,12 +176,12 @@ def test_a_storage_rollback_never_lets_a_stale_cache_commit(
         return f"k{next(key)}" if keyed else None
 
     assert a.create("r")
-    assert [a.incr("r", k(), tag="a") for _ in range(2)] == [1, 2]
+    assert [a.incr("r", k(), "a", method) for _ in range(2)] == [1, 2]
     saved = _rollback.save(storage_url)  # the actor at version 3
-    assert [a.incr("r", k(), tag="lost") for _ in range(3)] == [3, 4, 5]  # these the crash loses
+    assert [a.incr("r", k(), "lost", method) for _ in range(3)] == [3, 4, 5]  # these the crash loses
     _rollback.restore(storage_url, saved)
-    assert [b.incr("r", k(), tag="b") for _ in range(3)] == [3, 4, 5]
-    assert a.incr("r", k(), tag="a2") == 6
+    assert [b.incr("r", k(), "b", method) for _ in range(3)] == [3, 4, 5]
+    assert a.incr("r", k(), "a2", method) == 6
     assert b.state("r")["seen"] == ["a", "a", "b", "b", "b", "a2"]
 
 

@@ -699,3 +699,27 @@ def test_a_lease_dies_with_its_process_but_a_handed_one_only_by_its_expiry() -> 
     assert effective_status(running, handed) is WorkflowStatus.RUNNING
     lapsed = dataclasses.replace(handed, expires=handed.expires - 31.0)
     assert effective_status(running, lapsed) is WorkflowStatus.RESUMABLE
+
+
+def test_commit_tokens_ignore_a_seeded_global_random_and_differ_after_a_fork() -> None:
+    import os
+    import random
+
+    from actorflow.actor._state import new_token
+
+    random.seed(7)
+    first = new_token()
+    random.seed(7)
+    assert new_token() != first  # user code seeding random does not repeat tokens
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next token, then out at once
+        os.write(write, new_token().encode())
+        os._exit(0)
+    os.close(write)
+    try:
+        child = os.read(read, 64).decode()
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert len(child) == 16 and child != new_token()

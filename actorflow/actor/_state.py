@@ -21,6 +21,7 @@ re-create, can never pass the compare-and-set with it: its commit fails, and it 
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -85,11 +86,19 @@ def decode(encoding: str, data: bytes) -> Any:
     return _codec.loads(data)  # (which knows where moved classes went)
 
 
+#: Commit tokens come from a generator of actorflow's own, seeded from the OS (and again in
+#: a forked child): never from the global one, which user code may seed (a reproducible
+#: simulation step would then give every turn the same token, and after a storage rollback
+#: a stale snapshot's version would read as current).
+_tokens = random.Random()
+os.register_at_fork(after_in_child=_tokens.seed)
+
+
 def new_token() -> str:
-    """A fresh commit token: 64 random bits, hex. Tokens need to be unique, not secret, so
-    Python's own generator serves (seeded from the OS, and again after a fork); the OS's
-    would cost a system call per commit."""
-    return f"{random.getrandbits(64):016x}"
+    """A fresh commit token: 64 random bits, hex. Tokens need to be unique, not secret, so a
+    Mersenne Twister seeded from the OS serves; the OS's own generator would cost a system
+    call per commit."""
+    return f"{_tokens.getrandbits(64):016x}"
 
 
 _DELETED = b"deleted"
