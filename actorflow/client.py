@@ -11,8 +11,12 @@ proxy answered with a bare 500 or a 502/503/504, storage is unavailable) are tol
 answers: a call with an idempotency key, and every request that changes nothing or is
 idempotent by nature (create, read, list, delete), is retried through them with backoff for up
 to ``retry_timeout`` seconds (30 by default; a replaced replica takes about 20 s here), without
-risk of a second effect. A call without a key is not retried (it might have been applied) and
-raises :class:`~actorflow.errors.RemoteError` with the HTTP status.
+risk of a second effect. (Create and delete are idempotent as HTTP's PUT and DELETE are: a
+retry leaves the state the first attempt did, unless another client changed the actor in
+between, so a retried delete can remove an actor that another client re-created meanwhile,
+and a retried create whose first attempt applied reports ``False``.) A call without a key is
+not retried (it might have been applied) and raises :class:`~actorflow.errors.RemoteError`
+with the HTTP status.
 """
 
 from __future__ import annotations
