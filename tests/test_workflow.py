@@ -205,6 +205,36 @@ def test_resume_all_and_list_filters(tmp_path: pathlib.Path) -> None:
         workflow.list_all("NOT_A_STATUS")
 
 
+def test_a_runner_presumed_dead_cannot_write_into_a_delete(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The runner of a RESUMABLE workflow may still be alive (a paused process) and still hold
+    # its lease's exact bytes, as a step's task that commits its own record does. Its commit
+    # landing while the delete sweeps must not leave a checkpoint for the next run of the id.
+    from actorflow.engine import _runtime
+    from actorflow.engine._store import Lease, k_lease, k_meta, k_step
+    from actorflow.storage import Batch
+
+    assert add.step(1, 2).run(workflow_id="zombie") == 3
+    rt = _runtime.default_runtime()
+    meta = rt.blocking(rt.storage.get(k_meta("zombie")))
+    lease = Lease.new(-1.0).encode()  # lapsed: the workflow reads RESUMABLE
+    running = meta.replace(b'"SUCCESSFUL"', b'"RUNNING"')
+    assert rt.blocking(rt.storage.commit(Batch().put(k_meta("zombie"), running).put(k_lease("zombie"), lease)))
+    assert workflow.get_status("zombie") is WorkflowStatus.RESUMABLE
+    sweep, landed = rt.storage.delete_prefix, []
+
+    async def sweep_then_zombie_commits(prefix: str) -> int:
+        n = await sweep(prefix)
+        if prefix.endswith("/s/"):
+            zombie = Batch().require(k_lease("zombie"), lease).put(k_step("zombie", "add"), b"stale")
+            landed.append(await rt.storage.commit(zombie))
+        return n
+
+    monkeypatch.setattr(rt.storage, "delete_prefix", sweep_then_zombie_commits)
+    workflow.delete("zombie")
+    assert landed == [False]
+    assert rt.blocking(rt.storage.list_keys("wf/zombie/s/")) == []
+
+
 def test_cancel_and_delete(tmp_path: pathlib.Path) -> None:
     started = tmp_path / "started"
 

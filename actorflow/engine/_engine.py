@@ -465,7 +465,9 @@ class WorkflowEngine:
 
         A resume racing the delete either takes the workflow over first (then the delete finds
         it RUNNING and refuses) or finds it marked as being deleted and treats it as gone: the
-        head is marked before any checkpoint goes, by a commit that requires the head read."""
+        head is marked before any checkpoint goes, by a commit that requires the head read and
+        removes the lease, so a runner of a RESUMABLE workflow that is still alive (a paused
+        process) cannot write a checkpoint into the sweep."""
         while True:
             meta, meta_raw, lease_raw = await self.store.read_head(wid)
             status = effective_status(meta, Lease.decode(lease_raw))
@@ -477,6 +479,9 @@ class WorkflowEngine:
                 return False
             marked = {**meta, "deleting": True}
             fence = self.store.put_meta(Batch().require(k_meta(wid), meta_raw), wid, marked)
+            # The lease goes with the mark: a runner presumed dead may still be alive and hold
+            # its bytes, and every write it makes requires them.
+            fence.delete(k_lease(wid))
             if await self.storage.commit(fence):
                 meta_raw = _codec.json_dumps(marked)  # the head as the fence left it
                 break
