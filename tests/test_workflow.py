@@ -218,7 +218,8 @@ def test_a_runner_presumed_dead_cannot_write_into_a_delete(monkeypatch: pytest.M
     meta = rt.blocking(rt.storage.get(k_meta("zombie")))
     lease = Lease.new(-1.0).encode()  # lapsed: the workflow reads RESUMABLE
     running = meta.replace(b'"SUCCESSFUL"', b'"RUNNING"')
-    assert rt.blocking(rt.storage.commit(Batch().put(k_meta("zombie"), running).put(k_lease("zombie"), lease)))
+    orphaned = Batch().put(k_meta("zombie"), running).put(k_lease("zombie"), lease)
+    assert rt.blocking(rt.storage.commit(orphaned))
     assert workflow.get_status("zombie") is WorkflowStatus.RESUMABLE
     sweep, landed = rt.storage.delete_prefix, []
 
