@@ -227,6 +227,24 @@ def _host_gone(url: str) -> bool:
     return False
 
 
+def test_a_run_of_a_stored_resumable_id_waits_for_a_slot(wf_storage: str, tmp_path: pathlib.Path) -> None:
+    # A run of a stored id resumes it; under the limits that resume waits its turn too.
+    workflow.init(wf_storage, max_running_workflows=1, max_pending_workflows=5)
+    _job(tmp_path, "b").run_async(workflow_id="qs-b")
+    _until(lambda: (tmp_path / "ran-b").exists(), "qs-b started")
+    assert stop_host(_runtime.canonical_url(wf_storage))  # its runner dies with the host
+    _until(lambda: workflow.get_status("qs-b") == workflow.RESUMABLE, "qs-b reads RESUMABLE")
+    first = _job(tmp_path, "a").run_async(workflow_id="qs-a")  # takes the slot
+    _until(lambda: workflow.get_status("qs-a") == workflow.RUNNING, "qs-a runs")
+    again = _job(tmp_path, "b").run_async(workflow_id="qs-b")
+    time.sleep(1.0)
+    assert workflow.get_status("qs-b") == workflow.RESUMABLE  # queued, not resumed past the limit
+    (tmp_path / "gate").touch()
+    assert ray.get(first, timeout=60) == "a" and ray.get(again, timeout=60) == "b"
+    a, b = workflow.get_metadata("qs-a")["stats"], workflow.get_metadata("qs-b")["stats"]
+    assert b["start_time"] >= a["end_time"]
+
+
 def test_a_workflow_submitted_again_while_it_waits_in_the_queue_keeps_its_place(
     wf_storage: str, tmp_path: pathlib.Path
 ) -> None:

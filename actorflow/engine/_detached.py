@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import hashlib
 import logging
 import threading
@@ -88,6 +89,9 @@ class WorkflowHost:
         self._running: set[str] = set()
         self._queue: collections.deque[str] = collections.deque()
         self._queued: set[str] = set()
+        #: Per queued workflow: set once it is launched (``output`` waits for that first, as a
+        #: queued RESUMABLE workflow would otherwise be refused as not running).
+        self._launched: dict[str, concurrent.futures.Future[None]] = {}
         self._committing = 0  # submits between their capacity check and their commit
         self._configured = 0  # configure calls so far: a restore must not undo a newer one
         self._configuring = asyncio.Lock()  # one configure at a time, stored then applied
@@ -137,10 +141,14 @@ class WorkflowHost:
                 self._committing -= 1
         with self._lock:
             if not created:
-                # A repeated submit (its first try may have committed) must not skip the queue.
+                # A repeated submit (its first try may have committed), or a run of a stored id
+                # (which resumes it), must not skip the queue.
                 if workflow_id in self._queued:
                     return "queued"
                 if workflow_id not in self._running:
+                    if not self._room():
+                        self._enqueue(workflow_id)
+                        return "queued"
                     self._launch(workflow_id, None)
                 return "exists"
             if workflow_id in self._running or workflow_id in self._queued:
@@ -165,6 +173,7 @@ class WorkflowHost:
         if workflow_id not in self._queued and workflow_id not in self._running:
             self._queue.append(workflow_id)
             self._queued.add(workflow_id)
+            self._launched.setdefault(workflow_id, concurrent.futures.Future())
 
     def _pump(self) -> None:
         while self._queue and self._room():
@@ -174,6 +183,9 @@ class WorkflowHost:
 
     def _launch(self, workflow_id: str, lease: bytes | None) -> None:
         self._running.add(workflow_id)
+        launched = self._launched.pop(workflow_id, None)
+        if launched is not None:
+            launched.set_result(None)
         run = self.runtime.engine.resume(workflow_id, lease)
         fut = asyncio.run_coroutine_threadsafe(run, self.runtime.loop)
 
@@ -240,6 +252,10 @@ class WorkflowHost:
 
     async def output(self, workflow_id: str) -> Any:
         """The workflow's output once it ends (its failure raised), wherever it runs."""
+        with self._lock:
+            launched = self._launched.get(workflow_id)
+        if launched is not None:
+            await asyncio.wrap_future(launched)
         return await self._on_loop(self.runtime.engine.wait(workflow_id, None))
 
     def ready(self) -> bool:
