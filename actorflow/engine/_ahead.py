@@ -108,11 +108,13 @@ def commit_output(
 def is_rerun() -> bool:
     """Whether this Ray task runs again after an attempt of it ended with its worker (a crash,
     a node lost, or an object lost that Ray rebuilds by running its task again). ``True``
-    when Ray cannot say (its private attempt counter moved): then a committing task always
-    looks for its record first, which is slower, never wrong."""
+    when Ray cannot say (its private attempt counter moved): then every task looks for its
+    step's record first, which is slower, never wrong."""
     try:
         import ray
 
+        if not ray.is_initialized():
+            return False  # no Ray here (the threads of actorflow.testing): no second attempts
         core = ray._private.worker.global_worker.core_worker  # type: ignore[attr-defined]
         return int(core.get_current_task_attempt_number()) > 0
     except Exception:

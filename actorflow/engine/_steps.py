@@ -177,9 +177,11 @@ def _make_body(func: Callable[..., Any], retries: int, catch: bool) -> Callable[
                 return SKIPPED
             args, kwargs, behind = taken
         ctx = _actorflow_ctx if isinstance(_actorflow_ctx, StepContext) else StepContext(*_actorflow_ctx)
-        if _actorflow_ahead is not None and _actorflow_ahead[0] is not None and is_rerun():
-            # This task commits its own record: an attempt before this one may have committed
-            # it before its worker died. A checkpointed step never runs again.
+        if is_rerun():
+            # Ray runs this task again: an attempt before this one may have committed its
+            # record before its worker died (when the task commits it itself), or Ray rebuilds
+            # a lost output of a step the runner checkpointed since. A checkpointed step never
+            # runs again: its record is the outcome.
             stored = stored_outcome(ctx.storage_url, ctx.workflow_id, ctx.step_id)
             if stored is not None:
                 return (*stored, True, behind)
