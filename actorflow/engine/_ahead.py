@@ -137,14 +137,7 @@ def stored_outcome(url: str, wid: str, sid: str) -> tuple[Any, ...] | None:
 async def _stored_outcome(
     opened: collections.OrderedDict[str, Storage], url: str, wid: str, sid: str
 ) -> tuple[Any, ...] | None:
-    storage = await _opened(opened, url)
-    raw = await storage.get(k_step(wid, sid))
-    if raw is None:
-        return None
-    header, value = await WorkflowStore(storage).load_payload(wid, raw)
-    if header.get("kind") != "ok":
-        return None
-    return ("ok", value, header["start_time"], header["end_time"], header["attempts"], "")
+    return await WorkflowStore(await _opened(opened, url)).ok_outcome(wid, sid)
 
 
 __all__ = ["COMMIT_TIMEOUT", "commit_output", "is_rerun", "stored_outcome"]

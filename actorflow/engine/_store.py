@@ -212,12 +212,27 @@ class WorkflowStore:
 
     async def load_payload(self, wid: str, raw: bytes) -> tuple[dict[str, Any], Any]:
         header, blob = _codec.unpack(raw)
+        return header, await self._decoded(wid, header, blob)
+
+    async def ok_outcome(self, wid: str, sid: str) -> tuple[Any, ...] | None:
+        """Step ``sid``'s outcome as a step's body gives it, ``("ok", output, start, end,
+        attempts, "")``, from its stored ``"ok"`` record; None if it has none."""
+        raw = await self.storage.get(k_step(wid, sid))
+        if raw is None:
+            return None
+        header, blob = _codec.unpack(raw)
+        if header.get("kind") != "ok":
+            return None
+        value = await self._decoded(wid, header, blob)
+        return ("ok", value, header["start_time"], header["end_time"], header["attempts"], "")
+
+    async def _decoded(self, wid: str, header: dict[str, Any], blob: bytes) -> Any:
         objects: dict[str, bytes] = {}
         keys = header.get("objects") or []
         if keys:
             blobs = await self.storage.get_many([k_object(wid, k) for k in keys])
             objects = {k: b for k, b in zip(keys, blobs, strict=True) if b is not None}
-        return header, _codec.loads(blob, objects)
+        return _codec.loads(blob, objects)
 
     async def load_output(self, wid: str) -> Any:
         raw = await self.storage.get(k_out(wid))
