@@ -125,9 +125,9 @@ class WorkflowHost:
         running ones fill ``max_running``: ``"started"``, ``"queued"``, ``"exists"`` (the id was
         taken: it is resumed or joined, as a run of a stored id is), or ``("full", max_running,
         max_pending)``, the limits this host applied, when the queue holds ``max_pending``
-        already, and then nothing was stored. A host that has just
-        started answers once it has read its queue from storage (``StorageUnavailableError``
-        when that takes longer than :data:`OPEN_PATIENCE`)."""
+        already, and then nothing was stored. A host that has just started answers once it has
+        read its queue from storage (``StorageUnavailableError`` when that takes longer than
+        :data:`OPEN_PATIENCE`)."""
         await self._until_restored()
         with self._lock:
             if self._full():
