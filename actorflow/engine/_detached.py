@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import hashlib
 import logging
 import threading
@@ -50,6 +49,8 @@ NAMESPACE = "actorflow"
 #: How long (seconds) a host being created waits for its storage to answer before it fails.
 OPEN_PATIENCE = 120.0
 
+#: Seconds between two looks at a RESUMABLE workflow this host has queued or is taking over.
+OURS_POLL = 0.02
 #: Heads of PENDING workflows read per storage call when a host starts.
 RESTORE_CHUNK = 500
 #: Where the queue's limits are stored: JSON ``{"max_running": n, "max_pending": m}`` (null: none).
@@ -89,9 +90,6 @@ class WorkflowHost:
         self._running: set[str] = set()
         self._queue: collections.deque[str] = collections.deque()
         self._queued: set[str] = set()
-        #: Per queued workflow: set once it is launched (``output`` waits for that first, as a
-        #: queued RESUMABLE workflow would otherwise be refused as not running).
-        self._launched: dict[str, concurrent.futures.Future[None]] = {}
         self._committing = 0  # submits between their capacity check and their commit
         self._configured = 0  # configure calls so far: a restore must not undo a newer one
         self._configuring = asyncio.Lock()  # one configure at a time, stored then applied
@@ -173,7 +171,6 @@ class WorkflowHost:
         if workflow_id not in self._queued and workflow_id not in self._running:
             self._queue.append(workflow_id)
             self._queued.add(workflow_id)
-            self._launched.setdefault(workflow_id, concurrent.futures.Future())
 
     def _pump(self) -> None:
         while self._queue and self._room():
@@ -183,9 +180,6 @@ class WorkflowHost:
 
     def _launch(self, workflow_id: str, lease: bytes | None) -> None:
         self._running.add(workflow_id)
-        launched = self._launched.pop(workflow_id, None)
-        if launched is not None:
-            launched.set_result(None)
         run = self.runtime.engine.resume(workflow_id, lease)
         fut = asyncio.run_coroutine_threadsafe(run, self.runtime.loop)
 
@@ -251,12 +245,19 @@ class WorkflowHost:
         return [wid for _, wid in sorted(started)]
 
     async def output(self, workflow_id: str) -> Any:
-        """The workflow's output once it ends (its failure raised), wherever it runs."""
-        with self._lock:
-            launched = self._launched.get(workflow_id)
-        if launched is not None:
-            await asyncio.wrap_future(launched)
-        return await self._on_loop(self.runtime.engine.wait(workflow_id, None))
+        """The workflow's output once it ends (its failure raised), wherever it runs. While this
+        host has it queued, or is taking it over, a RESUMABLE workflow is waited for too."""
+        from actorflow.errors import WorkflowNotResumableError
+
+        while True:
+            try:
+                return await self._on_loop(self.runtime.engine.wait(workflow_id, None))
+            except WorkflowNotResumableError:
+                with self._lock:
+                    ours = workflow_id in self._running or workflow_id in self._queued
+                if not ours:
+                    raise
+            await asyncio.sleep(OURS_POLL)
 
     def ready(self) -> bool:
         return True
