@@ -40,7 +40,7 @@ from actorflow.actor._keys import (
     version_of,
     workflow_prefix,
 )
-from actorflow.actor._state import Snapshot, Stamp, is_live, new_token
+from actorflow.actor._state import Encoded, Snapshot, Stamp, is_live, new_token
 from actorflow.actor._turns import MAX_ATTEMPTS
 from actorflow.engine import WorkflowEngine
 from actorflow.errors import ActorConflictError, WorkflowNotFoundError, WorkflowRunningError
@@ -78,8 +78,8 @@ class Lifecycle:
     async def exists(self, ac: VirtualActorClass, actor_id: str) -> bool:
         return is_live(await self.storage.get(k_version(ac.type_name, actor_id)))
 
-    async def create(self, ac: VirtualActorClass, actor_id: str, encoding: str, data: bytes) -> bool:
-        """Store the first snapshot (``encoding``, ``data``) unless the actor exists; whether
+    async def create(self, ac: VirtualActorClass, actor_id: str, state: Encoded) -> bool:
+        """Store the first snapshot (of the encoded ``state``) unless the actor exists; whether
         this call created it. An id whose actor was deleted is swept first."""
         t = ac.type_name
         for _ in range(MAX_ATTEMPTS):
@@ -93,7 +93,8 @@ class Lifecycle:
                 await self.sweep(t, actor_id, current)
                 version = stamp.version + 1
             now = self.config.clock.time()
-            snap = Snapshot(version, ac.schema_version, t, encoding, now, now, data, new_token())
+            encoding, data, int64 = state
+            snap = Snapshot(version, ac.schema_version, t, encoding, now, now, data, new_token(), int64)
             batch = Batch().require(k_version(t, actor_id), current)
             batch.put(k_version(t, actor_id), snap.stamp).put(k_snapshot(t, actor_id), snap.pack())
             batch.put(k_listing(t, actor_id), b"")

@@ -159,8 +159,8 @@ class ActorRuntime:
             mark_method_error(exc)
             declared(ac, exc)
             raise
-        encoding, data = encode(capture(instance, ac.custom_state), actor=actor_name(ac.type_name, actor_id))
-        return bool(self.workflows.blocking(self.lifecycle.create(ac, actor_id, encoding, data)))
+        state = encode(capture(instance, ac.custom_state), actor=actor_name(ac.type_name, actor_id))
+        return bool(self.workflows.blocking(self.lifecycle.create(ac, actor_id, state)))
 
     def require(self, ac: VirtualActorClass, actor_id: str) -> None:
         """Raise ``ActorNotFoundError``, saying how to make the actor, unless it exists."""

@@ -316,8 +316,8 @@ class Turns:
             mark_method_error(exc)
             declared(ac, exc)
             raise
-        encoding, data = encode(capture(instance, ac.custom_state), actor=actor_name(ac.type_name, actor_id))
-        return Snapshot.first(ac.type_name, ac.schema_version, encoding, data, self.config.clock.time())
+        state = encode(capture(instance, ac.custom_state), actor=actor_name(ac.type_name, actor_id))
+        return Snapshot.first(ac.type_name, ac.schema_version, state, self.config.clock.time())
 
     async def _is_stale(self, t: str, actor_id: str, snap: Snapshot) -> bool:
         return await self.storage.get(k_version(t, actor_id)) != snap.expect
@@ -381,8 +381,8 @@ class Turns:
         """Commit the turn (see the module docstring); ``None`` if the compare-and-set failed."""
         t, name = ac.type_name, actor_name(ac.type_name, actor_id)
         now = self.config.clock.time()
-        encoding, data = encode(capture(instance, ac.custom_state), actor=name)
-        new = snap.successor(encoding, data, ac.schema_version, now)
+        state = encode(capture(instance, ac.custom_state), actor=name)
+        new = snap.successor(state, ac.schema_version, now)
         batch = Batch().require(k_version(t, actor_id), snap.expect)
         batch.put(k_version(t, actor_id), new.stamp).put(k_snapshot(t, actor_id), new.pack())
         if snap.initial:  # this call activates the actor: it is listed from this commit on
