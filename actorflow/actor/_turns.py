@@ -185,19 +185,31 @@ class Turns:
                 result = await self._call_readonly(ac, actor_id, info, args, kwargs)
                 result = result if request.encode is None else request.encode(result)
             else:
-                # The turn runs in a task of its own, so a caller that goes away (a cancelled
-                # await, a client that disconnects) cannot interrupt a commit that has started.
-                turn = self._locked_turn(ac, actor_id, info, args, kwargs, request)
-                outcome: Outcome = await asyncio.shield(start_now(turn))
-                for message in outcome.messages:
-                    self.sent(*message)
-                result = await self.finish(outcome, request.encode)
+                # The turn and what follows from it (its messages handed to the outbox, the
+                # sub-workflow it launched) run in a task of their own, so a caller that goes
+                # away (a cancelled await, a client that disconnects) interrupts none of it.
+                writer = self._writer(ac, actor_id, info, args, kwargs, request)
+                result = await asyncio.shield(start_now(writer))
             status = "ok"
             return result
         finally:
             labels = (ac.type_name, info.name, status)
             _metrics.inc("actorflow_calls", labels)
             _metrics.observe("actorflow_call_duration_seconds", time.perf_counter() - started, labels)
+
+    async def _writer(
+        self,
+        ac: VirtualActorClass,
+        actor_id: str,
+        info: MethodInfo,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        request: Request,
+    ) -> Any:
+        outcome = await self._locked_turn(ac, actor_id, info, args, kwargs, request)
+        for message in outcome.messages:
+            self.sent(*message)
+        return await self.finish(outcome, request.encode)
 
     async def finish(self, outcome: Outcome, encode: Callable[[Any], Any] | None) -> Any:
         """A turn's result as its caller gets it: the output of the sub-workflow it launched

@@ -260,6 +260,10 @@ class LocalBackend:
         check_actor_id(actor_id)
         key = client_key(idempotency_key)
         call = self.actors.call(ac, actor_id, method, tuple(args), kwargs, key, encode=encode)
+        if self.workflows.on_loop():
+            # No task of its own, as _run would give it: a turn protects its commit, its
+            # messages and its sub-workflow from a caller that goes away (Turns.call).
+            return await call
         return await self._run(call)
 
     async def describe(self, type_name: str, actor_id: str) -> dict[str, Any]:
