@@ -16,7 +16,7 @@ import collections.abc
 import contextvars
 import sys
 from asyncio import tasks
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
@@ -138,3 +138,53 @@ class _Handover:
 
 # Tasks accept any object registered as a coroutine; _Handover is driven only by its task.
 collections.abc.Coroutine.register(_Handover)
+
+
+async def within(awaitable: Awaitable[T], deadline: float) -> T:
+    """``await awaitable`` under ``asyncio.timeout_at(deadline)`` (``TimeoutError`` past it),
+    with no timer at all when it is a coroutine that finishes without suspending.
+
+    The edge reads every request body under a deadline, and a body that has arrived is read
+    without a suspension: setting and clearing a timer for it would cost more than reading it.
+    A coroutine runs in the caller's task either way.
+    """
+    if not isinstance(awaitable, collections.abc.Coroutine):
+        async with asyncio.timeout_at(deadline):
+            return await awaitable
+    coro = awaitable
+    try:
+        first = coro.send(None)
+    except StopIteration as stop:
+        return cast(T, stop.value)
+    async with asyncio.timeout_at(deadline):
+        return cast(T, await _Resumed(coro, first))
+
+
+class _Resumed:
+    """An awaitable that goes on with a coroutine stopped at its first suspension: it hands the
+    task what the coroutine yielded there, then passes every value and exception on."""
+
+    __slots__ = ("_coro", "_first")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
+        self._coro = coro
+        self._first = first
+
+    def __await__(self) -> Any:
+        coro, pending = self._coro, self._first
+        while True:
+            try:
+                value = yield pending
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:
+                try:
+                    pending = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    pending = coro.send(value)
+                except StopIteration as stop:
+                    return stop.value

@@ -18,6 +18,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actorflow import _tracing, _wire
+from actorflow._aio import within
 from actorflow.serve.requests import RouteCall, call_actor, error_body, error_response, validation_response
 from actorflow.serve.settings import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY
 
@@ -100,8 +101,7 @@ class EdgeMiddleware:
             if deadline is None:
                 deadline = asyncio.get_running_loop().time() + timeout
             try:
-                async with asyncio.timeout_at(deadline):
-                    message = await receive()
+                message: Message = await within(receive(), deadline)
             except TimeoutError:
                 raise _BodyTimeout() from None
             if message["type"] == "http.request":
