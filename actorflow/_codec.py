@@ -191,6 +191,9 @@ def _check_tree(value: Any, what: str, check_strings: bool) -> None:
                     stack.append((child, depth + 1))
 
 
+_STRICT_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
 def strict_json_loads(data: bytes | str, *, what: str) -> Any:
     """Parse JSON from an untrusted source, strictly (see the module docstring).
 
@@ -204,7 +207,9 @@ def strict_json_loads(data: bytes | str, *, what: str) -> Any:
     except UnicodeDecodeError as exc:
         raise BadRequestError(f"{what} is not valid UTF-8: {exc}") from None
     try:
-        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        if text.startswith("\ufeff"):  # (what json.loads refuses before it parses)
+            raise ValueError("Unexpected UTF-8 BOM (decode using utf-8-sig)")
+        value = _STRICT_DECODER.decode(text)
     except RecursionError:
         raise BadRequestError(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as exc:

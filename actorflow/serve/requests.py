@@ -4,15 +4,18 @@ from the one table in :mod:`actorflow._wire`)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+import orjson
 from fastapi import HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from starlette.requests import ClientDisconnect
 
 from actorflow import _wire, errors
 from actorflow._codec import strict_json_dumps, strict_json_loads
@@ -34,6 +37,10 @@ def encode_result(result: Any) -> bytes:
     """A method's result as the JSON the API answers with (FastAPI's encoder, then strict JSON);
     :class:`~actorflow.errors.UnencodableResultError` when it has no such form. The runtime
     calls this before the turn commits."""
+    kind = type(result)
+    if kind is int or kind is bool or result is None:
+        with contextlib.suppress(TypeError):  # (an integer past 64 bits: the general way below)
+            return orjson.dumps(result)  # the bytes the general way writes, ten times faster
     try:
         return strict_json_dumps(jsonable_encoder(result))
     except Exception as exc:  # TypeError, ValueError, RecursionError for a cyclic one...
@@ -64,13 +71,26 @@ def has_body(request: Request) -> bool:
 
 
 async def json_body(request: Request, empty: Any = None) -> Any:
-    """The request body as strict JSON; ``empty`` when there is none."""
+    """The request body as strict JSON; ``empty`` when there is none. The body is read from
+    the request's ``receive`` (Starlette's ``Request.body`` would cost an async generator
+    per request) and cannot be read again."""
     if not has_body(request):
         return empty
-    raw = await request.body()
+    raw = await _read_body(request.receive)
     if not raw.strip():
         return empty
     return strict_json_loads(raw, what="the request body")
+
+
+async def _read_body(receive: Callable[[], Awaitable[Any]]) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def call_arguments(body: Any) -> tuple[list[Any], dict[str, Any]]:
