@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from actorflow import workflow
-from actorflow._aio import start_now
+from actorflow._aio import start_now, within
 from actorflow.actor import actor_runtime
 from actorflow.engine import default_runtime
 from actorflow.storage.sqlite import SQLiteStorage
@@ -215,6 +215,45 @@ def test_start_now_runs_in_a_copy_of_the_callers_context() -> None:
 
         assert await start_now(change()) == "caller/inside"
         assert var.get() == "caller"
+
+    asyncio.run(main())
+
+
+# ----------------------------------------------------------------------------- within
+def test_within_sets_no_timer_for_a_coroutine_that_never_suspends() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        timers = len(loop._scheduled)  # type: ignore[attr-defined]
+        assert await within(_no_suspension(1), loop.time() - 1) == 2  # even past the deadline
+        assert len(loop._scheduled) == timers  # type: ignore[attr-defined]
+
+    asyncio.run(main())
+
+
+def test_within_finishes_a_suspended_coroutine_in_time_or_raises_timeout() -> None:
+    async def late(delay: float, value: int) -> int:
+        await asyncio.sleep(delay)
+        return value
+
+    async def fails() -> None:
+        await asyncio.sleep(0.01)
+        raise KeyError("inside")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        assert await within(late(0.02, 7), loop.time() + 5) == 7
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await within(late(5, 0), loop.time() + 0.05)
+        assert loop.time() - started < 2
+        with pytest.raises(KeyError, match="inside"):
+            await within(fails(), loop.time() + 5)
+        outer = asyncio.ensure_future(within(late(5, 0), loop.time() + 10))
+        await asyncio.sleep(0.02)
+        outer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await outer
+        assert not loop._scheduled or all(h.cancelled() for h in loop._scheduled)  # type: ignore[attr-defined]
 
     asyncio.run(main())
 
@@ -435,3 +474,40 @@ def test_nested_synchronous_calls_never_wait_behind_their_own_callers(tmp_path: 
     finally:
         rt.close()
         wf.close()
+
+
+# ----------------------------------------------------------------------------- argument checks
+def _m0(self: Any) -> None: ...
+def _m1(self: Any, x: int) -> None: ...
+def _m2(self: Any, x: int, y: int = 1) -> None: ...
+def _m3(self: Any, x: int, /, y: int = 2) -> None: ...
+def _m4(self: Any, *args: int) -> None: ...
+def _m5(self: Any, x: int, *, k: int) -> None: ...
+def _m6(self: Any, **kw: int) -> None: ...
+def _m7(*args: Any) -> None: ...
+
+
+@pytest.mark.parametrize("func", [_m0, _m1, _m2, _m3, _m4, _m5, _m6, _m7])
+def test_the_quick_argument_check_agrees_with_signature_bind(func: Any) -> None:
+    """Positional arguments alone are checked by their count where every parameter may be
+    passed by position; the answer (and the message of a refusal) is what binding gives."""
+    import inspect
+
+    from actorflow.actor._class import MethodInfo
+    from actorflow.errors import ActorArgumentsError
+
+    quick = MethodInfo(func.__name__, func, False, False, inspect.signature(func))
+    binding = MethodInfo(func.__name__, func, False, False, inspect.signature(func))
+    object.__setattr__(binding, "_positional", None)  # always Signature.bind
+
+    def answer(info: MethodInfo, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+        try:
+            info.check_args("T", args, kwargs)
+        except ActorArgumentsError as exc:
+            return str(exc)
+        return "ok"
+
+    for count in range(4):
+        for kwargs in ({}, {"x": 1}, {"y": 1}, {"k": 1}, {"z": 1}):
+            args = tuple(range(count))
+            assert answer(quick, args, kwargs) == answer(binding, args, kwargs), (count, kwargs)
