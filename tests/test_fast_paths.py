@@ -444,6 +444,47 @@ def test_sqlite_small_operations_do_not_suspend_but_long_runs_of_them_yield(tmp_
     asyncio.run(main())
 
 
+def test_a_sqlite_commit_that_meets_another_writer_tries_again_inline_then_waits_in_the_worker(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Another process's commit holds the write lock for tens of microseconds: a small commit
+    that finds it held lets the loop turn and tries again on its own thread; only one that
+    keeps finding it held goes to the worker, whose connection waits for the lock."""
+    import sqlite3
+
+    from actorflow.storage import Batch
+
+    async def main() -> None:
+        path = tmp_path / "s.db"
+        storage = await SQLiteStorage.open(path)
+        other = sqlite3.connect(path, isolation_level=None)
+        hops = 0
+        real_run = storage._run
+
+        async def counted(fn: Any) -> Any:
+            nonlocal hops
+            hops += 1
+            return await real_run(fn)
+
+        storage._run = counted  # type: ignore[method-assign]
+        loop = asyncio.get_running_loop()
+        try:
+            other.execute("BEGIN IMMEDIATE")  # held until the loop's next turn
+            loop.call_soon(other.execute, "COMMIT")
+            assert await storage.commit(Batch().put("a", b"1"))
+            assert hops == 0
+            other.execute("BEGIN IMMEDIATE")  # held past every retry
+            loop.call_later(0.2, other.execute, "COMMIT")
+            assert await storage.commit(Batch().put("b", b"2"))
+            assert hops == 1
+            assert await storage.get_many(["a", "b"]) == [b"1", b"2"]
+        finally:
+            other.close()
+            await storage.close()
+
+    asyncio.run(main())
+
+
 def test_a_handle_call_whose_runtime_future_is_cancelled_ends_instead_of_hanging() -> None:
     from actorflow.actor._handle import ActorCall
 
