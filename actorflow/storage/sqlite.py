@@ -523,6 +523,8 @@ class SQLiteStorage(Storage):
         def do(conn: sqlite3.Connection) -> list[tuple[str, float]]:
             return [(m, float(s)) for m, s in conn.execute(sql, args)]
 
+        if limit is not None and limit <= _INLINE_ROWS:  # (a timer scheduler's pass)
+            return await self._run_small(do)
         return await self._run(do)
 
     async def index_score(self, index: str, member: str) -> float | None:
