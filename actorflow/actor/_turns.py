@@ -188,8 +188,8 @@ class Turns:
                 # The turn and what follows from it (its messages handed to the outbox, the
                 # sub-workflow it launched) run in a task of their own, so a caller that goes
                 # away (a cancelled await, a client that disconnects) interrupts none of it.
-                writer = self._writer(ac, actor_id, info, args, kwargs, request)
-                result = await asyncio.shield(start_now(writer))
+                turn = self._locked_turn(ac, actor_id, info, args, kwargs, request)
+                result = await asyncio.shield(start_now(self._writer(turn, request.encode)))
             status = "ok"
             return result
         finally:
@@ -197,19 +197,13 @@ class Turns:
             _metrics.inc("actorflow_calls", labels)
             _metrics.observe("actorflow_call_duration_seconds", time.perf_counter() - started, labels)
 
-    async def _writer(
-        self,
-        ac: VirtualActorClass,
-        actor_id: str,
-        info: MethodInfo,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        request: Request,
-    ) -> Any:
-        outcome = await self._locked_turn(ac, actor_id, info, args, kwargs, request)
+    async def _writer(self, turn: Awaitable[Outcome], encode: Callable[[Any], Any] | None) -> Any:
+        """A writer call after its arguments were checked: ``turn``, then its messages handed to
+        the outbox and its result as :meth:`finish` gives it."""
+        outcome = await turn
         for message in outcome.messages:
             self.sent(*message)
-        return await self.finish(outcome, request.encode)
+        return await self.finish(outcome, encode)
 
     async def finish(self, outcome: Outcome, encode: Callable[[Any], Any] | None) -> Any:
         """A turn's result as its caller gets it: the output of the sub-workflow it launched
