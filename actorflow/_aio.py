@@ -16,7 +16,7 @@ import collections.abc
 import contextvars
 import sys
 from asyncio import tasks
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
@@ -94,7 +94,8 @@ _PENDING = object()
 
 
 class _Handover:
-    """What the task of :func:`start_now` runs: a coroutine whose first part already ran.
+    """What the task of :func:`start_now` runs (or :func:`within` awaits): a coroutine whose
+    first part already ran.
 
     The task's first ``send`` gets what the coroutine yielded in that part (the future it waits
     for); after that every ``send``, ``throw`` and ``close`` goes straight to the coroutine, so
@@ -135,6 +136,13 @@ class _Handover:
         if not self.finished:
             self._coro.close()
 
+    # Awaited in the caller's own task too (:func:`within`): then it is its own iterator.
+    def __await__(self) -> Generator[Any, Any, Any]:
+        return cast("Generator[Any, Any, Any]", self)  # (an iterator with send and throw)
+
+    def __next__(self) -> Any:
+        return self.send(None)
+
 
 # Tasks accept any object registered as a coroutine; _Handover is driven only by its task.
 collections.abc.Coroutine.register(_Handover)
@@ -151,40 +159,10 @@ async def within(awaitable: Awaitable[T], deadline: float) -> T:
     if not isinstance(awaitable, collections.abc.Coroutine):
         async with asyncio.timeout_at(deadline):
             return await awaitable
-    coro = awaitable
+    handover = _Handover(awaitable)
     try:
-        first = coro.send(None)
+        handover.first = awaitable.send(None)
     except StopIteration as stop:
         return cast(T, stop.value)
     async with asyncio.timeout_at(deadline):
-        return cast(T, await _Resumed(coro, first))
-
-
-class _Resumed:
-    """An awaitable that goes on with a coroutine stopped at its first suspension: it hands the
-    task what the coroutine yielded there, then passes every value and exception on."""
-
-    __slots__ = ("_coro", "_first")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
-        self._coro = coro
-        self._first = first
-
-    def __await__(self) -> Any:
-        coro, pending = self._coro, self._first
-        while True:
-            try:
-                value = yield pending
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:
-                try:
-                    pending = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    pending = coro.send(value)
-                except StopIteration as stop:
-                    return stop.value
+        return cast(T, await handover)
