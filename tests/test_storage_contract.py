@@ -463,6 +463,13 @@ async def test_index_range_order_max_score_limit_and_score(storage: Storage) -> 
     assert await storage.index_range("timers", limit=2) == everything[:2]
     assert await storage.index_range("timers", max_score=3.0, limit=10) == everything[:6]
     assert await storage.index_range("timers", limit=0) == []
+    # With a limit (one script per read on a single Redis server, a pipeline without): the
+    # same order, ties by member across buckets, infinite scores exact.
+    assert await storage.index_range("timers", limit=100) == everything
+    assert await storage.index_range("timers", limit=8) == everything
+    assert await storage.index_range("timers", max_score=2.0, limit=4) == everything[:4]
+    assert await storage.index_range("timers", max_score=math.inf, limit=8) == everything
+    assert await storage.index_range("nope", limit=5) == []
     assert await storage.index_range("nope") == []
     assert await storage.index_score("timers", "c") == 3.0
     assert await storage.index_score("timers", "inf") == math.inf
@@ -476,6 +483,9 @@ async def test_index_range_order_max_score_limit_and_score(storage: Storage) -> 
     assert await storage.index_score("timers", "c") == score
     assert await storage.index_score("timers", "a") is None
     assert [m for m, _ in await storage.index_range("timers")][-2:] == ["c", "inf"]
+    assert (await storage.index_range("timers", max_score=score, limit=7))[-1:] == [("c", score)]
+    assert await storage.commit(Batch().index_add("timers", "ninf", -math.inf))
+    assert await storage.index_range("timers", limit=1) == [("ninf", -math.inf)]
     assert await storage.index_range("other") == [("a", 0.0)]
 
 
