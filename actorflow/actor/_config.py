@@ -29,10 +29,15 @@ class ActorConfig:
     (its sender's process died, or its first try failed); one whose delivery failed for a
     reason other than its handler's answer is tried again ``outbox_retry`` seconds later.
 
-    Timers: the scheduler looks for due timers every ``tick_interval`` seconds, fires at most
-    ``timer_concurrency`` at once and holds at most ``timer_backlog`` unfired claims; a tick
-    whose method raised is retried after ``timer_backoff`` seconds, doubling. A tick fires
-    about ``tick_interval / 2`` plus its turn late (measured in docs/design.md, Timers).
+    Timers: the scheduler looks for due timers every ``tick_interval`` seconds while some are
+    due, fires at most ``timer_concurrency`` at once and holds at most ``timer_backlog``
+    unfired claims; a tick whose method raised is retried after ``timer_backoff`` seconds,
+    doubling. While nothing is due it sleeps until the earliest timer it has seen is, at most
+    ``idle_tick_interval`` seconds, and wakes at once when this process sets or moves a timer:
+    a timer that another process set, due sooner than any this one knows of, is found up to
+    ``idle_tick_interval`` late (set it to ``tick_interval`` to look every tick). A tick fires
+    up to ``tick_interval`` plus its turn late (measured in docs/design.md, Timers). With a
+    clock other than the system's, the scheduler looks every ``tick_interval``.
 
     ``clock``: where the runtime reads the time (see :mod:`actorflow._clock`).
     """
@@ -45,6 +50,7 @@ class ActorConfig:
     outbox_grace: float = 2.0
     outbox_retry: float = 5.0
     tick_interval: float = 0.02
+    idle_tick_interval: float = 0.25
     timer_concurrency: int = 64
     timer_backlog: int = 512
     timer_backoff: float = 1.0

@@ -35,7 +35,7 @@ from actorflow.actor._methods import MethodRunner, mark_method_error
 from actorflow.actor._outbox import Outbox
 from actorflow.actor._scheduler import Scheduler
 from actorflow.actor._state import Snapshot, capture, encode, is_live
-from actorflow.actor._timers import due_count
+from actorflow.actor._timers import TimerBell, due_count
 from actorflow.actor._turns import Request, Turns, declared
 from actorflow.engine import WorkflowRuntime, default_runtime, runtime_for
 from actorflow.errors import ActorError
@@ -63,11 +63,12 @@ class ActorRuntime:
         self.config = config or ActorConfig()
         self.cache = SnapshotCache(self.storage, self.config)
         self.methods = MethodRunner(self.config.threads)
+        bell = TimerBell()
         self.turns = Turns(
-            self.storage, self.cache, self.methods, self.engine, self.config, self, self._deliver_later
+            self.storage, self.cache, self.methods, self.engine, self.config, self, self._deliver_later, bell
         )
         self.outbox = Outbox(self.storage, self.turns, self.config)
-        self.scheduler = Scheduler(self.storage, self.turns, self.config)
+        self.scheduler = Scheduler(self.storage, self.turns, self.config, bell)
         self.lifecycle = Lifecycle(self.storage, self.cache, self.engine, self.config)
         self._loops: list[concurrent.futures.Future[Any]] = []
 

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import random
 import uuid
 from typing import Any
 
 from actorflow import _codec
+from actorflow._clock import SystemClock
 from actorflow.actor._class import VirtualActorClass, lookup, registered_types
 from actorflow.actor._config import ActorConfig
 from actorflow.actor._keys import (
@@ -43,6 +46,7 @@ from actorflow.actor._timers import (
     Completion,
     Firing,
     Timer,
+    TimerBell,
     make_timer,
 )
 from actorflow.actor._turns import MAX_ATTEMPTS as MAX_COMMITS
@@ -67,10 +71,11 @@ FIRST_LOOK = 32
 class Scheduler:
     """The timers of one runtime (see the module docstring)."""
 
-    def __init__(self, storage: Storage, turns: Turns, config: ActorConfig) -> None:
+    def __init__(self, storage: Storage, turns: Turns, config: ActorConfig, bell: TimerBell) -> None:
         self.storage = storage
         self.turns = turns
         self.config = config
+        self.bell = bell
         self._background: set[asyncio.Future[Any]] = set()
 
     # ------------------------------------------------------------------ reading and setting
@@ -133,6 +138,7 @@ class Scheduler:
             batch.put(k_timer(t, actor_id, name), timer.encode())
             batch.index_add(TIMER_INDEX, timer_member(t, actor_id, name), timer.next_try)
             if await self.storage.commit(batch):
+                self.bell.ring()
                 return timer
         raise ActorConflictError(t, actor_id, f"actor {t}/{actor_id}: setting timer {name!r} kept failing")
 
@@ -147,9 +153,12 @@ class Scheduler:
 
     # ------------------------------------------------------------------ passes
     async def run_forever(self) -> None:
-        """Every ``tick_interval`` claim the due timers and start firing them, without waiting
-        for earlier firings to finish (so a busy moment delays what falls due after it no more
-        than it must). Logs what it catches, a storage outage once."""
+        """Claim the due timers and start firing them, without waiting for earlier firings to
+        finish (so a busy moment delays what falls due after it no more than it must); then
+        look again after ``tick_interval`` if something was due, else when the earliest timer
+        in the index falls due, at most ``idle_tick_interval`` later, or as soon as this
+        process sets or moves a timer (but never sooner than ``tick_interval``). Logs what it
+        catches, a storage outage once."""
         limit = asyncio.Semaphore(self.config.timer_concurrency)
         pending = 0
 
@@ -164,7 +173,15 @@ class Scheduler:
                 pending -= 1
 
         down = False  # storage unreachable: said once per outage, not on every pass
+        tick = self.config.tick_interval
+        # Sleeping past a tick only on the system's clock: a test's clock jumps.
+        idle = tick
+        if isinstance(self.config.clock, SystemClock):
+            idle = max(tick, self.config.idle_tick_interval)
+        known: float | None = -math.inf  # the earliest timer as last read (-inf: read it again)
         while True:
+            wait = tick
+            rang = self.bell.take()  # and a timer set from here on wakes the sleep below
             try:
                 # Claim no more than this process will soon fire: the rest stay unclaimed in
                 # storage, for other schedulers to take.
@@ -172,14 +189,25 @@ class Scheduler:
                 due = []
                 if room > 0:
                     now = self.config.clock.time()
-                    # A small first look, which SQLite answers on the loop's own thread: most
-                    # passes find nothing due, and 50 a second in a worker thread cost an idle
-                    # replica several percent of a core.
+                    # A small first look, which SQLite answers on the loop's own thread.
                     due = await self.storage.index_range(
                         TIMER_INDEX, max_score=now, limit=min(room, FIRST_LOOK)
                     )
                     if len(due) == FIRST_LOOK < room:
                         due = await self.storage.index_range(TIMER_INDEX, max_score=now, limit=room)
+                    if not due and idle > tick:
+                        # Nothing due: sleep until the earliest timer is. Read again only when
+                        # this process set one, or the one read is past: one another process
+                        # set is found by the look above, up to an idle wait late.
+                        if rang or (known is not None and known <= now):
+                            first = await self.storage.index_range(TIMER_INDEX, limit=1)
+                            known = first[0][1] if first else None
+                        # Up to a tick past it, at random: schedulers woken by one timer all at
+                        # once would claim the same ticks, and all but one fail.
+                        ahead = idle if known is None else known - now + random.uniform(0.001, tick)
+                        wait = min(idle, max(tick, ahead))
+                    elif due:
+                        known = -math.inf
                 for claim in await self.claim(ours(due)):
                     pending += 1
                     task = asyncio.ensure_future(fire(claim))
@@ -196,7 +224,8 @@ class Scheduler:
                 if self.storage.closed:
                     return  # closed under the loop: the runtime closing, or the interpreter exiting
                 log.exception("the timer scheduler pass failed; trying again")
-            await asyncio.sleep(self.config.tick_interval)
+            await asyncio.sleep(tick)
+            await self.bell.wait(wait - tick)
 
     async def next_due(self) -> float | None:
         """When the scheduler next has something to do: the earliest time in its index (a tick
@@ -346,7 +375,10 @@ class Scheduler:
                     batch.require(k_version(t, actor_id), current)
                     batch.put(k_timer_failure(t, actor_id, name), _codec.json_dumps(failed))
             claim.add_to(batch, self.config.clock.time())
-            if await self.storage.commit(batch) or await self.storage.get(claim.key) != claim.claimed:
+            if await self.storage.commit(batch):
+                self.bell.ring()
+                return
+            if await self.storage.get(claim.key) != claim.claimed:
                 return
 
     async def _store_timer(self, claim: Completion, timer: Timer) -> None:
@@ -357,7 +389,8 @@ class Scheduler:
             .put(claim.key, timer.encode())
             .index_add(TIMER_INDEX, claim.member, timer.next_try)
         )
-        await self.storage.commit(batch)
+        if await self.storage.commit(batch):
+            self.bell.ring()
 
 
 def ours(due: list[tuple[str, float]]) -> list[str]:

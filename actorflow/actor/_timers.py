@@ -31,6 +31,7 @@ or its removal), in the same atomic write as the effect and the idempotency reco
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import datetime
 import math
@@ -283,6 +284,34 @@ class Firing:
 current_firing: contextvars.ContextVar[Firing | None] = contextvars.ContextVar(
     "actorflow_firing", default=None
 )
+
+
+class TimerBell:
+    """Rung by this process's commits that set or move a timer, so that a scheduler sleeping
+    past the new due time (see ``ActorConfig.idle_tick_interval``) looks again. Rung and
+    awaited on the runtime's loop only."""
+
+    def __init__(self) -> None:
+        self._rung = asyncio.Event()
+
+    def ring(self) -> None:
+        self._rung.set()
+
+    def take(self) -> bool:
+        """Whether it was rung since the last take (a scheduler takes before it reads the
+        index, so that a ring after that wakes its next sleep)."""
+        rung = self._rung.is_set()
+        self._rung.clear()
+        return rung
+
+    async def wait(self, seconds: float) -> None:
+        """Return when rung (at once if rung since the last :meth:`take`) or after ``seconds``."""
+        if self._rung.is_set() or seconds <= 0:
+            return
+        try:
+            await asyncio.wait_for(self._rung.wait(), seconds)
+        except TimeoutError:
+            pass
 
 
 @dataclass

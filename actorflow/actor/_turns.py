@@ -52,7 +52,7 @@ from actorflow.actor._keys import (
 )
 from actorflow.actor._methods import MethodRunner, is_method_error, mark_method_error, set_error_status
 from actorflow.actor._state import Snapshot, capture, encode, is_live
-from actorflow.actor._timers import Completion, Firing
+from actorflow.actor._timers import Completion, Firing, TimerBell
 from actorflow.engine import Lease, WorkflowEngine, as_workflow
 from actorflow.errors import ActorConflictError, ActorError, ActorNotFoundError
 from actorflow.storage import Batch, Storage
@@ -126,6 +126,7 @@ class Turns:
         config: ActorConfig,
         runtime: Any,
         sent: Callable[[str, str, str], None],
+        bell: TimerBell,
     ) -> None:
         self.storage = storage
         self.cache = cache
@@ -134,6 +135,7 @@ class Turns:
         self.config = config
         self.runtime = runtime  # what a method's handles call into (Turn.runtime)
         self.sent = sent
+        self.bell = bell  # rung by a commit that sets, moves or removes a timer
         self.window = _idempotency.Window(storage, config)
 
     async def call(
@@ -431,6 +433,8 @@ class Turns:
             request.completion.applied = True
         if inbox is not None:
             inbox.taken = True
+        if turn.timers or request.completion is not None:
+            self.bell.ring()
         self.cache.remember(name, new)
         if request.key is not None:
             await _logged(self.window.committed(t, actor_id), f"trimming the idempotency records of {name}")
