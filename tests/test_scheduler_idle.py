@@ -118,8 +118,9 @@ def test_a_timer_another_process_set_is_found_within_the_idle_interval(runtimes:
     assert fired - due < 1.0 + 5.0  # the idle interval, and room for a loaded machine
 
 
-def test_a_negative_idle_interval_is_refused() -> None:
+def test_a_negative_or_endless_idle_interval_is_refused() -> None:
     from actorflow.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="idle_tick_interval"):
-        ActorConfig(idle_tick_interval=-1)
+    for bad in (-1, float("inf"), float("nan")):
+        with pytest.raises(ConfigError, match="idle_tick_interval"):
+            ActorConfig(idle_tick_interval=bad)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 
 from actorflow._clock import SYSTEM, Clock
@@ -63,5 +64,9 @@ class ActorConfig:
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError(f"actor runtime setting {f.name} must be a number >= 0, got {value!r}")
+        if not math.isfinite(self.idle_tick_interval):  # an endless sleep misses others' timers
+            raise ConfigError(
+                f"actor runtime setting idle_tick_interval must be finite, got {self.idle_tick_interval!r}"
+            )
         if self.threads < 1 or self.cache_size < 1 or self.timer_concurrency < 1:
             raise ConfigError("threads, cache_size and timer_concurrency must be at least 1")

@@ -217,10 +217,12 @@ class Scheduler:
                     log.warning("the timer scheduler reaches storage again")
                     down = False
             except StorageUnavailableError as exc:
+                known = -math.inf  # a ring this pass took may not have been read: read again
                 if not down:
                     log.warning("the timer scheduler cannot reach storage; trying again: %s", exc)
                     down = True
             except Exception:
+                known = -math.inf
                 if self.storage.closed:
                     return  # closed under the loop: the runtime closing, or the interpreter exiting
                 log.exception("the timer scheduler pass failed; trying again")
